@@ -1,0 +1,17 @@
+// The Python module spmm._C, on the stable Python ABI: it only carries the op library (loading it runs the
+// TORCH_LIBRARY registrations) and says how it was built.
+#include <Python.h>
+
+static struct PyModuleDef spmm_module = {PyModuleDef_HEAD_INIT, "_C", "spmm native ops (registered as torch.ops.spmm)",
+                                         -1, nullptr, nullptr, nullptr, nullptr, nullptr};
+
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* module = PyModule_Create(&spmm_module);
+  if (module == nullptr) return nullptr;
+  if (PyModule_AddIntConstant(module, "cuda_built", SPMM_WITH_CUDA) < 0 ||
+      PyModule_AddStringConstant(module, "cuda_archs", SPMM_CUDA_ARCHS) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
+}

@@ -1,0 +1,16 @@
+// Table of contents of the native code: every spmm op's schema. Implementations register beside their code
+// (TORCH_LIBRARY_IMPL in *_cpu.cpp / *_cuda.cpp); fake (meta) implementations live in python/spmm/ops.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(spmm, m) {
+  // 2:4: dense [M, K] (+ keep mask) -> canonical values [M, K/2], meta uint8 [M, ceil(K/8)]. CPU, CUDA.
+  m.def("sparse24_compress(Tensor dense, Tensor? mask) -> (Tensor values, Tensor meta)");
+  // y = x @ W.T (+ bias), W in the canonical 2:4 layout. CPU.
+  m.def("sparse24_mm(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor");
+  // Tiled-CSL: dense [M, K] (+ keep mask) -> values [nnz], locations int16 [nnz], tile_offsets int32 [tiles + 1]. CPU.
+  m.def("tiled_csl_compress(Tensor dense, Tensor? mask, int tile_m, int tile_k) -> (Tensor values, Tensor locations, Tensor tile_offsets)");
+  // y = x @ W.T (+ bias), W [out_features, K] in Tiled-CSL. CPU.
+  m.def("tiled_csl_mm(Tensor x, Tensor values, Tensor locations, Tensor tile_offsets, int out_features, int tile_m, int tile_k, Tensor? bias) -> Tensor");
+  // Spense: dense row block + 2:4 row block, output rows placed by row_index (dense rows first). CPU.
+  m.def("spense_mm(Tensor x, Tensor dense_weight, Tensor values, Tensor meta, Tensor row_index, Tensor? bias) -> Tensor");
+}

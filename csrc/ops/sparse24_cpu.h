@@ -1,0 +1,47 @@
+// The 2:4 CPU reference pieces that spense_mm shares with sparse24_mm.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "ops/cpu_linear.h"
+#include "ops/sparse24_common.h"
+
+namespace spmm::ops {
+
+// Every used nibble of a canonical meta holds idx0 < idx1; a corrupt code would read the wrong columns.
+inline void check_sparse24_meta_codes(const char* op, const at::Tensor& meta, int64_t k) {
+  const int64_t groups = k / sparse24::kGroup, cols = meta.size(1);
+  const at::Tensor meta_cpu = meta.cpu();
+  const uint8_t* codes = meta_cpu.data_ptr<uint8_t>();
+  for (int64_t r = 0; r < meta.size(0); ++r) {
+    for (int64_t g = 0; g < groups; ++g) {
+      int idx0, idx1;
+      sparse24::decode_group((codes[r * cols + g / 2] >> (4 * (g % 2))) & 0xF, idx0, idx1);
+      TORCH_CHECK_VALUE(idx0 < idx1, op, ": `meta` is not in the canonical 2:4 layout: row ", r, ", group ", g,
+                        " names columns ", idx0, " and ", idx1, " (need idx0 < idx1); pack with sparse24_compress");
+    }
+  }
+}
+
+// out[:, dst(i)] = x @ W_i for the 2:4 rows i of (values, meta); dst_row nullable (identity).
+template <typename T>
+void sparse24_rows_linear(const at::Tensor& xf, const at::Tensor& values, const at::Tensor& meta,
+                          const int32_t* dst_row, at::Tensor& out) {
+  const int64_t k = xf.size(1), half_k = k / 2, meta_cols = meta.size(1);
+  const T* vals = values.data_ptr<T>();
+  const uint8_t* codes = meta.data_ptr<uint8_t>();
+  sparse_rows_linear(xf.data_ptr<float>(), xf.size(0), k, values.size(0), half_k, dst_row, out.data_ptr<float>(),
+                     out.size(1), [&](int64_t i, int32_t* col, float* val) {
+                       for (int64_t g = 0; g < k / sparse24::kGroup; ++g) {
+                         int idx0, idx1;
+                         sparse24::decode_group((codes[i * meta_cols + g / 2] >> (4 * (g % 2))) & 0xF, idx0, idx1);
+                         col[2 * g] = static_cast<int32_t>(g * sparse24::kGroup + idx0);
+                         col[2 * g + 1] = static_cast<int32_t>(g * sparse24::kGroup + idx1);
+                         val[2 * g] = static_cast<float>(vals[i * half_k + 2 * g]);
+                         val[2 * g + 1] = static_cast<float>(vals[i * half_k + 2 * g + 1]);
+                       }
+                       return half_k;
+                     });
+}
+
+}  // namespace spmm::ops

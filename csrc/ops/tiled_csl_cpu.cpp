@@ -1,0 +1,181 @@
+// CPU reference of the Tiled-CSL ops: the packer (dense + any mask -> per-tile (value, 16-bit location) stream)
+// and y = x @ W.T (+ bias), parallel over row tiles so each task owns its output rows.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "ops/tiled_csl_common.h"
+
+namespace spmm::ops {
+namespace {
+
+struct TileGrid {
+  int64_t m, k, tile_m, tile_k, row_tiles, col_tiles;
+  TileGrid(int64_t m_, int64_t k_, int64_t tm, int64_t tk)
+      : m(m_), k(k_), tile_m(tm), tile_k(tk), row_tiles(ceil_div(m_, tm)), col_tiles(ceil_div(k_, tk)) {}
+  int64_t rows_in(int64_t i) const { return std::min(tile_m, m - i * tile_m); }
+  int64_t cols_in(int64_t j) const { return std::min(tile_k, k - j * tile_k); }
+};
+
+// Calls visit(r, c, location) for the kept elements of tile (i, j) in ascending location order.
+template <typename Keep, typename Visit>
+void for_each_kept(const TileGrid& g, int64_t i, int64_t j, Keep keep, Visit visit) {
+  for (int64_t r = 0; r < g.rows_in(i); ++r)
+    for (int64_t c = 0; c < g.cols_in(j); ++c) {
+      const int64_t row = i * g.tile_m + r, col = j * g.tile_k + c;
+      if (keep(row, col)) visit(row, col, r * g.tile_k + c);
+    }
+}
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pack(const at::Tensor& dense, const bool* mask, const TileGrid& g) {
+  const T* w = dense.data_ptr<T>();
+  const int64_t k = g.k;
+  for (int64_t e = 0; e < g.m * k; ++e)
+    TORCH_CHECK_VALUE(std::isfinite(static_cast<float>(w[e])), "spmm::tiled_csl_compress: `dense` has a NaN or "
+                      "infinite value at row ", e / k, ", column ", e % k, "; a weight to pack must be finite");
+  // -0.0 counts as zero when no mask is given.
+  auto keep = [&](int64_t row, int64_t col) { return mask ? mask[row * k + col] : static_cast<float>(w[row * k + col]) != 0.0f; };
+
+  const int64_t tiles = g.row_tiles * g.col_tiles;
+  std::vector<int64_t> counts(tiles + 1, 0);
+  at::parallel_for(0, g.row_tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      for (int64_t j = 0; j < g.col_tiles; ++j)
+        for_each_kept(g, i, j, keep, [&](int64_t, int64_t, int64_t) { ++counts[i * g.col_tiles + j + 1]; });
+  });
+  for (int64_t t = 0; t < tiles; ++t) counts[t + 1] += counts[t];
+  TORCH_CHECK_VALUE(counts[tiles] <= std::numeric_limits<int32_t>::max(), "spmm::tiled_csl_compress: ", counts[tiles],
+                    " nonzeros do not fit the int32 tile offsets; split the weight");
+
+  at::Tensor values = at::empty({counts[tiles]}, dense.options());
+  at::Tensor locations = at::empty({counts[tiles]}, dense.options().dtype(at::kShort));
+  at::Tensor offsets = at::empty({tiles + 1}, dense.options().dtype(at::kInt));
+  T* vals = values.data_ptr<T>();
+  int16_t* locs = locations.data_ptr<int16_t>();
+  int32_t* offs = offsets.data_ptr<int32_t>();
+  for (int64_t t = 0; t <= tiles; ++t) offs[t] = static_cast<int32_t>(counts[t]);
+  at::parallel_for(0, g.row_tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      for (int64_t j = 0; j < g.col_tiles; ++j) {
+        int64_t e = counts[i * g.col_tiles + j];
+        for_each_kept(g, i, j, keep, [&](int64_t row, int64_t col, int64_t loc) {
+          vals[e] = w[row * k + col];
+          locs[e++] = static_cast<int16_t>(static_cast<uint16_t>(loc));  // unsigned 16-bit location in int16
+        });
+      }
+  });
+  return {values, locations, offsets};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_csl_compress_cpu(const at::Tensor& dense_in,
+                                                                      const std::optional<at::Tensor>& mask,
+                                                                      int64_t tile_m, int64_t tile_k) {
+  constexpr const char* op = "spmm::tiled_csl_compress";
+  check_dim(op, "dense", dense_in, 2);
+  check_float_dtype(op, "dense", dense_in);
+  check_tile_shape(op, tile_m, tile_k);
+  if (mask.has_value()) {
+    check_dtype(op, "mask", *mask, at::kBool);
+    TORCH_CHECK_VALUE(mask->sizes() == dense_in.sizes(), op, ": `mask` must have the shape of `dense` ",
+                      dense_in.sizes(), ", got ", mask->sizes());
+    check_same_device(op, "mask", *mask, dense_in);
+  }
+  const at::Tensor dense = dense_in.contiguous();
+  const at::Tensor mask_c = mask.has_value() ? mask->contiguous() : at::Tensor();
+  const TileGrid grid(dense.size(0), dense.size(1), tile_m, tile_k);
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dense.scalar_type(), "tiled_csl_compress_cpu", [&] {
+    out = pack<scalar_t>(dense, mask.has_value() ? mask_c.data_ptr<bool>() : nullptr, grid);
+  });
+  return out;
+}
+
+// The stream must be well formed before the matmul trusts it: offsets rise from 0 to nnz, locations inside
+// their (possibly partial) tile.
+void check_stream(const char* op, const TileGrid& g, const int32_t* offs, const int16_t* locs, int64_t nnz) {
+  const int64_t tiles = g.row_tiles * g.col_tiles;
+  TORCH_CHECK_VALUE(offs[0] == 0 && offs[tiles] == nnz, op, ": `tile_offsets` must start at 0 and end at nnz = ",
+                    nnz, ", got ", offs[0], " and ", offs[tiles]);
+  for (int64_t t = 0; t < tiles; ++t) {
+    TORCH_CHECK_VALUE(offs[t] <= offs[t + 1], op, ": `tile_offsets` must not decrease (tile ", t, ")");
+    const int64_t i = t / g.col_tiles, j = t % g.col_tiles;
+    for (int64_t e = offs[t]; e < offs[t + 1]; ++e) {
+      const int64_t loc = static_cast<uint16_t>(locs[e]);
+      TORCH_CHECK_VALUE(loc / g.tile_k < g.rows_in(i) && loc % g.tile_k < g.cols_in(j), op, ": `locations`[", e,
+                        "] = ", loc, " lies outside tile ", t, " (", g.rows_in(i), " x ", g.cols_in(j), ")");
+    }
+  }
+}
+
+at::Tensor tiled_csl_mm_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& locations,
+                            const at::Tensor& tile_offsets, int64_t out_features, int64_t tile_m, int64_t tile_k,
+                            const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "spmm::tiled_csl_mm";
+  check_activation(op, x);
+  check_tile_shape(op, tile_m, tile_k);
+  TORCH_CHECK_VALUE(out_features >= 0, op, ": `out_features` must be >= 0, got ", out_features);
+  check_dim(op, "values", values, 1);
+  check_dim(op, "locations", locations, 1);
+  check_dim(op, "tile_offsets", tile_offsets, 1);
+  check_dtype(op, "values", values, x.scalar_type());
+  check_dtype(op, "locations", locations, at::kShort);
+  check_dtype(op, "tile_offsets", tile_offsets, at::kInt);
+  for (auto [name, t] : {std::pair{"values", &values}, {"locations", &locations}, {"tile_offsets", &tile_offsets}}) {
+    check_contiguous(op, name, *t);
+    check_same_device(op, name, *t, x);
+  }
+  TORCH_CHECK_VALUE(locations.numel() == values.numel(), op, ": `locations` must have one entry per value (",
+                    values.numel(), "), got ", locations.numel());
+  const int64_t k = x.size(-1), n = leading_rows(x);
+  const TileGrid g(out_features, k, tile_m, tile_k);
+  TORCH_CHECK_VALUE(tile_offsets.numel() == g.row_tiles * g.col_tiles + 1, op, ": `tile_offsets` must have ",
+                    g.row_tiles * g.col_tiles + 1, " entries for a ", out_features, " x ", k, " weight in ", tile_m,
+                    " x ", tile_k, " tiles, got ", tile_offsets.numel());
+  check_bias(op, bias, x, out_features);
+  const int32_t* offs = tile_offsets.data_ptr<int32_t>();
+  const int16_t* locs = locations.data_ptr<int16_t>();
+  check_stream(op, g, offs, locs, values.numel());
+
+  // x as [K, N] so the innermost loop (over tokens) is contiguous.
+  const at::Tensor xt = x.reshape({n, k}).to(at::kFloat).t().contiguous();
+  const float* xs = xt.data_ptr<float>();
+  at::Tensor out = at::empty({n, out_features}, x.options().dtype(at::kFloat));
+  float* o = out.data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "tiled_csl_mm_cpu", [&] {
+    const scalar_t* vals = values.data_ptr<scalar_t>();
+    at::parallel_for(0, g.row_tiles, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> acc;
+      for (int64_t i = begin; i < end; ++i) {
+        acc.assign(g.rows_in(i) * n, 0.0f);  // acc[r * n + t]
+        for (int64_t j = 0; j < g.col_tiles; ++j) {
+          const int64_t t = i * g.col_tiles + j;
+          for (int64_t e = offs[t]; e < offs[t + 1]; ++e) {
+            const int64_t loc = static_cast<uint16_t>(locs[e]);
+            const float v = static_cast<float>(vals[e]);
+            const float* xc = xs + (j * tile_k + loc % tile_k) * n;
+            float* a = acc.data() + (loc / tile_k) * n;
+            for (int64_t tok = 0; tok < n; ++tok) a[tok] += v * xc[tok];
+          }
+        }
+        for (int64_t r = 0; r < g.rows_in(i); ++r)
+          for (int64_t tok = 0; tok < n; ++tok) o[tok * out_features + i * tile_m + r] = acc[r * n + tok];
+      }
+    });
+  });
+  return finish_linear(out, bias, x);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(spmm, CPU, m) {
+  m.impl("tiled_csl_compress", &tiled_csl_compress_cpu);
+  m.impl("tiled_csl_mm", &tiled_csl_mm_cpu);
+}
+
+}  // namespace spmm::ops

@@ -1,0 +1,120 @@
+"""Python entry points of the spmm operators, and their fake (meta) implementations.
+
+The schemas are registered in C++ (csrc/ops/registration.cpp); the CPU implementation of every op is the reference
+semantics (fp32 accumulation, output in the input dtype); CUDA implementations come from csrc/ops/*_cuda.cpp.
+The fake implementations below only compute output shapes, so torch.compile(fullgraph=True) can trace models
+that use the ops.
+
+Conventions (nn.Linear): y = x @ W.T (+ bias), W is [M out_features, K in_features], x is [..., K].
+
+2:4 canonical layout (what `sparse24_compress` produces, what save/load stores):
+  values [M, K/2], W's dtype: the two kept elements of each group of 4 along K, in ascending column order.
+  meta   [M, ceil(K/8)] uint8: one 4-bit code per group, group g in byte g // 2, low nibble for even g;
+         code = idx0 | idx1 << 2 with idx0 < idx1 the in-group columns of values[:, 2g] and values[:, 2g+1].
+         A group with fewer than two kept elements is filled with its lowest unused columns (value +0.0);
+         an unused high nibble (K/4 odd) is 0.
+
+Tiled-CSL layout (Flash-LLM): W is cut into tiles of tile_m x tile_k, numbered row-tile major
+(tile = (r // tile_m) * ceil(K / tile_k) + c // tile_k); tile_offsets[t] .. tile_offsets[t + 1] is the slice of
+values / locations that holds tile t's nonzeros, ordered by location = (r % tile_m) * tile_k + c % tile_k,
+stored as int16 holding the unsigned 16-bit location.
+
+Spense layout: the output rows split into a dense block [Md, K] and a 2:4 block [Ms, K] (canonical layout);
+row_index [Md + Ms] int32 gives the original output row of each block row, dense rows first.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _C  # noqa: F401  (loads the library that registers the spmm:: ops)
+
+_ops = torch.ops.spmm
+
+
+# --------------------------------------------------------------------------------------------- 2:4 ------------
+def sparse24_compress(dense: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """Pack a 2:4-sparse weight [M, K] into the canonical (values, meta) layout.
+
+    `mask` (bool [M, K]) selects the kept elements; without it the nonzeros of `dense` are kept (-0.0 counts as
+    zero). Every group of 4 along K may keep at most 2. Runs on CPU and CUDA.
+    """
+    return _ops.sparse24_compress(dense, mask)
+
+
+def sparse24_mm(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """y = x @ W.T (+ bias) with W given in the canonical 2:4 layout. x [..., K] -> y [..., M]."""
+    return _ops.sparse24_mm(x, values, meta, bias)
+
+
+# ------------------------------------------------------------------------------------------ Tiled-CSL ------------
+def tiled_csl_compress(
+    dense: Tensor, mask: Optional[Tensor] = None, tile_m: int = 256, tile_k: int = 64
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Pack a weight [M, K] of any sparsity into Tiled-CSL: (values [nnz], locations int16 [nnz], tile_offsets int32)."""
+    return _ops.tiled_csl_compress(dense, mask, tile_m, tile_k)
+
+
+def tiled_csl_mm(
+    x: Tensor,
+    values: Tensor,
+    locations: Tensor,
+    tile_offsets: Tensor,
+    out_features: int,
+    tile_m: int,
+    tile_k: int,
+    bias: Optional[Tensor] = None,
+) -> Tensor:
+    """y = x @ W.T (+ bias) with W [out_features, K] in Tiled-CSL. x [..., K] -> y [..., out_features]."""
+    return _ops.tiled_csl_mm(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias)
+
+
+# --------------------------------------------------------------------------------------------- Spense ------------
+def spense_mm(
+    x: Tensor,
+    dense_weight: Tensor,
+    values: Tensor,
+    meta: Tensor,
+    row_index: Tensor,
+    bias: Optional[Tensor] = None,
+) -> Tensor:
+    """y = x @ W.T (+ bias) with W split into a dense row block and a 2:4 row block; each output row written once
+    at its original position row_index[i]. x [..., K] -> y [..., Md + Ms]."""
+    return _ops.spense_mm(x, dense_weight, values, meta, row_index, bias)
+
+
+# ---------------------------------------------------------------------------------------- fake kernels -----------
+@torch.library.register_fake("spmm::sparse24_compress")
+def _sparse24_compress_fake(dense, mask):
+    m, k = dense.shape
+    return dense.new_empty(m, k // 2), dense.new_empty(m, (k + 7) // 8, dtype=torch.uint8)
+
+
+@torch.library.register_fake("spmm::sparse24_mm")
+def _sparse24_mm_fake(x, values, meta, bias):
+    return x.new_empty(*x.shape[:-1], values.shape[0])
+
+
+@torch.library.register_fake("spmm::tiled_csl_compress")
+def _tiled_csl_compress_fake(dense, mask, tile_m, tile_k):
+    m, k = dense.shape
+    nnz = torch.library.get_ctx().new_dynamic_size()
+    n_tiles = -(-m // tile_m) * -(-k // tile_k)
+    return (
+        dense.new_empty(nnz),
+        dense.new_empty(nnz, dtype=torch.int16),
+        dense.new_empty(n_tiles + 1, dtype=torch.int32),
+    )
+
+
+@torch.library.register_fake("spmm::tiled_csl_mm")
+def _tiled_csl_mm_fake(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias):
+    return x.new_empty(*x.shape[:-1], out_features)
+
+
+@torch.library.register_fake("spmm::spense_mm")
+def _spense_mm_fake(x, dense_weight, values, meta, row_index, bias):
+    return x.new_empty(*x.shape[:-1], row_index.shape[0])
