@@ -5,6 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SPMM_CUDA_ARCHS="${SPMM_CUDA_ARCHS:-90a}" SPMM_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-16}"
+# The C++ runtime must be torch's shared libstdc++: skip a compiler that only has a static one (CMake checks too).
+if [[ "$(${CXX:-c++} -print-file-name=libstdc++.so)" != /* ]] && [ -x /usr/bin/g++ ]; then
+  export CXX=/usr/bin/g++ CC=/usr/bin/gcc CUDAHOSTCXX=/usr/bin/g++
+fi
+for cache in build/*/CMakeCache.txt; do  # a build folder configured with another compiler starts over
+  [ -f "$cache" ] && ! grep -q "^CMAKE_CXX_COMPILER:FILEPATH=${CXX:-}$" "$cache" && rm -rf "$(dirname "$cache")" || true
+done
 start=$(date +%s)
 python3 -m pip install --no-build-isolation --no-deps --no-index -q .
 echo "spmm build + install: $(( $(date +%s) - start )) s (archs ${SPMM_CUDA_ARCHS})"
