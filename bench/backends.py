@@ -1,0 +1,152 @@
+"""Who computes y = x @ W.T + b: one small function per backend.
+
+`prepare(case)` packs the weight once (outside any timing) and returns a Prepared whose `bind(x)` gives the
+zero-argument callable that is checked and timed; it returns y as [N, M].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .problems import Case
+
+
+@dataclass
+class Prepared:
+    bind: Callable[[Tensor], Callable[[], Tensor]]  # x [N, K] -> fn() -> y [N, M]
+    weight_bytes: int  # bytes of the stored weight (what the op must read besides x and y)
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    prepare: Callable[[Case], Prepared]
+    cuda_only: bool = False
+    always_graph: bool = False  # measured "at its best": CUDA graph even without --graph
+
+
+def _nbytes(*tensors: Optional[Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+# ------------------------------------------------------------------------------------------------ dense ------------
+def _dense(c: Case) -> Prepared:
+    return Prepared(lambda x: lambda: F.linear(x, c.w, c.bias), _nbytes(c.w))
+
+
+def dense_backend(device: torch.device) -> Backend:
+    """The denominator of every speedup: F.linear on the dense masked weight (cuBLAS on GPU)."""
+    return Backend("cublas" if device.type == "cuda" else "torch_cpu", _dense)
+
+
+# ------------------------------------------------------------------------------------------ torch peers ------------
+def _torch_semi_structured(c: Case) -> Prepared:
+    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+
+    # PyTorch's CUTLASS 2:4 path refuses sm90; its cuSPARSELt path runs everywhere cuSPARSELt does.
+    SparseSemiStructuredTensor._FORCE_CUTLASS = False
+    ws = to_sparse_semi_structured(c.w)
+    nbytes = _nbytes(getattr(ws, "packed", None), getattr(ws, "meta", None))
+    return Prepared(lambda x: lambda: F.linear(x, ws, c.bias), nbytes)
+
+
+def _cusparselt(c: Case) -> Prepared:
+    """cuSPARSELt at its best: compressed once, algorithm searched once per shape, x given as a contiguous [K, N]."""
+    wc = torch._cslt_compress(c.w)
+
+    def bind(x: Tensor) -> Callable[[], Tensor]:
+        xt = x.t().contiguous()
+        found = torch._cslt_sparse_mm_search(wc, xt, bias=c.bias)
+        alg_id = int(found[0] if isinstance(found, (tuple, list)) else found)  # some versions return a tuple
+        return lambda: torch._cslt_sparse_mm(wc, xt, bias=c.bias, alg_id=alg_id).t()  # [M, N] -> [N, M] view
+
+    return Prepared(bind, _nbytes(wc))
+
+
+TORCH_SEMI_STRUCTURED = Backend("torch_semi_structured", _torch_semi_structured, cuda_only=True)
+CUSPARSELT = Backend("cusparselt", _cusparselt, cuda_only=True, always_graph=True)
+
+
+# ------------------------------------------------------------------------------------------------- spmm ------------
+def _ops():
+    import spmm.ops  # imported late: a failed import marks the spmm backends unavailable instead of stopping the bench
+
+    return spmm.ops
+
+
+def _pack(packer, dense: Tensor, *args):
+    """Run a packer on the weight's device; where it has no kernel there yet, pack on CPU and move the result."""
+    try:
+        return packer(dense, *args)
+    except NotImplementedError:
+        moved = packer(dense.cpu(), *(a.cpu() if isinstance(a, Tensor) else a for a in args))
+        return tuple(t.to(dense.device) for t in moved)
+
+
+def _spmm_sparse24(c: Case) -> Prepared:
+    ops = _ops()
+    values, meta = _pack(ops.sparse24_compress, c.w, c.mask)
+    return Prepared(lambda x: lambda: ops.sparse24_mm(x, values, meta, c.bias), _nbytes(values, meta))
+
+
+TILE_M, TILE_K = 256, 64  # Flash-LLM's tile
+
+
+def _spmm_tiled_csl(c: Case) -> Prepared:
+    ops = _ops()
+    values, locations, offsets = _pack(ops.tiled_csl_compress, c.w, c.mask, TILE_M, TILE_K)
+    m = c.w.shape[0]
+
+    def bind(x: Tensor) -> Callable[[], Tensor]:
+        return lambda: ops.tiled_csl_mm(x, values, locations, offsets, m, TILE_M, TILE_K, c.bias)
+
+    return Prepared(bind, _nbytes(values, locations, offsets))
+
+
+def _spmm_spense(c: Case) -> Prepared:
+    ops = _ops()
+    dense_rows, sparse_rows = c.extra["dense_rows"], c.extra["sparse_rows"]
+    dense_w = c.w[dense_rows].contiguous()
+    values, meta = _pack(ops.sparse24_compress, c.w[sparse_rows].contiguous(), c.mask[sparse_rows].contiguous())
+    row_index = torch.cat([dense_rows, sparse_rows]).to(torch.int32)  # original row of each block row, dense first
+
+    def bind(x: Tensor) -> Callable[[], Tensor]:
+        return lambda: ops.spense_mm(x, dense_w, values, meta, row_index, c.bias)
+
+    return Prepared(bind, _nbytes(dense_w, values, meta, row_index))
+
+
+SPMM_SPARSE24 = Backend("spmm", _spmm_sparse24)
+SPMM_TILED_CSL = Backend("spmm", _spmm_tiled_csl)
+SPMM_SPENSE = Backend("spmm", _spmm_spense)
+
+
+def probe(backend: Backend, tiny_case: Callable[[], Case]) -> Optional[str]:
+    """Run the backend once on a tiny problem: None if it works, else why not (no kernel, no library, ...)."""
+    try:
+        c = tiny_case()
+        if backend.cuda_only and c.w.device.type != "cuda":
+            return "needs a CUDA device"
+        x = torch.randn(16, c.w.shape[1], device=c.w.device).to(c.w.dtype)
+        backend.prepare(c).bind(x)()
+        if c.w.device.type == "cuda":
+            torch.cuda.synchronize(c.w.device)
+        return None
+    except Exception as e:  # NotImplementedError (no kernel for the device), RuntimeError, ImportError, ...
+        why = error_text(e)
+        if torch.cuda.is_initialized():
+            try:
+                torch.cuda.synchronize()
+            except Exception:  # the sweep's first CUDA call will abort the run; say which backend did it
+                why += " (and the CUDA context is now broken)"
+        return why
+
+
+def error_text(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]

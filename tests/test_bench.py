@@ -1,0 +1,60 @@
+"""The benchmark harness on CPU: end to end on a tiny shape, and the rule that a wrong or failing backend is
+reported as such and never timed."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `bench` is a folder of the repository, not an installed package
+
+from bench import backends as B  # noqa: E402
+from bench.shapes import Layer  # noqa: E402
+from bench.suites import SUITES, Runner  # noqa: E402
+from bench.timing import Timer  # noqa: E402
+
+REQUIRED = ["device", "torch", "cuda", "op", "backend", "dtype", "layer", "M", "K", "N", "sparsity",
+            "dense_fraction", "dense_us", "time_us", "speedup", "gbps", "copy_gbps", "pct_copy_bw", "tflops",
+            "max_abs_err", "correct", "graph", "error"]
+
+
+def test_cpu_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "bench", "--quick", "--device", "cpu", "--shrink", "64", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    records = json.loads((out / "bench.json").read_text())
+    assert (out / "bench.csv").read_text().count("\n") == len(records) + 1
+    assert (out / "speedup.png").stat().st_size > 1000
+    ops = {"sparse24_mm", "tiled_csl_mm", "spense_mm"}
+    assert {(r["op"], r["backend"]) for r in records} == {(op, b) for op in ops for b in ("torch_cpu", "spmm")}
+    assert {r["N"] for r in records} == {1, 16}
+    for r in records:
+        assert set(REQUIRED) <= r.keys()
+        assert r["error"] is None and r["correct"] is True, r
+        assert r["time_us"] > 0 and r["dense_us"] > 0 and r["speedup"] > 0
+        assert abs(r["speedup"] - r["dense_us"] / r["time_us"]) < 1e-9
+        assert r["gbps"] > 0 and r["tflops"] > 0 and 0 < r["pct_copy_bw"] and r["copy_gbps"] > 0
+        assert r["dtype"] == "torch.float16" and r["graph"] is False and r["cuda"] is None
+        assert r["M"] % 64 == 0 and r["K"] % 64 == 0 and r["M"] * r["K"] <= 2**16  # shrunk by 64
+        assert 0 <= r["max_abs_err"] <= r["tol"]
+    assert "skipped sparse24/cusparselt: needs a CUDA device" in proc.stdout
+    assert "time µs" in proc.stdout or "time us" in proc.stdout
+
+
+def test_wrong_or_failing_backend_is_reported_not_timed():
+    wrong = B.Backend("wrong", lambda c: B.Prepared(lambda x: lambda: torch.zeros(x.shape[0], c.w.shape[0],
+                                                                                   dtype=x.dtype), 0))
+    failing = B.Backend("failing", lambda c: B.Prepared(lambda x: lambda: 1 / 0, 0))
+    runner = Runner(Timer(torch.device("cpu"), reps=3, warmup=1), torch.float16, False,
+                    dict(device="cpu", torch=torch.__version__, cuda=None, copy_gbps=1.0))
+    records = []
+    runner.run_case(SUITES["sparse24"], [wrong, failing], Layer("tiny", 64, 64), None, [4], records.extend)
+    dense, w, f = records
+    assert dense["backend"] == "torch_cpu" and dense["correct"] and dense["time_us"] > 0
+    assert w["correct"] is False and w["time_us"] is None and w["speedup"] is None
+    assert w["error"].startswith("wrong result")
+    assert f["correct"] is None and f["time_us"] is None and f["error"].startswith("ZeroDivisionError")
