@@ -30,7 +30,10 @@ def random_24_mask(m, k, generator=None, fill=2):
 def test_matches_cpu_packer_bit_for_bit(dtype, shape, with_mask):
     g = torch.Generator().manual_seed(hash((shape, str(dtype))) % 2**31)
     m, k = shape
-    w = torch.randn(m, k, generator=g).to(dtype)
+    w = torch.randn(m, k, generator=g)
+    w[torch.rand(m, k, generator=g) < 0.2] = 0.0  # zeros and -0.0 that the mask keeps are stored as +0.0
+    w[torch.rand(m, k, generator=g) < 0.1] = -0.0
+    w = w.to(dtype)
     mask = random_24_mask(m, k, g, fill=int(torch.randint(0, 3, (1,), generator=g)))
     if not with_mask:
         w = torch.where(mask, w, torch.zeros_like(w))

@@ -93,7 +93,7 @@ def test_spense_mm_exact(dtype, mk, dense_fraction):
     assert torch.equal(y.float(), reference(x, full, bias))
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_real_values_within_twice_dense_error(dtype):
     """Random reals: our error vs an fp64 reference is at most ~2x that of torch's own dense op in `dtype`."""
     g = gen(17)
@@ -132,6 +132,17 @@ def test_tiled_csl_layout():
     big[255, 255] = 5.0
     _, loc, _ = ops.tiled_csl_compress(big, None, 256, 256)
     assert loc.view(torch.uint16).item() == 65535
+
+
+def test_packers_store_no_zeros():
+    """A zero (or -0.0) the mask keeps is not stored by Tiled-CSL, and is a +0.0 filler in 2:4."""
+    w = torch.tensor([[0.0, -0.0, 3.0, 0.0, 1.0, 0.0, 0.0, -2.0]])
+    keep_all = torch.ones_like(w, dtype=torch.bool)
+    values, locations, _ = ops.tiled_csl_compress(w, keep_all, 1, 8)
+    assert values.tolist() == [3.0, 1.0, -2.0] and locations.tolist() == [2, 4, 7]
+    mask = torch.tensor([[True, True, False, False, True, False, False, True]])
+    values, meta = ops.sparse24_compress(w, mask)
+    assert values.tolist() == [[0.0, 0.0, 1.0, -2.0]] and not torch.signbit(values[0, :2]).any()
 
 
 def test_sparse24_canonical_layout():
@@ -202,6 +213,40 @@ def test_compiles_fullgraph():
     torch._dynamo.reset()
     got = torch.compile(f, fullgraph=True, backend="aot_eager")(x)
     assert torch.equal(got, 2 * reference(x, masked(w, mask)))
+
+
+# ------------------------------------------------------------------------------------------- autograd ------------
+def _autograd_cases():
+    g = gen(41)
+    w, mask = torch.randn(12, 32, generator=g, dtype=torch.float64).float(), random_24_mask(12, 32, g)
+    wm = masked(w, mask)
+    spense, full = spense_args(w, mask, torch.tensor([0, 5]))
+    return [
+        (lambda x, b: ops.sparse24_mm(x, *pack24(w, mask), b), wm),
+        (lambda x, b: ops.tiled_csl_mm(x, *pack_csl(w, mask, 8, 16), 12, 8, 16, b), wm),
+        (lambda x, b: ops.spense_mm(x, *spense, b), full),
+    ]
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_gradients_flow_to_x_and_bias(case):
+    fn, dense = _autograd_cases()[case]
+    x = torch.randn(2, 5, 32, requires_grad=True)
+    bias = torch.randn(12, requires_grad=True)
+    grad_out = torch.randn(2, 5, 12)
+    fn(x, bias).backward(grad_out)
+    x_ref, b_ref = x.detach().clone().requires_grad_(), bias.detach().clone().requires_grad_()
+    F.linear(x_ref, dense, b_ref).backward(grad_out)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(bias.grad, b_ref.grad)
+
+
+def test_packed_weight_gradient_is_refused():
+    w, mask = torch.randn(8, 16), random_24_mask(8, 16)
+    values, meta = pack24(w, mask)
+    y = ops.sparse24_mm(torch.randn(3, 16), values.requires_grad_(), meta)
+    with pytest.raises(RuntimeError, match=r"spmm::sparse24_mm: the packed weight is not differentiable"):
+        y.sum().backward()
 
 
 # ----------------------------------------------------------------------------------------- bad input ------------

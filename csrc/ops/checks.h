@@ -47,6 +47,11 @@ inline void check_bias(const char* op, const std::optional<at::Tensor>& bias, co
   check_same_device(op, "bias", *bias, x);
 }
 
+// x as the fp64 [N, K] matrix the CPU reference computes with.
+inline at::Tensor activation_matrix(const at::Tensor& x, int64_t n, int64_t k) {
+  return x.reshape({n, k}).to(at::kDouble).contiguous();
+}
+
 // Rows of x as a [N, K] matrix (N = product of the leading dims; well defined when K or N is 0).
 inline int64_t leading_rows(const at::Tensor& x) {
   int64_t n = 1;
@@ -54,9 +59,9 @@ inline int64_t leading_rows(const at::Tensor& x) {
   return n;
 }
 
-// fp32 result [N, M] -> (+ bias) in fp32, rounded once to x's dtype, shaped [..., M].
+// fp64 result [N, M] -> (+ bias) in fp64, rounded once to x's dtype, shaped [..., M].
 inline at::Tensor finish_linear(at::Tensor out, const std::optional<at::Tensor>& bias, const at::Tensor& x) {
-  if (bias.has_value()) out.add_(bias->to(at::kFloat));
+  if (bias.has_value()) out.add_(bias->to(at::kDouble));
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out.size(1);
   return out.to(x.scalar_type()).reshape(shape);

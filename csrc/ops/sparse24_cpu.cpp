@@ -26,18 +26,20 @@ void compress_rows(const at::Tensor& dense, const bool* mask, at::Tensor& values
   std::fill_n(codes, m * meta_cols, uint8_t{0});
   for (int64_t r = 0; r < m; ++r) {
     for (int64_t g = 0; g < groups; ++g) {
-      unsigned keep = 0;
+      unsigned allowed = 0, nonzero = 0;
       for (int j = 0; j < kGroup; ++j) {
         const int64_t at = r * k + g * kGroup + j;
         const float v = static_cast<float>(w[at]);
         if (!std::isfinite(v)) first_nonfinite = std::min<uint64_t>(first_nonfinite, at);
-        keep |= static_cast<unsigned>(mask ? mask[at] : v != 0.0f) << j;  // -0.0 counts as zero
+        allowed |= static_cast<unsigned>(mask ? mask[at] : true) << j;
+        nonzero |= static_cast<unsigned>(v != 0.0f) << j;  // -0.0 counts as zero
       }
-      int idx0, idx1;
-      if (!sparse24::pick_columns(keep, idx0, idx1)) {
+      // The mask (or, without one, the nonzeros) must be 2:4; a zero the mask keeps is stored as a filler +0.0.
+      if (sparse24::popcount4(mask ? allowed : nonzero) > sparse24::kKept)
         first_bad_group = std::min<uint64_t>(first_bad_group, r * groups + g);
-        idx0 = 0, idx1 = 1;
-      }
+      const unsigned keep = allowed & nonzero;
+      int idx0 = 0, idx1 = 1;
+      sparse24::pick_columns(keep, idx0, idx1);
       const T* src = w + r * k + g * kGroup;
       vals[r * (k / 2) + 2 * g] = (keep >> idx0) & 1u ? src[idx0] : T(0.0f);
       vals[r * (k / 2) + 2 * g + 1] = (keep >> idx1) & 1u ? src[idx1] : T(0.0f);
@@ -72,8 +74,8 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
   check_bias(op, bias, x, values.size(0));
   check_sparse24_meta_codes(op, meta, k);
   const int64_t n = leading_rows(x), m = values.size(0);
-  const at::Tensor xf = x.reshape({n, k}).to(at::kFloat).contiguous();
-  at::Tensor out = at::empty({n, m}, x.options().dtype(at::kFloat));
+  const at::Tensor xf = activation_matrix(x, n, k);
+  at::Tensor out = at::empty({n, m}, x.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "sparse24_mm_cpu", [&] {
     sparse24_rows_linear<scalar_t>(xf, values, meta, nullptr, out);
   });

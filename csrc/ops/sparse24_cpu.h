@@ -30,15 +30,15 @@ void sparse24_rows_linear(const at::Tensor& xf, const at::Tensor& values, const 
   const int64_t k = xf.size(1), half_k = k / 2, meta_cols = meta.size(1);
   const T* vals = values.data_ptr<T>();
   const uint8_t* codes = meta.data_ptr<uint8_t>();
-  sparse_rows_linear(xf.data_ptr<float>(), xf.size(0), k, values.size(0), half_k, dst_row, out.data_ptr<float>(),
-                     out.size(1), [&](int64_t i, int32_t* col, float* val) {
+  sparse_rows_linear(xf.data_ptr<double>(), xf.size(0), k, values.size(0), half_k, dst_row, out.data_ptr<double>(),
+                     out.size(1), [&](int64_t i, int32_t* col, double* val) {
                        for (int64_t g = 0; g < k / sparse24::kGroup; ++g) {
                          int idx0, idx1;
                          sparse24::decode_group((codes[i * meta_cols + g / 2] >> (4 * (g % 2))) & 0xF, idx0, idx1);
                          col[2 * g] = static_cast<int32_t>(g * sparse24::kGroup + idx0);
                          col[2 * g + 1] = static_cast<int32_t>(g * sparse24::kGroup + idx1);
-                         val[2 * g] = static_cast<float>(vals[i * half_k + 2 * g]);
-                         val[2 * g + 1] = static_cast<float>(vals[i * half_k + 2 * g + 1]);
+                         val[2 * g] = static_cast<double>(vals[i * half_k + 2 * g]);
+                         val[2 * g + 1] = static_cast<double>(vals[i * half_k + 2 * g + 1]);
                        }
                        return half_k;
                      });

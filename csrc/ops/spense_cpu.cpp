@@ -45,17 +45,17 @@ at::Tensor spense_mm_cpu(const at::Tensor& x, const at::Tensor& dense_weight, co
   check_row_index(op, row_index);
   check_sparse24_meta_codes(op, meta, k);
 
-  const at::Tensor xf = x.reshape({n, k}).to(at::kFloat).contiguous();
+  const at::Tensor xf = activation_matrix(x, n, k);
   const at::Tensor wd = dense_weight.contiguous();
-  at::Tensor out = at::empty({n, m}, x.options().dtype(at::kFloat));
+  at::Tensor out = at::empty({n, m}, x.options().dtype(at::kDouble));
   const int32_t* dst = row_index.data_ptr<int32_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spense_mm_cpu", [&] {
     const scalar_t* w = wd.data_ptr<scalar_t>();
-    sparse_rows_linear(xf.data_ptr<float>(), n, k, md, k, dst, out.data_ptr<float>(), m,
-                       [&](int64_t i, int32_t* col, float* val) {
+    sparse_rows_linear(xf.data_ptr<double>(), n, k, md, k, dst, out.data_ptr<double>(), m,
+                       [&](int64_t i, int32_t* col, double* val) {
                          for (int64_t c = 0; c < k; ++c) {
                            col[c] = static_cast<int32_t>(c);
-                           val[c] = static_cast<float>(w[i * k + c]);
+                           val[c] = static_cast<double>(w[i * k + c]);
                          }
                          return k;
                        });

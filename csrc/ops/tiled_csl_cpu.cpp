@@ -39,8 +39,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pack(const at::Tensor& dense, con
   for (int64_t e = 0; e < g.m * k; ++e)
     TORCH_CHECK_VALUE(std::isfinite(static_cast<float>(w[e])), "spmm::tiled_csl_compress: `dense` has a NaN or "
                       "infinite value at row ", e / k, ", column ", e % k, "; a weight to pack must be finite");
-  // -0.0 counts as zero when no mask is given.
-  auto keep = [&](int64_t row, int64_t col) { return mask ? mask[row * k + col] : static_cast<float>(w[row * k + col]) != 0.0f; };
+  // Only nonzeros are stored (-0.0 counts as zero): a zero the mask keeps would cost bytes and add nothing.
+  auto keep = [&](int64_t row, int64_t col) {
+    return (!mask || mask[row * k + col]) && static_cast<float>(w[row * k + col]) != 0.0f;
+  };
 
   const int64_t tiles = g.row_tiles * g.col_tiles;
   std::vector<int64_t> counts(tiles + 1, 0);
@@ -143,23 +145,23 @@ at::Tensor tiled_csl_mm_cpu(const at::Tensor& x, const at::Tensor& values, const
   check_stream(op, g, offs, locs, values.numel());
 
   // x as [K, N] so the innermost loop (over tokens) is contiguous.
-  const at::Tensor xt = x.reshape({n, k}).to(at::kFloat).t().contiguous();
-  const float* xs = xt.data_ptr<float>();
-  at::Tensor out = at::empty({n, out_features}, x.options().dtype(at::kFloat));
-  float* o = out.data_ptr<float>();
+  const at::Tensor xt = activation_matrix(x, n, k).t().contiguous();
+  const double* xs = xt.data_ptr<double>();
+  at::Tensor out = at::empty({n, out_features}, x.options().dtype(at::kDouble));
+  double* o = out.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "tiled_csl_mm_cpu", [&] {
     const scalar_t* vals = values.data_ptr<scalar_t>();
     at::parallel_for(0, g.row_tiles, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> acc;
+      std::vector<double> acc;
       for (int64_t i = begin; i < end; ++i) {
-        acc.assign(g.rows_in(i) * n, 0.0f);  // acc[r * n + t]
+        acc.assign(g.rows_in(i) * n, 0.0);  // acc[r * n + t]
         for (int64_t j = 0; j < g.col_tiles; ++j) {
           const int64_t t = i * g.col_tiles + j;
           for (int64_t e = offs[t]; e < offs[t + 1]; ++e) {
             const int64_t loc = static_cast<uint16_t>(locs[e]);
-            const float v = static_cast<float>(vals[e]);
-            const float* xc = xs + (j * tile_k + loc % tile_k) * n;
-            float* a = acc.data() + (loc / tile_k) * n;
+            const double v = static_cast<double>(vals[e]);
+            const double* xc = xs + (j * tile_k + loc % tile_k) * n;
+            double* a = acc.data() + (loc / tile_k) * n;
             for (int64_t tok = 0; tok < n; ++tok) a[tok] += v * xc[tok];
           }
         }

@@ -41,20 +41,20 @@ __global__ void sparse24_compress_kernel(Sparse24CompressParams p) {
     const int64_t group = byte_in_row * 2 + half;
     if (group >= groups_per_row) break;  // odd group count: the high nibble stays 0
     T v[kGroup];
-    unsigned keep = 0;
+    unsigned allowed = 0, nonzero = 0;
     for (int j = 0; j < kGroup; ++j) {
       const int64_t col = group * kGroup + j;
       v[j] = dense_row[col];
       if (!isfinite(to_float(v[j]))) atomicMin(&p.first_bad[1], static_cast<unsigned long long>(row * p.k + col));
-      const bool kept = mask_row ? mask_row[col] != 0 : !is_zero(v[j]);
-      keep |= static_cast<unsigned>(kept) << j;
+      allowed |= static_cast<unsigned>(mask_row ? mask_row[col] != 0 : true) << j;
+      nonzero |= static_cast<unsigned>(!is_zero(v[j])) << j;
     }
-    int idx0, idx1;
-    if (!sparse24::pick_columns(keep, idx0, idx1)) {
+    // The mask (or, without one, the nonzeros) must be 2:4; a zero the mask keeps is stored as a filler +0.0.
+    if (sparse24::popcount4(mask_row ? allowed : nonzero) > sparse24::kKept)
       atomicMin(&p.first_bad[0], static_cast<unsigned long long>(row * groups_per_row + group));
-      idx0 = 0;
-      idx1 = 1;
-    }
+    const unsigned keep = allowed & nonzero;
+    int idx0 = 0, idx1 = 1;
+    sparse24::pick_columns(keep, idx0, idx1);
     // A filler column (not kept) stores +0.0 so that to_dense() gives the masked weight bit for bit.
     const T zero = T(0.0f);
     values_row[group * 2] = (keep >> idx0) & 1u ? v[idx0] : zero;

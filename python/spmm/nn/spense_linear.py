@@ -1,0 +1,54 @@
+"""nn.Linear with some output rows dense and the rest 2:4 sparse (Spense)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor, nn
+
+from .. import ops
+from ..formats import SpenseWeight
+from ..pruning import select_dense_rows
+from .base import SparseLinear
+
+
+class SpenseLinear(SparseLinear):
+    """y = x @ W.T + b with `num_dense_rows` output rows dense, the rest 2:4 (in_features % 4 == 0).
+    Buffers: dense_weight, values, meta, row_index, bias; the dense/sparse split follows a loaded state dict."""
+
+    format_cls = SpenseWeight
+    resizable_buffers = ("dense_weight", "values", "meta")
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, num_dense_rows: int = 0,
+                 device=None, dtype=None):
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self._set_format(SpenseWeight.empty((out_features, in_features), num_dense_rows, dtype=dtype, device=device))
+
+    @staticmethod
+    def kwargs_of(fmt: SpenseWeight):
+        return {"num_dense_rows": fmt.num_dense_rows}
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, mask: Optional[Tensor] = None, dense_rows: Optional[Tensor] = None,
+                   dense_fraction: Optional[float] = None) -> "SpenseLinear":
+        """Keep `dense_rows` (or the round(dense_fraction * M) rows that 2:4 pruning with `mask` hurts most) dense;
+        pack the other rows as 2:4 with `mask` (None: keep the nonzeros)."""
+        if (dense_rows is None) == (dense_fraction is None):
+            raise ValueError("give exactly one of dense_rows and dense_fraction")
+        weight = linear.weight.detach()
+        if dense_rows is None:
+            dense_rows = select_dense_rows(weight, dense_fraction, mask)
+        return cls.from_format(SpenseWeight.from_dense(weight, dense_rows, mask), linear.bias)
+
+    @property
+    def weight_format(self) -> SpenseWeight:
+        return SpenseWeight.from_tensors(
+            {"dense_weight": self.dense_weight, "values": self.values, "meta": self.meta, "row_index": self.row_index}
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.spense_mm(x, self.dense_weight, self.values, self.meta, self.row_index, self.bias)
+
+    def format_repr(self) -> str:
+        fmt = self.weight_format
+        return f"format=spense, dense_rows={fmt.num_dense_rows} ({fmt.dense_fraction:.3f})"

@@ -1,0 +1,55 @@
+"""Shared test helpers (imported by the test modules as `from conftest import ...`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+_INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
+             torch.float64: torch.int64}
+
+
+def assert_bitwise_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal bit for bit (torch.equal alone treats -0.0 == +0.0)."""
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape, (actual.dtype, actual.shape,
+                                                                              expected.dtype, expected.shape)
+    view = _INT_VIEW.get(actual.dtype, actual.dtype)  # integer tensors compare as they are
+    diff = actual.contiguous().view(view) != expected.contiguous().view(view)
+    assert not bool(diff.any()), f"{int(diff.sum())} elements differ, first at {diff.nonzero()[0].tolist()}"
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def random_weight(m: int, k: int, dtype=torch.float32, g=None, zeros: float = 0.1) -> torch.Tensor:
+    """Normal weight with a fraction of exact zeros and some -0.0, so packers meet both."""
+    w = torch.randn(m, k, generator=g)
+    w[torch.rand(m, k, generator=g) < zeros] = 0.0
+    w[torch.rand(m, k, generator=g) < zeros / 2] = -0.0
+    return w.to(dtype)
+
+
+def int_weight(m: int, k: int, dtype=torch.float32, g=None, lo: int = -2, hi: int = 2) -> torch.Tensor:
+    """Small-integer values: every product and sum is exact in fp32 (and fits fp16/bf16), so results compare exactly."""
+    return torch.randint(lo, hi + 1, (m, k), generator=g).to(dtype)
+
+
+def random_24_mask(m: int, k: int, g=None) -> torch.Tensor:
+    """A 2:4 keep-mask whose groups keep 0, 1 or 2 elements at random positions."""
+    scores = torch.rand(m, k // 4, 4, generator=g)
+    kept = torch.randint(0, 3, (m, k // 4, 1), generator=g)
+    rank = scores.argsort(dim=-1).argsort(dim=-1)
+    return (rank < kept).reshape(m, k)
+
+
+def random_mask(m: int, k: int, density: float, g=None) -> torch.Tensor:
+    return torch.rand(m, k, generator=g) < density
+
+
+@pytest.fixture(autouse=True)
+def _isolated():
+    torch.manual_seed(0)  # layers built with nn.Linear's own init: same weights whatever ran before
+    yield
+    torch._dynamo.reset()  # compiled graphs of one test must not count against another's recompile limit
