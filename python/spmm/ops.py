@@ -1,9 +1,14 @@
 """Python entry points of the spmm operators, and their fake (meta) implementations.
 
 The schemas are registered in C++ (csrc/ops/registration.cpp); the CPU implementation of every op is the reference
-semantics (fp32 accumulation, output in the input dtype); CUDA implementations come from csrc/ops/*_cuda.cpp.
-The fake implementations below only compute output shapes, so torch.compile(fullgraph=True) can trace models
-that use the ops.
+semantics (fp64 accumulation -- at least the fp32 of the kernels --, bias added before the one rounding to the
+input dtype); CUDA implementations come from csrc/ops/*_cuda.cpp. The fake implementations below only compute
+output shapes, so torch.compile(fullgraph=True) can trace models that use the ops; backward formulas (for x and
+bias) are in autograd.py.
+
+Errors: a wrong dtype raises TypeError, any other broken rule ValueError; every message names the op, the
+argument and the rule. Packers refuse a weight with NaN or Inf anywhere (also where the mask drops it), and
+store no zeros: a zero or -0.0 that the mask keeps is left out of Tiled-CSL and is a +0.0 filler in 2:4.
 
 Conventions (nn.Linear): y = x @ W.T (+ bias), W is [M out_features, K in_features], x is [..., K].
 
