@@ -55,6 +55,19 @@ def sparse24_mm(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor] 
     return _ops.sparse24_mm(x, values, meta, bias)
 
 
+def sparse24_decode_pack(values: Tensor, meta: Tensor, meta_layout: int = 0) -> Tuple[Tensor, Tensor]:
+    """Canonical 2:4 layout -> the CUDA decode kernel's layout (fragment order, padded to 16 rows x 128 columns).
+    CUDA only; made once per weight (layers cache it)."""
+    return _ops._sparse24_decode_pack(values, meta, meta_layout)
+
+
+def sparse24_decode_mm(
+    x: Tensor, dvalues: Tensor, dmeta: Tensor, out_features: int, bias: Optional[Tensor] = None
+) -> Tensor:
+    """y = x @ W.T (+ bias) with W in the decode layout: the weight-streaming mma.sp kernel (CUDA, fp16/bf16)."""
+    return _ops._sparse24_decode_mm(x, dvalues, dmeta, out_features, bias)
+
+
 # ------------------------------------------------------------------------------------------ Tiled-CSL ------------
 def tiled_csl_compress(
     dense: Tensor, mask: Optional[Tensor] = None, tile_m: int = 256, tile_k: int = 64
@@ -101,6 +114,18 @@ def _sparse24_compress_fake(dense, mask):
 @torch.library.register_fake("spmm::sparse24_mm")
 def _sparse24_mm_fake(x, values, meta, bias):
     return x.new_empty(*x.shape[:-1], values.shape[0])
+
+
+@torch.library.register_fake("spmm::_sparse24_decode_pack")
+def _sparse24_decode_pack_fake(values, meta, meta_layout=0):
+    m, k = values.shape[0], values.shape[1] * 2
+    tiles, chunks = -(-m // 16), -(-k // 128)
+    return values.new_empty(tiles, chunks * 4 * 32 * 8), values.new_empty(tiles, chunks * 64, dtype=torch.int32)
+
+
+@torch.library.register_fake("spmm::_sparse24_decode_mm")
+def _sparse24_decode_mm_fake(x, dvalues, dmeta, out_features, bias):
+    return x.new_empty(*x.shape[:-1], out_features)
 
 
 @torch.library.register_fake("spmm::tiled_csl_compress")

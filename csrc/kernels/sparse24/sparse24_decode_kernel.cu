@@ -1,0 +1,300 @@
+// The decode kernel of sparse24_decode.h and its layout packer.
+//
+// Block: 8 warps; warp w owns row tile (blockIdx.y * 8 + w) -- 16 rows of W -- over the block's slice of K
+// (split blockIdx.x of `splits`). Per chunk of 128 columns, every lane streams its A fragments and metadata
+// straight from global memory into registers (one chunk ahead), while the block stages x's chunk in shared
+// memory with cp.async (double-buffered, zero-filled past N and K) and feeds it to mma.sp through ldmatrix.
+// With splits > 1, each block leaves fp32 partials in the workspace and the last block of a row group to finish
+// (a counter per group) sums them in split order -- one launch, deterministic -- adds the bias and writes y.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <climits>
+
+#include "kernels/common/ptx.cuh"
+#include "kernels/sparse24/sparse24_decode.h"
+#include "kernels/sparse24/sparse24_layout.h"
+
+namespace spmm::kernels {
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kRowsPerBlock = kWarps * kDecodeTileRows;
+constexpr int kSteps = kDecodeChunkK / 32;        // mma k-steps per chunk
+constexpr int kXPitch = kDecodeChunkK + 8;        // x row pitch in shared memory (16 B pad: no ldmatrix conflicts)
+constexpr uint8_t kFillCode = 0 | 1 << 2;         // metadata code of an all-zero (padding) group
+
+// ------------------------------------------------------------------------------------------------ packer -------
+// One thread per (row tile, chunk, lane): gathers that lane's four A fragments (and, for lanes 4g and 4g+1, its
+// four metadata registers) from the canonical layout.
+struct CanonicalReader {
+  const uint16_t* values;
+  const uint8_t* meta;
+  int64_t m, k, meta_cols;
+  // The two stored 16-bit values of group `grp` of row `row` (zeros outside the weight), as one register.
+  __device__ uint32_t pair(int64_t row, int64_t grp) const {
+    if (row >= m || grp >= k / sparse24::kGroup) return 0;
+    const uint16_t* v = values + row * (k / 2) + grp * 2;
+    return static_cast<uint32_t>(v[0]) | static_cast<uint32_t>(v[1]) << 16;
+  }
+  __device__ uint32_t code(int64_t row, int64_t grp) const {
+    if (row >= m || grp >= k / sparse24::kGroup) return kFillCode;
+    return (meta[row * meta_cols + grp / 2] >> (4 * (grp % 2))) & 0xF;
+  }
+  // Four consecutive groups' codes of one row, group `first` in the lowest nibble.
+  __device__ uint32_t codes4(int64_t row, int64_t first) const {
+    uint32_t r = 0;
+    for (int j = 0; j < 4; ++j) r |= code(row, first + j) << (4 * j);
+    return r;
+  }
+};
+
+__global__ void decode_pack_kernel(Sparse24DecodePackParams p, Sparse24DecodeShape s) {
+  const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (index >= s.row_tiles * s.chunks * 32) return;
+  const int lane = index % 32;
+  const int64_t chunk = (index / 32) % s.chunks, tile = index / 32 / s.chunks;
+  const int g = lane / 4, q = lane % 4;
+  const int64_t row0 = tile * kDecodeTileRows + g, row1 = row0 + 8;
+  const CanonicalReader in{p.values, p.meta, p.m, p.k, sparse24::meta_bytes_per_row(p.k)};
+  uint4* values = static_cast<uint4*>(p.dvalues) + ((tile * s.chunks + chunk) * kSteps) * 32 + lane;
+  uint32_t meta[kSteps];
+  for (int step = 0; step < kSteps; ++step) {
+    const int64_t first_group = (chunk * kSteps + step) * 8;  // 8 groups of 4 per k-step of 32
+    // A fragment of m16n8k32 (compressed 16 x 16, laid out like a dense m16n8k16 A): rows g and g+8, groups q
+    // and q + 4 of the step.
+    values[step * 32] = make_uint4(in.pair(row0, first_group + q), in.pair(row1, first_group + q),
+                                   in.pair(row0, first_group + q + 4), in.pair(row1, first_group + q + 4));
+    if (p.meta_layout == 0) {
+      // lane 4g: rows g | g+8, groups 0-3; lane 4g+1: rows g | g+8, groups 4-7 (16 bits per row).
+      const int64_t first = first_group + 4 * q;
+      meta[step] = in.codes4(row0, first) | in.codes4(row1, first) << 16;
+    } else {
+      // lane 4g: row g, groups 0-7; lane 4g+1: row g+8, groups 0-7.
+      const int64_t row = q == 0 ? row0 : row1;
+      meta[step] = in.codes4(row, first_group) | in.codes4(row, first_group + 4) << 16;
+    }
+  }
+  if (q < 2) {
+    uint4* dmeta = static_cast<uint4*>(p.dmeta) + (tile * s.chunks + chunk) * 16 + g * 2 + q;
+    *dmeta = make_uint4(meta[0], meta[1], meta[2], meta[3]);
+  }
+}
+
+// ----------------------------------------------------------------------------------------------- matmul --------
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+template <typename T>
+__device__ __forceinline__ float bias_at(const T* bias, int64_t m) {
+  return bias ? static_cast<float>(bias[m]) : 0.0f;
+}
+
+template <typename T, int kNTiles>
+__global__ void __launch_bounds__(kThreads) decode_mm_kernel(Sparse24DecodeParams p, Sparse24DecodeShape s) {
+  constexpr int kXRows = kNTiles * 8;
+  extern __shared__ uint4 smem[];
+  T* xs = reinterpret_cast<T*>(smem);  // [2][kXRows][kXPitch]
+  __shared__ int is_last_block;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t group = blockIdx.y, split = blockIdx.x;
+  const int64_t tile = group * kWarps + warp;
+  const bool has_tile = tile < s.row_tiles;
+  const int64_t c_begin = split * s.chunks / p.splits, c_end = (split + 1) * s.chunks / p.splits;
+  const T* x = static_cast<const T*>(p.x);
+  const uint4* wv = static_cast<const uint4*>(p.dvalues) + tile * s.chunks * kSteps * 32 + lane;
+  const uint4* wm = static_cast<const uint4*>(p.dmeta) + tile * s.chunks * 16 + (lane / 4) * 2 + lane % 4;
+  const bool meta_lane = lane % 4 < 2;
+
+  auto stage_x = [&](int64_t chunk, int buf) {
+    for (int v = threadIdx.x; v < kXRows * (kDecodeChunkK / 8); v += kThreads) {
+      const int row = v / (kDecodeChunkK / 8), col = (v % (kDecodeChunkK / 8)) * 8;
+      const int64_t k = chunk * kDecodeChunkK + col;
+      const bool inside = row < p.n && k < p.k;  // k % 8 == 0: a vector is wholly inside or outside
+      ptx::cp_async_16(xs + (buf * kXRows + row) * kXPitch + col, inside ? x + row * p.x_ld + k : x, inside ? 16 : 0);
+    }
+    ptx::cp_async_commit();
+  };
+  auto load_w = [&](int64_t chunk, uint4 (&a)[kSteps], uint4& meta) {
+    for (int step = 0; step < kSteps; ++step) a[step] = ptx::load_streaming(wv + (chunk * kSteps + step) * 32);
+    meta = meta_lane ? ptx::load_streaming(wm + chunk * 16) : make_uint4(0, 0, 0, 0);
+  };
+
+  float acc[kNTiles][4] = {};
+  uint4 a_cur[kSteps], a_next[kSteps], m_cur, m_next;
+  if (c_begin < c_end) {
+    stage_x(c_begin, 0);
+    if (has_tile) load_w(c_begin, a_cur, m_cur);
+  }
+  for (int64_t c = c_begin; c < c_end; ++c) {
+    const int buf = (c - c_begin) & 1;
+    const bool more = c + 1 < c_end;
+    if (more) {
+      stage_x(c + 1, buf ^ 1);  // buf ^ 1 was last read before the previous iteration's closing barrier
+      if (has_tile) load_w(c + 1, a_next, m_next);
+      ptx::cp_async_wait<1>();
+    } else {
+      ptx::cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (has_tile) {
+      const uint32_t metas[kSteps] = {m_cur.x, m_cur.y, m_cur.z, m_cur.w};
+#pragma unroll
+      for (int step = 0; step < kSteps; ++step) {
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+          uint32_t b[4];  // x rows nt*8 .. +7, columns step*32 .. +31: matrix j covers columns 8j .. 8j+7
+          ptx::ldmatrix_x4(b, xs + (buf * kXRows + nt * 8 + lane % 8) * kXPitch + step * 32 + (lane / 8) * 8);
+          ptx::mma_sp_16832<T>(acc[nt], a_cur[step], b, metas[step]);
+        }
+      }
+    }
+    __syncthreads();
+    if (more) {
+#pragma unroll
+      for (int step = 0; step < kSteps; ++step) a_cur[step] = a_next[step];
+      m_cur = m_next;
+    }
+  }
+
+  // Accumulator fragment: acc[nt][i] is W row g (+8 for i >= 2) times token nt*8 + 2q (+1 for odd i).
+  const int g = lane / 4, q = lane % 4;
+  const T* bias = static_cast<const T*>(p.bias);
+  T* y = static_cast<T*>(p.y);
+  const int64_t mp = s.row_tiles * kDecodeTileRows;
+  float* partials = static_cast<float*>(p.workspace);
+  if (has_tile) {
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int64_t m = tile * kDecodeTileRows + g + (i >= 2 ? 8 : 0), n = nt * 8 + 2 * q + (i & 1);
+        if (n >= p.n) continue;
+        if (p.splits == 1) {
+          if (m < p.m) y[n * p.y_ld + m] = from_float<T>(acc[nt][i] + bias_at(bias, m));
+        } else {
+          partials[(split * p.n + n) * mp + m] = acc[nt][i];
+        }
+      }
+    }
+  }
+  if (p.splits == 1) return;
+
+  // Split-K: the last block of this row group to arrive sums every split's partials, in split order.
+  int* counters = reinterpret_cast<int*>(partials + static_cast<int64_t>(p.splits) * p.n * mp);
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) is_last_block = atomicAdd(&counters[group], 1) == p.splits - 1;
+  __syncthreads();
+  if (!is_last_block) return;
+  __threadfence();
+  const int64_t row0 = group * kRowsPerBlock;
+  for (int64_t idx = threadIdx.x; idx < p.n * kRowsPerBlock; idx += kThreads) {
+    const int64_t n = idx / kRowsPerBlock, m = row0 + idx % kRowsPerBlock;
+    if (m >= p.m) continue;
+    float sum = 0.0f;
+    for (int sp = 0; sp < p.splits; ++sp) sum += __ldcg(partials + (sp * p.n + n) * mp + m);
+    y[n * p.y_ld + m] = from_float<T>(sum + bias_at(bias, m));
+  }
+  if (threadIdx.x == 0) counters[group] = 0;  // leaves the counters zeroed for the next launch
+}
+
+template <int kNTiles>
+constexpr size_t smem_bytes() {
+  return 2 * kNTiles * 8 * kXPitch * 2;
+}
+
+template <typename T, int kNTiles>
+cudaError_t launch_tiles(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, cudaStream_t stream) {
+  const dim3 grid(p.splits, static_cast<unsigned>((s.row_tiles + kWarps - 1) / kWarps));
+  decode_mm_kernel<T, kNTiles><<<grid, kThreads, smem_bytes<kNTiles>(), stream>>>(p, s);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, cudaStream_t stream) {
+  if (p.n <= 8) return launch_tiles<T, 1>(p, s, stream);
+  if (p.n <= 16) return launch_tiles<T, 2>(p, s, stream);
+  if (p.n <= 32) return launch_tiles<T, 4>(p, s, stream);
+  return launch_tiles<T, 8>(p, s, stream);
+}
+
+int64_t row_groups(const Sparse24DecodeShape& s) { return (s.row_tiles + kWarps - 1) / kWarps; }
+
+}  // namespace
+
+cudaError_t sparse24_decode_pack(const Sparse24DecodePackParams& p, cudaStream_t stream) {
+  if (p.m < 0 || p.k < 0 || p.k % sparse24::kGroup != 0 || p.meta_layout < 0 || p.meta_layout > 1)
+    return cudaErrorInvalidValue;
+  const Sparse24DecodeShape s = sparse24_decode_shape(p.m, p.k);
+  const int64_t threads = s.row_tiles * s.chunks * 32;
+  if (threads == 0) return cudaSuccess;
+  const int64_t blocks = (threads + 255) / 256;
+  if (blocks > INT_MAX) return cudaErrorInvalidValue;
+  decode_pack_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(p, s);
+  return cudaGetLastError();
+}
+
+int sparse24_decode_splits(int64_t m, int64_t n, int64_t k, int num_sms) {
+  const Sparse24DecodeShape s = sparse24_decode_shape(m, k);
+  const int64_t groups = row_groups(s);
+  const int64_t slots = static_cast<int64_t>(std::max(num_sms, 1)) * 2;  // ~2 resident blocks per SM
+  // Time ~ waves x chunks per block, plus the split-K partials' round trip (fp32, N x 128 per block); the
+  // smallest split at the best estimate wins.
+  int best = 1;
+  double best_cost = 0;
+  for (int splits = 1; splits <= std::min<int64_t>(s.chunks, 32); ++splits) {
+    const double waves = static_cast<double>((groups * splits + slots - 1) / slots);
+    const double chunk_bytes = kRowsPerBlock * kDecodeChunkK * 1.125;
+    const double reduce_bytes = splits > 1 ? 2.0 * std::min<int64_t>(n, kDecodeMaxTokens) * kRowsPerBlock * 4 : 0;
+    const double cost = waves * ((s.chunks + splits - 1) / splits * chunk_bytes + reduce_bytes);
+    if (splits == 1 || cost < best_cost * 0.98) best = splits, best_cost = cost;
+  }
+  return best;
+}
+
+size_t sparse24_decode_workspace_bytes(int64_t m, int64_t n, int64_t k, int splits) {
+  if (splits <= 1) return 0;
+  const Sparse24DecodeShape s = sparse24_decode_shape(m, k);
+  const int64_t tokens = std::min<int64_t>(n, kDecodeMaxTokens);
+  return static_cast<size_t>(splits) * tokens * s.row_tiles * kDecodeTileRows * sizeof(float) +
+         static_cast<size_t>(row_groups(s)) * sizeof(int);
+}
+
+cudaError_t sparse24_decode_mm(const Sparse24DecodeParams& p, cudaStream_t stream) {
+  const Sparse24DecodeShape s = sparse24_decode_shape(p.m, p.k);
+  if (p.m < 0 || p.n < 0 || p.k < 0 || p.k % 8 != 0 || p.x_ld % 8 != 0 || p.splits < 1 ||
+      p.splits > std::max<int64_t>(s.chunks, 1) || row_groups(s) > 65535 ||
+      (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) ||
+      reinterpret_cast<uintptr_t>(p.x) % 16 != 0 || (p.splits > 1 && p.workspace == nullptr))
+    return cudaErrorInvalidValue;
+  if (p.m == 0 || p.n == 0) return cudaSuccess;
+  if (p.splits > 1) {
+    // Counters start at zero; the last block of each group leaves them zeroed again.
+    const size_t bytes = sparse24_decode_workspace_bytes(p.m, p.n, p.k, p.splits);
+    const size_t counters = row_groups(s) * sizeof(int);
+    cudaError_t err = cudaMemsetAsync(static_cast<char*>(p.workspace) + bytes - counters, 0, counters, stream);
+    if (err != cudaSuccess) return err;
+  }
+  const size_t elem = 2;
+  // More than 64 tokens: consecutive slices of 64 (the prefill GEMM is the fast path there).
+  for (int64_t n0 = 0; n0 < p.n; n0 += kDecodeMaxTokens) {
+    Sparse24DecodeParams slice = p;
+    slice.n = std::min<int64_t>(kDecodeMaxTokens, p.n - n0);
+    slice.x = static_cast<const char*>(p.x) + n0 * p.x_ld * elem;
+    slice.y = static_cast<char*>(p.y) + n0 * p.y_ld * elem;
+    const cudaError_t err = p.dtype == DType::kFloat16 ? launch<__half>(slice, s, stream)
+                                                       : launch<__nv_bfloat16>(slice, s, stream);
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace spmm::kernels

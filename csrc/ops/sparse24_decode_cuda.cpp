@@ -1,0 +1,112 @@
+// CUDA entries of the 2:4 decode kernel: the canonical -> decode layout pack, and y = x W^T (+ bias) on it.
+// Internal ops (leading underscore): layers call them on the layout they cache; users call spmm::sparse24_mm.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "kernels/sparse24/sparse24_decode.h"
+#include "ops/cuda_common.h"
+#include "ops/sparse24_common.h"
+
+namespace spmm::ops {
+namespace {
+
+void check_half_dtype(const char* op, const char* arg, const at::Tensor& t) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16, op, ": `", arg,
+                   "` must be float16 or bfloat16 for the CUDA 2:4 kernels, got ", t.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> sparse24_decode_pack_cuda(const at::Tensor& values, const at::Tensor& meta,
+                                                            int64_t meta_layout) {
+  constexpr const char* op = "spmm::_sparse24_decode_pack";
+  check_dim(op, "values", values, 2);
+  check_dim(op, "meta", meta, 2);
+  check_half_dtype(op, "values", values);
+  check_dtype(op, "meta", meta, at::kByte);
+  check_contiguous(op, "values", values);
+  check_contiguous(op, "meta", meta);
+  check_same_device(op, "meta", meta, values);
+  const int64_t m = values.size(0), k = values.size(1) * 2;
+  TORCH_CHECK_VALUE(meta.size(0) == m && meta.size(1) == sparse24::meta_bytes_per_row(k), op,
+                    ": `meta` must be [", m, ", ", sparse24::meta_bytes_per_row(k), "] for `values` ", values.sizes());
+  const c10::cuda::CUDAGuard guard(values.device());
+  const auto shape = kernels::sparse24_decode_shape(m, k);
+  at::Tensor dvalues = at::empty({shape.row_tiles, shape.values_bytes() / 2 / std::max<int64_t>(shape.row_tiles, 1)},
+                                 values.options());
+  at::Tensor dmeta = at::empty({shape.row_tiles, shape.meta_bytes() / 4 / std::max<int64_t>(shape.row_tiles, 1)},
+                               values.options().dtype(at::kInt));
+  kernels::Sparse24DecodePackParams p{};
+  p.values = reinterpret_cast<const uint16_t*>(values.data_ptr());
+  p.meta = meta.data_ptr<uint8_t>();
+  p.dvalues = dvalues.data_ptr();
+  p.dmeta = dmeta.data_ptr();
+  p.m = m;
+  p.k = k;
+  p.meta_layout = static_cast<int>(meta_layout);
+  check_cuda(op, kernels::sparse24_decode_pack(p, at::cuda::getCurrentCUDAStream()));
+  return {dvalues, dmeta};
+}
+
+// x as [N, K] rows the kernel can stream: unit inner stride, 16-byte aligned rows, K a multiple of 8.
+at::Tensor kernel_ready_activation(const at::Tensor& x, int64_t n, int64_t k) {
+  at::Tensor x2 = x.reshape({n, k});
+  if (k % 8 != 0) return at::constant_pad_nd(x2, {0, 8 - k % 8});  // zero columns: the weight is zero there too
+  const bool aligned = x2.stride(1) == 1 && x2.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(x2.data_ptr()) % 16 == 0;
+  return aligned ? x2 : x2.contiguous();
+}
+
+at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalues, const at::Tensor& dmeta,
+                                   int64_t out_features, const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "spmm::_sparse24_decode_mm";
+  check_activation(op, x);
+  check_half_dtype(op, "x", x);
+  check_dtype(op, "dvalues", dvalues, x.scalar_type());
+  check_dtype(op, "dmeta", dmeta, at::kInt);
+  for (auto [name, t] : {std::pair{"dvalues", &dvalues}, {"dmeta", &dmeta}}) {
+    check_dim(op, name, *t, 2);
+    check_contiguous(op, name, *t);
+    check_same_device(op, name, *t, x);
+  }
+  const int64_t k = x.size(-1), n = leading_rows(x), m = out_features;
+  TORCH_CHECK_VALUE(k % sparse24::kGroup == 0, op, ": in_features K = ", k, " must be a multiple of 4");
+  const auto shape = kernels::sparse24_decode_shape(m, k);
+  TORCH_CHECK_VALUE(dvalues.size(0) == shape.row_tiles && dvalues.numel() * 2 == shape.values_bytes() &&
+                        dmeta.numel() * 4 == shape.meta_bytes(),
+                    op, ": `dvalues`/`dmeta` do not hold the decode layout of a ", m, " x ", k,
+                    " weight; pack it with _sparse24_decode_pack");
+  check_bias(op, bias, x, m);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor xk = kernel_ready_activation(x, n, k);
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  at::Tensor y = at::empty({n, m}, x.options());
+  kernels::Sparse24DecodeParams p{};
+  p.x = xk.data_ptr();
+  p.x_ld = xk.stride(0);
+  p.dvalues = dvalues.data_ptr();
+  p.dmeta = dmeta.data_ptr();
+  p.bias = bias.has_value() ? b.data_ptr() : nullptr;
+  p.y = y.data_ptr();
+  p.y_ld = m;
+  p.m = m;
+  p.n = n;
+  p.k = xk.size(1);
+  p.splits = kernels::sparse24_decode_splits(m, n, k, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  p.dtype = kernel_dtype(x.scalar_type());
+  const size_t ws = kernels::sparse24_decode_workspace_bytes(m, n, p.k, p.splits);
+  at::Tensor workspace = at::empty({static_cast<int64_t>(ws)}, x.options().dtype(at::kByte));
+  p.workspace = ws ? workspace.data_ptr() : nullptr;
+  check_cuda(op, kernels::sparse24_decode_mm(p, at::cuda::getCurrentCUDAStream()));
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = m;
+  return y.reshape(out_shape);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(spmm, CUDA, m) {
+  m.impl("_sparse24_decode_pack", &sparse24_decode_pack_cuda);
+  m.impl("_sparse24_decode_mm", &sparse24_decode_mm_cuda);
+}
+
+}  // namespace spmm::ops
