@@ -88,14 +88,10 @@ def _pack(packer, dense: Tensor, *args):
         return tuple(t.to(dense.device) for t in moved)
 
 
-def _has_cuda_kernel(op: str) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"spmm::{op}", "CUDA")
-
-
 def _spmm_sparse24(c: Case) -> Prepared:
     ops = _ops()
     values, meta = _pack(ops.sparse24_compress, c.w, c.mask)
-    if c.w.is_cuda and _has_cuda_kernel("_sparse24_decode_mm"):
+    if c.w.is_cuda and ops.has_cuda_kernel("_sparse24_decode_mm"):
         # The weight-streaming kernel on its own layout, made once (what Sparse24Linear caches on CUDA).
         dvalues, dmeta = ops.sparse24_decode_pack(values, meta)
         m = c.w.shape[0]

@@ -5,7 +5,7 @@
 TORCH_LIBRARY(spmm, m) {
   // 2:4: dense [M, K] (+ keep mask) -> canonical values [M, K/2], meta uint8 [M, ceil(K/8)]. CPU, CUDA.
   m.def("sparse24_compress(Tensor dense, Tensor? mask) -> (Tensor values, Tensor meta)");
-  // y = x @ W.T (+ bias), W in the canonical 2:4 layout. CPU.
+  // y = x @ W.T (+ bias), W in the canonical 2:4 layout. CPU; CUDA (fp16/bf16, through the decode kernel).
   m.def("sparse24_mm(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor");
   // Tiled-CSL: dense [M, K] (+ keep mask) -> values [nnz], locations int16 [nnz], tile_offsets int32 [tiles + 1]. CPU.
   m.def("tiled_csl_compress(Tensor dense, Tensor? mask, int tile_m, int tile_k) -> (Tensor values, Tensor locations, Tensor tile_offsets)");

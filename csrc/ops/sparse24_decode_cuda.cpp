@@ -102,11 +102,25 @@ at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalue
   return y.reshape(out_shape);
 }
 
+// spmm::sparse24_mm on CUDA from the canonical layout: packs the decode layout for this one call (an extra pass
+// over the weight). Layers cache the packed layout instead (Sparse24Linear's dvalues/dmeta).
+at::Tensor sparse24_mm_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                            const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "spmm::sparse24_mm";
+  check_activation(op, x);
+  check_half_dtype(op, "x", x);
+  check_sparse24_weight(op, x, values, meta, x.size(-1));
+  check_bias(op, bias, x, values.size(0));
+  const auto [dvalues, dmeta] = sparse24_decode_pack_cuda(values, meta, 0);
+  return sparse24_decode_mm_cuda(x, dvalues, dmeta, values.size(0), bias);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(spmm, CUDA, m) {
   m.impl("_sparse24_decode_pack", &sparse24_decode_pack_cuda);
   m.impl("_sparse24_decode_mm", &sparse24_decode_mm_cuda);
+  m.impl("sparse24_mm", &sparse24_mm_cuda);
 }
 
 }  // namespace spmm::ops

@@ -40,6 +40,11 @@ from . import _C  # noqa: F401  (loads the library that registers the spmm:: ops
 _ops = torch.ops.spmm
 
 
+def has_cuda_kernel(op: str) -> bool:
+    """Whether spmm::`op` has a CUDA implementation in this build (the dispatcher's own answer)."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"spmm::{op}", "CUDA")
+
+
 # --------------------------------------------------------------------------------------------- 2:4 ------------
 def sparse24_compress(dense: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Pack a 2:4-sparse weight [M, K] into the canonical (values, meta) layout.

@@ -2,25 +2,49 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .. import ops
 from ..formats import Sparse24Weight
 from .base import SparseLinear
 
+_DECODE_DTYPES = (torch.float16, torch.bfloat16)
+
 
 class Sparse24Linear(SparseLinear):
-    """y = x @ W.T + b with W 2:4 sparse (in_features % 4 == 0). Buffers: values, meta, bias."""
+    """y = x @ W.T + b with W 2:4 sparse (in_features % 4 == 0). Buffers: values, meta (canonical layout, saved),
+    bias; on CUDA also dvalues, dmeta: the decode kernel's layout, rebuilt from the canonical one whenever the
+    layer moves or loads a state dict (not saved). Edit the weight through load_state_dict, not in place."""
 
     format_cls = Sparse24Weight
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias, device, dtype)
         self._set_format(Sparse24Weight.empty((out_features, in_features), dtype=dtype, device=device))
+        self.register_load_state_dict_post_hook(lambda module, _: module._refresh_kernel_layout())
 
     @property
     def weight_format(self) -> Sparse24Weight:
         return Sparse24Weight(self.values, self.meta, (self.out_features, self.in_features))
 
+    def _set_format(self, fmt) -> None:
+        super()._set_format(fmt)
+        self._refresh_kernel_layout()
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._refresh_kernel_layout()
+        return self
+
+    def _refresh_kernel_layout(self) -> None:
+        layout = (None, None)
+        if self.values.is_cuda and self.values.dtype in _DECODE_DTYPES and ops.has_cuda_kernel("_sparse24_decode_mm"):
+            layout = ops.sparse24_decode_pack(self.values, self.meta)
+        self.register_buffer("dvalues", layout[0], persistent=False)
+        self.register_buffer("dmeta", layout[1], persistent=False)
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.dvalues is not None and x.is_cuda:
+            return ops.sparse24_decode_mm(x, self.dvalues, self.dmeta, self.out_features, self.bias)
         return ops.sparse24_mm(x, self.values, self.meta, self.bias)
