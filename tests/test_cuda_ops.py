@@ -99,7 +99,8 @@ def test_sparse24_mm_real_values_within_twice_dense_error():
 def test_sparse24_mm_non_contiguous_and_graph_capture():
     w, mask, x, bias, ref = case(256, 512, (16,), torch.float16, 6, random_24_mask)
     values, meta = ops.sparse24_compress(w, mask)
-    wide = torch.cat([x, x], dim=1)[:, ::2]  # strided view of the same values
+    wide = torch.stack([x, x], dim=-1).reshape(16, 1024)[:, ::2]  # x's values at a column stride of 2
+    assert not wide.is_contiguous() and torch.equal(wide, x)
     assert torch.equal(ops.sparse24_mm(wide, values, meta, bias).float(), ref.half().float())
     static_x = x.clone()
     graph = torch.cuda.CUDAGraph()

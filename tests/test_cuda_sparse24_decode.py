@@ -66,7 +66,8 @@ def test_leading_dims_non_contiguous_and_unaligned_x():
     dv, dm = packed(w, mask)
     x3 = x.reshape(3, 4, 512)
     assert torch.equal(ops.sparse24_decode_mm(x3, dv, dm, 128, bias), reference(x, w, mask, bias).reshape(3, 4, 128))
-    strided = torch.cat([x, x], dim=1)[:, ::2]
+    strided = torch.stack([x, x], dim=-1).reshape(12, 1024)[:, ::2]  # x's values at a column stride of 2
+    assert not strided.is_contiguous() and torch.equal(strided, x)
     assert torch.equal(ops.sparse24_decode_mm(strided, dv, dm, 128, bias), reference(x, w, mask, bias))
     shifted = torch.empty(12 * 512 + 1, dtype=x.dtype, device="cuda")[1:].view(12, 512)  # 2-byte aligned rows
     shifted.copy_(x)

@@ -53,7 +53,7 @@ at::Tensor kernel_ready_activation(const at::Tensor& x, int64_t n, int64_t k) {
   at::Tensor x2 = x.reshape({n, k});
   if (k % 8 != 0) return at::constant_pad_nd(x2, {0, 8 - k % 8});  // zero columns: the weight is zero there too
   const bool aligned = x2.stride(1) == 1 && x2.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(x2.data_ptr()) % 16 == 0;
-  return aligned ? x2 : x2.contiguous();
+  return aligned ? x2 : x2.clone(at::MemoryFormat::Contiguous);  // clone: a fresh, allocator-aligned copy
 }
 
 at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalues, const at::Tensor& dmeta,

@@ -59,6 +59,7 @@ struct Sparse24DecodeParams {
   int64_t m, n, k;
   int splits;           // from sparse24_decode_splits()
   DType dtype;          // kFloat16 or kBFloat16
+  int* counters;        // set by the launcher (inside the workspace); callers leave it null
 };
 
 // Split-K factor for (m, n, k) on a device with num_sms multiprocessors: enough blocks for every SM to stream.

@@ -188,7 +188,7 @@ __global__ void __launch_bounds__(kThreads) decode_mm_kernel(Sparse24DecodeParam
   if (p.splits == 1) return;
 
   // Split-K: the last block of this row group to arrive sums every split's partials, in split order.
-  int* counters = reinterpret_cast<int*>(partials + static_cast<int64_t>(p.splits) * p.n * mp);
+  int* counters = p.counters;
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) is_last_block = atomicAdd(&counters[group], 1) == p.splits - 1;
@@ -276,17 +276,20 @@ cudaError_t sparse24_decode_mm(const Sparse24DecodeParams& p, cudaStream_t strea
       reinterpret_cast<uintptr_t>(p.x) % 16 != 0 || (p.splits > 1 && p.workspace == nullptr))
     return cudaErrorInvalidValue;
   if (p.m == 0 || p.n == 0) return cudaSuccess;
+  Sparse24DecodeParams q = p;
   if (p.splits > 1) {
-    // Counters start at zero; the last block of each group leaves them zeroed again.
+    // The counters sit after the partials of 64 tokens, the most one launch holds. They start at zero, and the
+    // last block of each group leaves them zeroed again (also for the next slice of a larger N).
     const size_t bytes = sparse24_decode_workspace_bytes(p.m, p.n, p.k, p.splits);
     const size_t counters = row_groups(s) * sizeof(int);
-    cudaError_t err = cudaMemsetAsync(static_cast<char*>(p.workspace) + bytes - counters, 0, counters, stream);
+    q.counters = reinterpret_cast<int*>(static_cast<char*>(p.workspace) + bytes - counters);
+    cudaError_t err = cudaMemsetAsync(q.counters, 0, counters, stream);
     if (err != cudaSuccess) return err;
   }
   const size_t elem = 2;
   // More than 64 tokens: consecutive slices of 64 (the prefill GEMM is the fast path there).
   for (int64_t n0 = 0; n0 < p.n; n0 += kDecodeMaxTokens) {
-    Sparse24DecodeParams slice = p;
+    Sparse24DecodeParams slice = q;
     slice.n = std::min<int64_t>(kDecodeMaxTokens, p.n - n0);
     slice.x = static_cast<const char*>(p.x) + n0 * p.x_ld * elem;
     slice.y = static_cast<char*>(p.y) + n0 * p.y_ld * elem;
