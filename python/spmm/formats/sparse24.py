@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from .base import PackedWeight
 from ._checks import check_same_device, check_shape2d, check_tensor, check_weight, plus_zero
 
 _FILL_CODE = 0 | 1 << 2  # idx0 = 0, idx1 = 1: the code of an all-zero group
@@ -17,7 +18,7 @@ def meta_cols(shape: Sequence[int]) -> int:
     return (shape[1] + 7) // 8
 
 
-class Sparse24Weight:
+class Sparse24Weight(PackedWeight):
     """W [M, K] keeping at most 2 of every 4 elements along K: values [M, K/2] + meta uint8 [M, ceil(K/8)]."""
 
     format_name = "2:4"
@@ -63,19 +64,6 @@ class Sparse24Weight:
     def matmul(self, x: Tensor, bias: Optional[Tensor] = None) -> Tensor:
         """y = x @ W.T (+ bias), x [..., K] -> y [..., M]."""
         return ops.sparse24_mm(x, self.values, self.meta, bias)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes a kernel reads for the weight."""
-        return self.values.numel() * self.values.element_size() + self.meta.numel() * self.meta.element_size()
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.values.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.values.device
 
     @property
     def density(self) -> float:

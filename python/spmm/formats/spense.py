@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from .base import PackedWeight
 from ._checks import check_same_device, check_tensor, check_weight, plus_zero
 from .sparse24 import Sparse24Weight
 
@@ -28,7 +29,7 @@ def split_rows(dense_rows: Tensor, out_features: int) -> Tensor:
     return torch.cat((rows, (~is_dense).nonzero().flatten())).to(torch.int32)
 
 
-class SpenseWeight:
+class SpenseWeight(PackedWeight):
     """W [M, K] split by output row: dense [Md, K] + 2:4 sparse [Ms, K]; row_index [M] int32 maps block rows
     (dense first) to original rows."""
 
@@ -89,20 +90,6 @@ class SpenseWeight:
     @property
     def dense_fraction(self) -> float:
         return self.num_dense_rows / max(self.shape[0], 1)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes a kernel reads for the weight: dense block + 2:4 block + row index."""
-        dense = self.dense.numel() * self.dense.element_size()
-        return dense + self.sparse.nbytes + self.row_index.numel() * self.row_index.element_size()
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.dense.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.dense.device
 
     def to(self, device=None, dtype=None) -> "SpenseWeight":
         return SpenseWeight(

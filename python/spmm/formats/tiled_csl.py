@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from .base import PackedWeight
 from ._checks import check_same_device, check_shape2d, check_tensor, check_weight, plus_zero
 
 
@@ -23,7 +24,7 @@ def check_tile(tile_m: int, tile_k: int) -> None:
         raise ValueError(f"tile_m * tile_k must be <= 65536 (16-bit in-tile locations), got {tile_m} * {tile_k}")
 
 
-class TiledCSLWeight:
+class TiledCSLWeight(PackedWeight):
     """W [M, K] of any sparsity: values [nnz], locations int16 [nnz], tile_offsets int32 [n_tiles + 1]."""
 
     format_name = "tiled_csl"
@@ -111,19 +112,6 @@ class TiledCSLWeight:
     @property
     def sparsity(self) -> float:
         return 1.0 - self.density
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes a kernel reads for the weight: values + locations + tile offsets."""
-        return sum(t.numel() * t.element_size() for t in (self.values, self.locations, self.tile_offsets))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.values.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.values.device
 
     def to(self, device=None, dtype=None) -> "TiledCSLWeight":
         return TiledCSLWeight(
