@@ -1,0 +1,256 @@
+// The CUTLASS 3.x sm_90a 2:4 sparse GEMM behind sparse24_sm90_gemm.h, shared by the per-dtype instantiation files
+// (sparse24_sm90_gemm_f16.cu, sparse24_sm90_gemm_bf16.cu). Built like CUTLASS example 62 (Hopper sparse GEMM):
+// the sparse collective builder (wgmma.sp, TMA, warp-specialized) for the mainloop, CUTLASS's own structured-sparse
+// compressor for the weight, and a TMA epilogue with the per-row-bias fusion instead of the example's plain one.
+//
+//   D[M, N] = A[M, K] * B[K, N] + bias[M] (broadcast along N)  ==  y^T = W x^T + bias
+//   A = W: sparse, RowMajor (K-major), CUTLASS-compressed (values [M, K/2] + metadata E in its reordered layout)
+//   B = x^T: ColumnMajor, i.e. x row-major [N, K], leading dimension x_ld
+//   D = y^T: ColumnMajor, i.e. y row-major [N, M], leading dimension y_ld; no source C (beta = 0)
+//
+// The compressed layout (Sm90GemmSparseConfig) depends on the element type and on min(tile K, 128) only; every config
+// here has tile K = 128, so one compressor serves them all (checked by a static_assert below).
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include <cute/tensor.hpp>
+#include <cutlass/bfloat16.h>
+#include <cutlass/cutlass.h>
+#include <cutlass/epilogue/collective/collective_builder.hpp>
+#include <cutlass/epilogue/fusion/operations.hpp>
+#include <cutlass/gemm/collective/collective_builder.hpp>
+#include <cutlass/gemm/device/gemm_universal_adapter.h>
+#include <cutlass/gemm/dispatch_policy.hpp>
+#include <cutlass/gemm/kernel/gemm_universal.hpp>
+#include <cutlass/half.h>
+#include <cutlass/transform/device/transform_universal_adapter.hpp>
+#include <cutlass/transform/kernel/sparse_gemm_compressor.hpp>
+
+#include "kernels/sparse24/sparse24_sm90_gemm.h"
+
+#if !defined(CUTLASS_ARCH_MMA_SPARSE_SM90_SUPPORTED)
+#error "the sm90 2:4 GEMM needs CUDA >= 12.2 (CUTLASS_ARCH_MMA_SPARSE_SM90_SUPPORTED)"
+#endif
+
+namespace spmm::kernels::sm90_sparse24 {
+
+using namespace cute;
+
+template <DType>
+struct ElementOf;
+template <>
+struct ElementOf<DType::kFloat16> { using type = cutlass::half_t; };
+template <>
+struct ElementOf<DType::kBFloat16> { using type = cutlass::bfloat16_t; };
+
+using ProblemShape = Shape<int, int, int, int>;  // (M, N, K, L), L = 1
+
+// One GEMM instantiation: element type, CTA tile, cluster, mainloop and epilogue schedules, tile scheduler.
+template <class Element, class TileShape_, class ClusterShape_, class KernelSchedule, class EpilogueSchedule,
+          class TileScheduler = cutlass::gemm::PersistentScheduler>
+struct GemmConfig {
+  using ElementA = Element;                         // W (sparse, compressed by CUTLASS)
+  using LayoutTagA = cutlass::layout::RowMajor;     // K-major
+  static constexpr int AlignmentA = 128 / cutlass::sizeof_bits<ElementA>::value;  // 16 bytes
+  using ElementB = Element;                         // x^T
+  using LayoutTagB = cutlass::layout::ColumnMajor;  // K-major: x row-major [N, K]
+  static constexpr int AlignmentB = 128 / cutlass::sizeof_bits<ElementB>::value;  // 16 bytes
+  using ElementC = void;                            // no source operand
+  using ElementD = Element;                         // y^T
+  using LayoutTagD = cutlass::layout::ColumnMajor;  // y row-major [N, M]
+  static constexpr int AlignmentD = 128 / cutlass::sizeof_bits<ElementD>::value;  // 16 bytes (TMA store)
+  using ElementBias = Element;                      // bias [M], one value per row of D
+  using ElementAccumulator = float;
+  using ElementCompute = float;                     // acc + bias in fp32, then one rounding to ElementD
+  using TileShape = TileShape_;
+  using ClusterShape = ClusterShape_;
+
+  // D = alpha * acc + beta * C + bias[m], run with alpha = 1 and beta = 0 (C is void).
+  using FusionOp = cutlass::epilogue::fusion::LinCombPerRowBias<ElementD, ElementCompute, ElementBias, ElementD,
+                                                                ElementCompute>;
+
+  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, ElementAccumulator, ElementCompute,
+      ElementC, LayoutTagD, AlignmentD,
+      ElementD, LayoutTagD, AlignmentD,
+      EpilogueSchedule, FusionOp>::CollectiveOp;
+
+  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp,
+      ElementA, LayoutTagA, AlignmentA,
+      ElementB, LayoutTagB, AlignmentB,
+      ElementAccumulator, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<
+          static_cast<int>(sizeof(typename CollectiveEpilogue::SharedStorage))>,
+      KernelSchedule>::CollectiveOp;
+
+  using GemmKernel =
+      cutlass::gemm::kernel::GemmUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue, TileScheduler>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<GemmKernel>;
+  using SparseConfig = typename CollectiveMainloop::SparseConfig;  // the compressed layout of A and E
+  using ElementE = typename CollectiveMainloop::ElementE;          // metadata storage type (uint8_t)
+};
+
+// --- The configs (Sparse24Sm90Config). All have tile K = 128: one compressed layout; 128 K-elements of A are 64
+// stored values = 128 bytes per row, exactly one 128-byte swizzle row of the TMA/wgmma shared-memory layout.
+
+// Plain data-parallel 128x128 tiles (CUTLASS example 62's tile): the smallest tile gives the most CTAs; no cluster, so
+// an N of one tile (N <= 128) wastes no CTA. Two consumer warpgroups split the 128 rows (64 each). 4 pipeline stages.
+// The baseline the stream-K config below is tuned against.
+template <class E>
+using Coop128x128 = GemmConfig<E, Shape<_128, _128, _128>, Shape<_1, _1, _1>,
+                               cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                               cutlass::epilogue::TmaWarpSpecializedCooperative>;
+
+// Large problems: 256 weight rows x 128 tokens per CTA (each consumer warpgroup 128x128) halves the x traffic per
+// FLOP; the 2x1 cluster multicasts each x tile to the two CTAs of a cluster (neighbours along M). 3 stages.
+template <class E>
+using Coop256x128Cluster2x1 = GemmConfig<E, Shape<_256, _128, _128>, Shape<_2, _1, _1>,
+                                         cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                                         cutlass::epilogue::TmaWarpSpecializedCooperative>;
+
+// Fewer output tiles than SMs (e.g. M = 4096, N <= 256): the 128x128 cooperative kernel with CUTLASS's stream-K
+// scheduler, which splits the K loop of the few tiles over the idle SMs and reduces the partial sums in the workspace
+// before the epilogue (deterministic order; it falls back to plain tiles when splitting would not pay).
+template <class E>
+using Coop128x128StreamK = GemmConfig<E, Shape<_128, _128, _128>, Shape<_1, _1, _1>,
+                                      cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                                      cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::StreamKScheduler>;
+
+// The compressor: CUTLASS's sm90 structured-sparse compressor for the layout all configs share.
+template <class Element>
+struct Compression {
+  using SparseConfig = typename Coop128x128<Element>::SparseConfig;
+  static_assert(std::is_same_v<SparseConfig, typename Coop256x128Cluster2x1<Element>::SparseConfig> &&
+                    std::is_same_v<SparseConfig, typename Coop128x128StreamK<Element>::SparseConfig>,
+                "every config must read the one compressed layout sparse24_sm90_compress writes");
+  using LayoutTagA = cutlass::layout::RowMajor;
+  using StrideA = cutlass::gemm::TagToStrideA_t<LayoutTagA>;  // (M, K, L): (lda, 1, 0)
+  using Utility = cutlass::transform::kernel::StructuredSparseCompressorUtility<ProblemShape, Element, LayoutTagA,
+                                                                                 SparseConfig>;
+  using Kernel = cutlass::transform::kernel::StructuredSparseCompressor<ProblemShape, Element, LayoutTagA,
+                                                                        SparseConfig, cutlass::arch::Sm90>;
+  using Adapter = cutlass::transform::device::TransformUniversalAdapter<Kernel>;
+};
+
+template <class Config>
+typename Config::Gemm::Arguments make_arguments(const Sparse24Sm90GemmParams& p, int device, int sm_count) {
+  using Element = typename Config::ElementA;
+  using SparseConfig = typename Config::SparseConfig;
+  const ProblemShape shape{static_cast<int>(p.m), static_cast<int>(p.n), static_cast<int>(p.k), 1};
+  const typename Config::GemmKernel::StrideB stride_b = make_stride(p.x_ld, Int<1>{}, int64_t(0));  // (N, K, L)
+  const typename Config::GemmKernel::StrideD stride_d = make_stride(Int<1>{}, p.y_ld, int64_t(0));  // (M, N, L)
+
+  typename Config::Gemm::Arguments args{
+      cutlass::gemm::GemmUniversalMode::kGemm,
+      shape,
+      {static_cast<const Element*>(p.a), SparseConfig::fill_layoutA(shape),
+       static_cast<const Element*>(p.x), stride_b,
+       static_cast<const typename Config::ElementE*>(p.e), SparseConfig::fill_layoutE(shape)},
+      {{}, nullptr, stride_d, static_cast<Element*>(p.y), stride_d}};
+  auto& fusion = args.epilogue.thread;
+  fusion.alpha = 1.0f;
+  fusion.beta = 0.0f;
+  fusion.bias_ptr = static_cast<const Element*>(p.bias);  // nullptr: the broadcast reads zeros
+  args.hw_info.device_id = device;
+  args.hw_info.sm_count = sm_count;
+  return args;
+}
+
+template <class Config>
+cudaError_t workspace_bytes(int64_t m, int64_t n, int64_t k, int device, int sm_count, size_t* bytes) {
+  Sparse24Sm90GemmParams p{};
+  p.m = m;
+  p.n = n;
+  p.k = k;
+  p.x_ld = k;
+  p.y_ld = m;
+  *bytes = Config::Gemm::get_workspace_size(make_arguments<Config>(p, device, sm_count));
+  return cudaSuccess;
+}
+
+template <class Config>
+cudaError_t run_gemm(const Sparse24Sm90GemmParams& p, int device, int sm_count, cudaStream_t stream) {
+  using Gemm = typename Config::Gemm;
+  const typename Gemm::Arguments args = make_arguments<Config>(p, device, sm_count);
+  if (Gemm::can_implement(args) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
+  const size_t needed = Gemm::get_workspace_size(args);
+  if (needed > 0 && (p.workspace == nullptr || p.workspace_bytes < needed)) return cudaErrorInvalidValue;
+  Gemm gemm;
+  // initialize(): TMA descriptors + the kernel's dynamic shared-memory attribute; run(): the (cluster) launch.
+  if (gemm.initialize(args, p.workspace, stream) != cutlass::Status::kSuccess) return cudaErrorInvalidConfiguration;
+  if (gemm.run(stream) != cutlass::Status::kSuccess) return cudaErrorInvalidConfiguration;
+  return cudaSuccess;
+}
+
+}  // namespace spmm::kernels::sm90_sparse24
+
+namespace spmm::kernels::detail {
+
+template <DType kDType>
+void Sparse24Sm90Impl<kDType>::compressed_sizes(int64_t m, int64_t k, size_t* a_bytes, size_t* e_bytes) {
+  using namespace sm90_sparse24;
+  using Element = typename ElementOf<kDType>::type;
+  using C = Compression<Element>;
+  const typename C::Utility utility(ProblemShape{static_cast<int>(m), 1, static_cast<int>(k), 1},
+                                    make_stride(k, Int<1>{}, int64_t(0)));
+  // Products in 64 bits (the utility's own byte count of A multiplies ints).
+  *a_bytes = size_t(utility.get_tensorA_m_physical()) * size_t(utility.get_tensorA_k_physical()) * sizeof(Element);
+  *e_bytes = size_t(utility.get_metadata_m_physical()) * size_t(utility.get_metadata_k_physical()) *
+             sizeof(typename C::SparseConfig::ElementEMmaRaw);
+}
+
+template <DType kDType>
+cudaError_t Sparse24Sm90Impl<kDType>::compress(const Sparse24Sm90CompressParams& p, cudaStream_t stream) {
+  using namespace sm90_sparse24;
+  using Element = typename ElementOf<kDType>::type;
+  using Adapter = typename Compression<Element>::Adapter;
+  const typename Adapter::Arguments args{
+      ProblemShape{static_cast<int>(p.m), 1, static_cast<int>(p.k), 1},
+      {p.dense, make_stride(p.dense_ld, Int<1>{}, int64_t(0)), p.a, p.e},
+      {}};
+  if (Adapter::can_implement(args) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
+  Adapter compressor;
+  // The compressor stages its tiles in dynamic shared memory, not in the workspace (its workspace size is reported
+  // for compatibility only and never read), so none is passed.
+  if (compressor.initialize(args, nullptr, stream) != cutlass::Status::kSuccess) return cudaErrorInvalidConfiguration;
+  if (compressor.run(stream) != cutlass::Status::kSuccess) return cudaErrorInvalidConfiguration;
+  return cudaSuccess;
+}
+
+template <DType kDType>
+cudaError_t Sparse24Sm90Impl<kDType>::workspace_bytes(int64_t m, int64_t n, int64_t k, Sparse24Sm90Config config,
+                                                      int device, int sm_count, size_t* bytes) {
+  using namespace sm90_sparse24;
+  using Element = typename ElementOf<kDType>::type;
+  switch (config) {
+    case Sparse24Sm90Config::kCoop128x128:
+      return sm90_sparse24::workspace_bytes<Coop128x128<Element>>(m, n, k, device, sm_count, bytes);
+    case Sparse24Sm90Config::kCoop256x128Cluster2x1:
+      return sm90_sparse24::workspace_bytes<Coop256x128Cluster2x1<Element>>(m, n, k, device, sm_count, bytes);
+    case Sparse24Sm90Config::kCoop128x128StreamK:
+      return sm90_sparse24::workspace_bytes<Coop128x128StreamK<Element>>(m, n, k, device, sm_count, bytes);
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <DType kDType>
+cudaError_t Sparse24Sm90Impl<kDType>::gemm(const Sparse24Sm90GemmParams& p, Sparse24Sm90Config config, int device,
+                                           int sm_count, cudaStream_t stream) {
+  using namespace sm90_sparse24;
+  using Element = typename ElementOf<kDType>::type;
+  switch (config) {
+    case Sparse24Sm90Config::kCoop128x128:
+      return run_gemm<Coop128x128<Element>>(p, device, sm_count, stream);
+    case Sparse24Sm90Config::kCoop256x128Cluster2x1:
+      return run_gemm<Coop256x128Cluster2x1<Element>>(p, device, sm_count, stream);
+    case Sparse24Sm90Config::kCoop128x128StreamK:
+      return run_gemm<Coop128x128StreamK<Element>>(p, device, sm_count, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace spmm::kernels::detail
