@@ -7,27 +7,31 @@ from __future__ import annotations
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Type
+from typing import Callable, Dict, Iterable, List, Optional, Type
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .formats import Sparse24Weight, SpenseWeight, TiledCSLWeight
 from .nn import Sparse24Linear, SpenseLinear, TiledCSLLinear
-from .pruning import get_pruner, select_dense_rows
+from .pruning import InputStats, prune, pruner_needs, select_dense_rows
 from .pruning.registry import parse_sparsity
+from .pruning.sequential import sequential_stats
 
 
 @dataclass(frozen=True)
 class Sparse24Config:
-    """2:4 sparsity, every layer at 50%."""
+    """2:4 sparsity, every layer at 50%. pruner: "magnitude", "wanda" or "sparsegpt" (the last two need
+    calibration data: spmm.sparsify(..., calibration=...)), or any name registered with register_pruner."""
 
     pruner: str = "magnitude"
 
 
 @dataclass(frozen=True)
 class TiledCSLConfig:
-    """Unstructured sparsity stored as Tiled-CSL."""
+    """Unstructured sparsity stored as Tiled-CSL. How exactly `sparsity` is met depends on the pruner: magnitude
+    and sparsegpt zero round(sparsity * numel) weights per matrix, wanda round(sparsity * K) per output row."""
 
     sparsity: float = 0.8
     pruner: str = "magnitude"
@@ -41,7 +45,13 @@ class TiledCSLConfig:
 
 @dataclass(frozen=True)
 class SpenseConfig:
-    """2:4 sparsity except the dense_fraction of output rows that 2:4 pruning hurts most."""
+    """2:4 sparsity except the dense_fraction of output rows that 2:4 pruning hurts most.
+
+    The 2:4 rows take the pruner's 2:4 mask (and SparseGPT's updated weights); the dense rows keep the original
+    weights. Which rows stay dense: without calibration, those whose 2:4 mask drops the most weight energy
+    (magnitude criterion); with calibration, those whose pruned row changes the layer's output on the calibration
+    inputs most (exact with SparseGPT's Gram matrix, from the per-column input norms otherwise). A simple first
+    rule: the rows are chosen after pruning, not jointly with it."""
 
     dense_fraction: float = 0.25
     pruner: str = "magnitude"
@@ -55,7 +65,9 @@ class Unsupported(Exception):
     """A handler's way to say 'this layer cannot take the format' (sparsify warns and skips it)."""
 
 
-Handler = Callable[[nn.Linear, object], nn.Module]
+# A handler turns one nn.Linear into its replacement: handler(linear, config, stats=None), where stats are the
+# InputStats of the linear's calibration inputs (only passed when sparsify runs with calibration).
+Handler = Callable[..., nn.Module]
 _HANDLERS: Dict[type, Handler] = {}
 
 
@@ -73,24 +85,41 @@ def _need_k_multiple_of_4(linear: nn.Linear) -> None:
 
 
 @register_handler(Sparse24Config)
-def _sparse24(linear: nn.Linear, config: Sparse24Config) -> nn.Module:
+def _sparse24(linear: nn.Linear, config: Sparse24Config, stats: Optional[InputStats] = None) -> nn.Module:
     _need_k_multiple_of_4(linear)
-    mask = get_pruner(config.pruner)(linear.weight, "2:4")
-    return Sparse24Linear.from_dense(linear, mask)
+    result = prune(config.pruner, linear.weight, "2:4", stats)
+    return Sparse24Linear.from_format(Sparse24Weight.from_dense(result.weight, result.mask), linear.bias)
 
 
 @register_handler(TiledCSLConfig)
-def _tiled_csl(linear: nn.Linear, config: TiledCSLConfig) -> nn.Module:
-    mask = get_pruner(config.pruner)(linear.weight, config.sparsity)
-    return TiledCSLLinear.from_dense(linear, mask, tile_m=config.tile_m, tile_k=config.tile_k)
+def _tiled_csl(linear: nn.Linear, config: TiledCSLConfig, stats: Optional[InputStats] = None) -> nn.Module:
+    result = prune(config.pruner, linear.weight, config.sparsity, stats)
+    fmt = TiledCSLWeight.from_dense(result.weight, result.mask, tile_m=config.tile_m, tile_k=config.tile_k)
+    return TiledCSLLinear.from_format(fmt, linear.bias)
 
 
 @register_handler(SpenseConfig)
-def _spense(linear: nn.Linear, config: SpenseConfig) -> nn.Module:
+def _spense(linear: nn.Linear, config: SpenseConfig, stats: Optional[InputStats] = None) -> nn.Module:
     _need_k_multiple_of_4(linear)
-    mask = get_pruner(config.pruner)(linear.weight, "2:4")
-    rows = select_dense_rows(linear.weight, config.dense_fraction, mask)
-    return SpenseLinear.from_dense(linear, mask, dense_rows=rows)
+    dense = linear.weight.detach()
+    result = prune(config.pruner, dense, "2:4", stats)
+    row_loss = None
+    if stats is not None:
+        row_loss = stats.output_error(dense - torch.where(result.mask, result.weight, 0))
+    rows = select_dense_rows(dense, config.dense_fraction, result.mask, row_loss)
+    is_dense = torch.zeros(dense.shape[0], dtype=torch.bool, device=dense.device)
+    is_dense[rows] = True
+    weight = torch.where(is_dense[:, None], dense, result.weight)  # dense rows: the original, not updated, weights
+    return SpenseLinear.from_format(SpenseWeight.from_dense(weight, rows, result.mask), linear.bias)
+
+
+def _stats_needed(config) -> Optional[str]:
+    """Which input statistics the config's pruning reads: None, "norms" or "gram" (see InputStats)."""
+    name = getattr(config, "pruner", None)
+    needs = pruner_needs(name) if name is not None else None
+    if needs is None and isinstance(config, SpenseConfig):
+        needs = "norms"  # the calibrated dense-row choice weighs each input column by its norm
+    return needs
 
 
 def _unsupported_parent(parent: nn.Module) -> Optional[str]:
@@ -99,36 +128,123 @@ def _unsupported_parent(parent: nn.Module) -> Optional[str]:
     return None
 
 
+def _progress(iterable, desc: str):
+    return tqdm(iterable, desc=desc, disable=not sys.stderr.isatty())
+
+
 @torch.no_grad()
-def sparsify(model: nn.Module, config, filter_fn: Optional[Callable[[str, nn.Module], bool]] = None) -> nn.Module:
+def sparsify(model: nn.Module, config, filter_fn: Optional[Callable[[str, nn.Module], bool]] = None,
+             calibration: Optional[Iterable] = None) -> nn.Module:
     """Replace, in place, every nn.Linear of `model` for which filter_fn(name, module) is true (default: all) by the
     sparse layer `config` asks for; layers the format cannot hold are skipped with a warning. Returns `model`
-    (or, when `model` is itself an nn.Linear, its replacement)."""
+    (or, when `model` is itself an nn.Linear, its replacement).
+
+    calibration: an iterable of model inputs (a tuple or list is passed as model(*batch), a mapping such as a
+    tokenizer's output as model(**batch), anything else as model(batch)), needed by the calibrated pruners (wanda,
+    sparsegpt). The targets are then pruned sequentially in forward order, each on the inputs it sees with the
+    earlier targets already pruned, with the model in eval mode (restored afterwards). Only input statistics are
+    kept (K floats per layer for Wanda, a K x K matrix for SparseGPT), never activations. Every token row counts,
+    so batch without padding (e.g. equal lengths per batch). Deterministic for given inputs: nothing random is
+    drawn. Device-agnostic: statistics and pruning math run on the device of each layer's inputs.
+    """
     handler = _HANDLERS.get(type(config))
     if handler is None:
         raise ValueError(f"config: no handler for {type(config).__name__}; known: {[c.__name__ for c in _HANDLERS]}")
+    pruner = getattr(config, "pruner", None)
+    if calibration is None and pruner is not None and pruner_needs(pruner) is not None:
+        raise ValueError(f"calibration: {type(config).__name__}(pruner={pruner!r}) needs calibration data; pass "
+                         f"calibration=<iterable of model inputs> to spmm.sparsify")
+    needs = _stats_needed(config)
+    if calibration is not None and needs is None:
+        warnings.warn(f"spmm.sparsify: calibration is ignored: {type(config).__name__}(pruner={pruner!r}) does not "
+                      f"use it", stacklevel=3)
+        calibration = None
+
     modules = dict(model.named_modules(remove_duplicate=False))
     targets = [
         name for name, mod in modules.items()
         if isinstance(mod, nn.Linear) and (filter_fn is None or filter_fn(name, mod))
     ]
-    swapped: Dict[int, Optional[nn.Module]] = {}  # id(dense) -> replacement (None: skipped); shared stays shared
-    for name in tqdm(targets, desc="spmm.sparsify", disable=not sys.stderr.isatty()):
-        dense = modules[name]
-        parent_name, _, child = name.rpartition(".")
-        parent = modules[parent_name] if name else None
-        if id(dense) not in swapped:
+    replace = _Replacer(modules, handler, config)
+    if calibration is None:
+        for name in _progress(targets, "spmm.sparsify"):
+            replace.make(name)
+    else:
+        replace.calibrated(model, targets, calibration, gram=needs == "gram")
+    for message in replace.skipped:
+        warnings.warn(message, stacklevel=3)
+    return replace.swap_all(targets)
+
+
+class _Replacer:
+    """Builds each target's replacement once (shared modules stay shared) and swaps it into the model."""
+
+    def __init__(self, modules: Dict[str, nn.Module], handler: Handler, config):
+        self.modules, self.handler, self.config = modules, handler, config
+        self.made: Dict[int, Optional[nn.Module]] = {}  # id(dense) -> replacement (None: skipped)
+        self.skipped: List[str] = []  # warnings for the caller
+
+    def make(self, name: str, stats: Optional[InputStats] = None) -> Optional[nn.Module]:
+        dense = self.modules[name]
+        if id(dense) not in self.made:
             try:
-                reason = _unsupported_parent(parent)
+                reason = _unsupported_parent(self._parent(name))
                 if reason:
                     raise Unsupported(reason)
-                swapped[id(dense)] = handler(dense, config)
+                kwargs = {} if stats is None else {"stats": stats}
+                self.made[id(dense)] = self.handler(dense, self.config, **kwargs)
             except Unsupported as why:
-                warnings.warn(f"spmm.sparsify: skipping {name!r} ({type(config).__name__}): {why}", stacklevel=3)
-                swapped[id(dense)] = None
-        if swapped[id(dense)] is None:
-            continue
-        if not name:  # the model is itself a Linear: nothing to swap it in, so hand back the replacement
-            return swapped[id(dense)]
-        setattr(parent, child, swapped[id(dense)])
-    return model
+                self._skip(name, str(why))
+        return self.made[id(dense)]
+
+    def calibrated(self, model: nn.Module, targets: List[str], calibration: Iterable, gram: bool) -> None:
+        names_of: Dict[int, List[str]] = {}  # id(dense) -> its target names (a shared module has several)
+        for name in targets:
+            reason = _unsupported_parent(self._parent(name))
+            if reason:  # skipped before any data flows
+                self._skip(name, reason)
+            elif id(self.modules[name]) not in self.made:
+                names_of.setdefault(id(self.modules[name]), []).append(name)
+        unique = {names[0]: self.modules[names[0]] for names in names_of.values()}
+        was_training = {mod: mod.training for mod in model.modules()}
+        model.eval()  # no dropout: calibration statistics are deterministic
+        try:
+            for group in sequential_stats(model, unique, calibration, gram,
+                                          progress=lambda g: _progress(g, "spmm.sparsify (calibrating)")):
+                for name, stats in group.items():
+                    made = self.make(name, stats)
+                    if made is not None:  # later groups must see this layer pruned: run its dense equivalent
+                        stand_in = made.to_dense_linear() if hasattr(made, "to_dense_linear") else made
+                        for alias in names_of[id(unique[name])]:
+                            self._set(alias, stand_in)
+        finally:
+            for names in names_of.values():  # back to the originals; swap_all puts the replacements in
+                for alias in names:
+                    self._set(alias, self.modules[alias])
+            for mod, training in was_training.items():
+                mod.train(training)
+        for name, dense in unique.items():
+            if id(dense) not in self.made:
+                self._skip(name, "it was never called on the calibration data")
+
+    def swap_all(self, targets: List[str]) -> nn.Module:
+        for name in targets:
+            made = self.made.get(id(self.modules[name]))
+            if made is None:
+                continue
+            if not name:  # the model is itself a Linear: nothing to swap it in, so hand back the replacement
+                return made
+            self._set(name, made)
+        return self.modules[""]
+
+    def _skip(self, name: str, why: str) -> None:
+        self.skipped.append(f"spmm.sparsify: skipping {name!r} ({type(self.config).__name__}): {why}")
+        self.made[id(self.modules[name])] = None
+
+    def _parent(self, name: str) -> Optional[nn.Module]:
+        return self.modules[name.rpartition(".")[0]] if name else None
+
+    def _set(self, name: str, module: nn.Module) -> None:
+        if name:
+            parent_name, _, child = name.rpartition(".")
+            setattr(self.modules[parent_name], child, module)
