@@ -24,8 +24,7 @@ TOKENS = [(1,), (7,), (64,), (3, 33), (2048,)]
 
 
 def needs_cuda_kernel(op: str):
-    has = torch._C._dispatch_has_kernel_for_dispatch_key(f"spmm::{op}", "CUDA")
-    return pytest.mark.skipif(not has, reason=f"spmm::{op} has no CUDA kernel yet")
+    return pytest.mark.skipif(not ops.has_cuda_kernel(op), reason=f"spmm::{op} has no CUDA kernel yet")
 
 
 def masked(w, mask):
@@ -121,7 +120,7 @@ def test_sparse24_mm_non_contiguous_and_graph_capture():
     ids=["2:4", "tiled-csl", "spense"],
 )
 def test_sparsified_model_on_gpu(config, op):
-    if not torch._C._dispatch_has_kernel_for_dispatch_key(f"spmm::{op}", "CUDA"):
+    if not ops.has_cuda_kernel(op):
         pytest.skip(f"spmm::{op} has no CUDA kernel yet")
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 128)).half().cuda()
