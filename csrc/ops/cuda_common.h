@@ -17,6 +17,19 @@ inline kernels::DType kernel_dtype(at::ScalarType t) {
   }
 }
 
+// x as [N, K] rows a tensor-core kernel can stream: unit inner stride, 16-byte aligned rows, K a multiple of 8.
+inline at::Tensor kernel_ready_activation(const at::Tensor& x, int64_t n, int64_t k) {
+  at::Tensor x2 = x.reshape({n, k});
+  if (k % 8 != 0) return at::constant_pad_nd(x2, {0, 8 - k % 8});  // zero columns: the weight is zero there too
+  const bool aligned = x2.stride(1) == 1 && x2.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(x2.data_ptr()) % 16 == 0;
+  return aligned ? x2 : x2.clone(at::MemoryFormat::Contiguous);  // clone: a fresh, allocator-aligned copy
+}
+
+inline void check_half_dtype(const char* op, const char* arg, const at::Tensor& t) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16, op, ": `", arg,
+                   "` must be float16 or bfloat16 for the CUDA 2:4 kernels, got ", t.scalar_type());
+}
+
 inline void check_cuda(const char* op, cudaError_t status) {
   TORCH_CHECK(status == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(status));
 }

@@ -14,6 +14,10 @@ TORCH_LIBRARY(spmm, m) {
   // Internal (CUDA): the 2:4 decode kernel's weight layout, made from the canonical one, and its matmul.
   m.def("_sparse24_decode_pack(Tensor values, Tensor meta, int meta_layout=0) -> (Tensor dvalues, Tensor dmeta)");
   m.def("_sparse24_decode_mm(Tensor x, Tensor dvalues, Tensor dmeta, int out_features, Tensor? bias) -> Tensor");
+  // Internal (CUDA, sm_90a): the Hopper prefill GEMM's weight layout (CUTLASS's compressed values + metadata) and
+  // its matmul.
+  m.def("_sparse24_sm90_pack(Tensor values, Tensor meta) -> (Tensor a, Tensor e)");
+  m.def("_sparse24_sm90_mm(Tensor x, Tensor a, Tensor e, int out_features, Tensor? bias) -> Tensor");
   // Spense: dense row block + 2:4 row block, output rows placed by row_index (dense rows first). CPU.
   m.def("spense_mm(Tensor x, Tensor dense_weight, Tensor values, Tensor meta, Tensor row_index, Tensor? bias) -> Tensor");
 }

@@ -12,11 +12,6 @@
 namespace spmm::ops {
 namespace {
 
-void check_half_dtype(const char* op, const char* arg, const at::Tensor& t) {
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16, op, ": `", arg,
-                   "` must be float16 or bfloat16 for the CUDA 2:4 kernels, got ", t.scalar_type());
-}
-
 std::tuple<at::Tensor, at::Tensor> sparse24_decode_pack_cuda(const at::Tensor& values, const at::Tensor& meta,
                                                             int64_t meta_layout) {
   constexpr const char* op = "spmm::_sparse24_decode_pack";
@@ -46,14 +41,6 @@ std::tuple<at::Tensor, at::Tensor> sparse24_decode_pack_cuda(const at::Tensor& v
   p.meta_layout = static_cast<int>(meta_layout);
   check_cuda(op, kernels::sparse24_decode_pack(p, at::cuda::getCurrentCUDAStream()));
   return {dvalues, dmeta};
-}
-
-// x as [N, K] rows the kernel can stream: unit inner stride, 16-byte aligned rows, K a multiple of 8.
-at::Tensor kernel_ready_activation(const at::Tensor& x, int64_t n, int64_t k) {
-  at::Tensor x2 = x.reshape({n, k});
-  if (k % 8 != 0) return at::constant_pad_nd(x2, {0, 8 - k % 8});  // zero columns: the weight is zero there too
-  const bool aligned = x2.stride(1) == 1 && x2.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(x2.data_ptr()) % 16 == 0;
-  return aligned ? x2 : x2.clone(at::MemoryFormat::Contiguous);  // clone: a fresh, allocator-aligned copy
 }
 
 at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalues, const at::Tensor& dmeta,

@@ -73,6 +73,17 @@ def sparse24_decode_mm(
     return _ops._sparse24_decode_mm(x, dvalues, dmeta, out_features, bias)
 
 
+def sparse24_sm90_pack(values: Tensor, meta: Tensor) -> Tuple[Tensor, Tensor]:
+    """Canonical 2:4 layout -> the Hopper prefill GEMM's layout (CUTLASS's compressed values `a`, metadata `e`).
+    CUDA, sm_90a builds only; needs out_features % 8 == 0 and in_features % 16 == 0."""
+    return _ops._sparse24_sm90_pack(values, meta)
+
+
+def sparse24_sm90_mm(x: Tensor, a: Tensor, e: Tensor, out_features: int, bias: Optional[Tensor] = None) -> Tensor:
+    """y = x @ W.T (+ bias) on the Hopper prefill GEMM (CUTLASS wgmma.sp), W in the layout of sparse24_sm90_pack."""
+    return _ops._sparse24_sm90_mm(x, a, e, out_features, bias)
+
+
 # ------------------------------------------------------------------------------------------ Tiled-CSL ------------
 def tiled_csl_compress(
     dense: Tensor, mask: Optional[Tensor] = None, tile_m: int = 256, tile_k: int = 64
@@ -130,6 +141,18 @@ def _sparse24_decode_pack_fake(values, meta, meta_layout=0):
 
 @torch.library.register_fake("spmm::_sparse24_decode_mm")
 def _sparse24_decode_mm_fake(x, dvalues, dmeta, out_features, bias):
+    return x.new_empty(*x.shape[:-1], out_features)
+
+
+@torch.library.register_fake("spmm::_sparse24_sm90_pack")
+def _sparse24_sm90_pack_fake(values, meta):
+    m, k = values.shape[0], values.shape[1] * 2
+    e_bytes = -(-m // 64) * 64 * (-(-k // 128) * 128) // 8  # CUTLASS's metadata: rows to 64, columns to 128
+    return values.new_empty(m * k // 2), values.new_empty(e_bytes, dtype=torch.uint8)
+
+
+@torch.library.register_fake("spmm::_sparse24_sm90_mm")
+def _sparse24_sm90_mm_fake(x, a, e, out_features, bias):
     return x.new_empty(*x.shape[:-1], out_features)
 
 

@@ -1,0 +1,129 @@
+// CUDA entries of the Hopper prefill 2:4 GEMM (CUTLASS, kernels/sparse24/sparse24_sm90_gemm.h): the canonical ->
+// CUTLASS layout pack and y = x W^T (+ bias) on it. Internal ops; built only with the sm_90a kernel family.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "ops/cuda_common.h"
+#include "ops/sparse24_common.h"
+
+#if SPMM_HAS_SPARSE24_SM90
+#include "kernels/sparse24/sparse24_sm90_gemm.h"
+
+namespace spmm::ops {
+namespace {
+
+void check_sm90_shape(const char* op, int64_t m, int64_t k) {
+  TORCH_CHECK_VALUE(kernels::sparse24_sm90_weight_supported(m, k), op, ": the Hopper 2:4 GEMM needs out_features % 8 "
+                    "== 0 and in_features % 16 == 0 (and both > 0), got ", m, " x ", k);
+}
+
+void check_sm90_status(const char* op, cudaError_t status) {
+  TORCH_CHECK_NOT_IMPLEMENTED(status != cudaErrorNoKernelImageForDevice, op,
+                              ": the Hopper 2:4 GEMM runs on compute capability 9.0 GPUs only");
+  check_cuda(op, status);
+}
+
+// The canonical layout expanded to the dense masked weight [M, K] (what CUTLASS's compressor takes).
+at::Tensor canonical_to_dense(const at::Tensor& values, const at::Tensor& meta) {
+  const int64_t m = values.size(0), groups = values.size(1) / 2;
+  const at::Tensor nibbles = at::stack({at::bitwise_and(meta, 0xF), at::bitwise_right_shift(meta, 4)}, -1);
+  const at::Tensor codes = nibbles.reshape({m, -1}).narrow(1, 0, groups).to(at::kLong);
+  const at::Tensor columns = at::stack({at::bitwise_and(codes, 3), at::bitwise_right_shift(codes, 2)}, -1);
+  at::Tensor dense = at::zeros({m, groups, 4}, values.options());
+  dense.scatter_(2, columns, values.reshape({m, groups, 2}));
+  return dense.reshape({m, groups * 4});
+}
+
+std::tuple<at::Tensor, at::Tensor> sparse24_sm90_pack_cuda(const at::Tensor& values, const at::Tensor& meta) {
+  constexpr const char* op = "spmm::_sparse24_sm90_pack";
+  check_dim(op, "values", values, 2);
+  check_dim(op, "meta", meta, 2);
+  check_half_dtype(op, "values", values);
+  check_dtype(op, "meta", meta, at::kByte);
+  check_contiguous(op, "values", values);
+  check_contiguous(op, "meta", meta);
+  check_same_device(op, "meta", meta, values);
+  const int64_t m = values.size(0), k = values.size(1) * 2;
+  TORCH_CHECK_VALUE(meta.size(0) == m && meta.size(1) == sparse24::meta_bytes_per_row(k), op,
+                    ": `meta` must be [", m, ", ", sparse24::meta_bytes_per_row(k), "] for `values` ", values.sizes());
+  check_sm90_shape(op, m, k);
+  const c10::cuda::CUDAGuard guard(values.device());
+  const at::Tensor dense = canonical_to_dense(values, meta);
+  size_t a_bytes = 0, e_bytes = 0;
+  const kernels::DType dtype = kernel_dtype(values.scalar_type());
+  check_cuda(op, kernels::sparse24_sm90_compressed_sizes(m, k, dtype, &a_bytes, &e_bytes));
+  at::Tensor a = at::empty({static_cast<int64_t>(a_bytes / 2)}, values.options());
+  at::Tensor e = at::empty({static_cast<int64_t>(e_bytes)}, values.options().dtype(at::kByte));
+  kernels::Sparse24Sm90CompressParams p{};
+  p.dense = dense.data_ptr();
+  p.dense_ld = k;
+  p.a = a.data_ptr();
+  p.e = e.data_ptr();
+  p.m = m;
+  p.k = k;
+  p.dtype = dtype;
+  check_sm90_status(op, kernels::sparse24_sm90_compress(p, at::cuda::getCurrentCUDAStream()));
+  return {a, e};
+}
+
+at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& a, const at::Tensor& e, int64_t out_features,
+                                 const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "spmm::_sparse24_sm90_mm";
+  check_activation(op, x);
+  check_half_dtype(op, "x", x);
+  check_dtype(op, "a", a, x.scalar_type());
+  check_dtype(op, "e", e, at::kByte);
+  for (auto [name, t] : {std::pair{"a", &a}, {"e", &e}}) {
+    check_dim(op, name, *t, 1);
+    check_contiguous(op, name, *t);
+    check_same_device(op, name, *t, x);
+  }
+  const int64_t k = x.size(-1), n = leading_rows(x), m = out_features;
+  check_sm90_shape(op, m, k);
+  const kernels::DType dtype = kernel_dtype(x.scalar_type());
+  size_t a_bytes = 0, e_bytes = 0;
+  check_cuda(op, kernels::sparse24_sm90_compressed_sizes(m, k, dtype, &a_bytes, &e_bytes));
+  TORCH_CHECK_VALUE(static_cast<size_t>(a.numel()) * 2 == a_bytes && static_cast<size_t>(e.numel()) == e_bytes, op,
+                    ": `a`/`e` do not hold the Hopper GEMM layout of a ", m, " x ", k,
+                    " weight; pack it with _sparse24_sm90_pack");
+  check_bias(op, bias, x, m);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor xk = kernel_ready_activation(x, n, k);
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  at::Tensor y = at::empty({n, m}, x.options());
+  const auto config = kernels::sparse24_sm90_pick_config(
+      m, n, k, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  size_t ws_bytes = 0;
+  check_sm90_status(op, kernels::sparse24_sm90_workspace_bytes(m, n, k, dtype, config, &ws_bytes));
+  at::Tensor workspace = at::empty({static_cast<int64_t>(ws_bytes)}, x.options().dtype(at::kByte));
+  kernels::Sparse24Sm90GemmParams p{};
+  p.a = a.data_ptr();
+  p.e = e.data_ptr();
+  p.x = xk.data_ptr();
+  p.x_ld = xk.stride(0);
+  p.bias = bias.has_value() ? b.data_ptr() : nullptr;
+  p.y = y.data_ptr();
+  p.y_ld = m;
+  p.m = m;
+  p.n = n;
+  p.k = k;
+  p.dtype = dtype;
+  p.workspace = ws_bytes ? workspace.data_ptr() : nullptr;
+  p.workspace_bytes = ws_bytes;
+  check_sm90_status(op, kernels::sparse24_sm90_gemm(p, config, at::cuda::getCurrentCUDAStream()));
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = m;
+  return y.reshape(out_shape);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(spmm, CUDA, m) {
+  m.impl("_sparse24_sm90_pack", &sparse24_sm90_pack_cuda);
+  m.impl("_sparse24_sm90_mm", &sparse24_sm90_mm_cuda);
+}
+
+}  // namespace spmm::ops
+#endif  // SPMM_HAS_SPARSE24_SM90

@@ -1,0 +1,84 @@
+"""The Hopper prefill 2:4 GEMM (CUTLASS wgmma.sp) against torch.matmul on the dense masked weight."""
+
+import pytest
+import torch
+
+import spmm
+from conftest import gen, int_weight, random_24_mask
+from spmm import ops
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.skipif(not spmm._C.cuda_built, reason="spmm was built without CUDA kernels"),
+    pytest.mark.skipif(not ops.has_cuda_kernel("_sparse24_sm90_mm"), reason="built without the sm_90a kernels"),
+    pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() != (9, 0),
+                       reason="the sm_90a GEMM needs a compute capability 9.0 GPU"),
+]
+
+DTYPES = [torch.float16, torch.bfloat16]
+
+
+def masked(w, mask):
+    return torch.where(mask, w, torch.zeros_like(w))
+
+
+def int_case(m, k, n, dtype, seed):
+    g = gen(seed)
+    w, mask = int_weight(m, k, dtype, g), random_24_mask(m, k, g)
+    x = torch.randint(-3, 4, (n, k), generator=g).to(dtype)
+    bias = int_weight(1, m, dtype, g)[0]
+    return w.cuda(), mask.cuda(), x.cuda(), bias.cuda()
+
+
+def packed(w, mask):
+    return ops.sparse24_sm90_pack(*ops.sparse24_compress(w, mask))
+
+
+def reference(x, w, mask, bias=None):
+    y = x.float() @ masked(w, mask).float().T
+    return (y + bias.float() if bias is not None else y).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mk", [(256, 4096), (264, 1040), (4096, 4096), (11008, 4096)])
+@pytest.mark.parametrize("n", [1, 33, 128, 1000, 2048])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_exact_integer_inputs(dtype, mk, n, with_bias):
+    w, mask, x, bias = int_case(*mk, n, dtype, hash((mk, n)) % 1000)
+    b = bias if with_bias else None
+    y = ops.sparse24_sm90_mm(x, *packed(w, mask), mk[0], b)
+    assert y.shape == (n, mk[0]) and y.dtype == dtype
+    assert torch.equal(y, reference(x, w, mask, b))
+
+
+def test_leading_dims_strided_x_and_graph_capture():
+    w, mask, x, bias = int_case(512, 1024, 96, torch.float16, 3)
+    a, e = packed(w, mask)
+    expected = reference(x, w, mask, bias)
+    assert torch.equal(ops.sparse24_sm90_mm(x.reshape(4, 24, 1024), a, e, 512, bias), expected.reshape(4, 24, 512))
+    strided = torch.stack([x, x], dim=-1).reshape(96, 2048)[:, ::2]
+    assert not strided.is_contiguous() and torch.equal(ops.sparse24_sm90_mm(strided, a, e, 512, bias), expected)
+    static_x = x.clone()
+    ops.sparse24_sm90_mm(static_x, a, e, 512, bias)  # warm-up outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = ops.sparse24_sm90_mm(static_x, a, e, 512, bias)
+    static_x.copy_(-x)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, reference(-x, w, mask, bias))
+
+
+def test_rejects_shapes_and_layouts_it_cannot_take():
+    w, mask, x, _ = int_case(264, 1040, 8, torch.float16, 5)
+    values, meta = ops.sparse24_compress(w, mask)
+    with pytest.raises(ValueError, match=r"needs out_features % 8 == 0 and in_features % 16 == 0.*260 x 1040"):
+        ops.sparse24_sm90_pack(values[:260].contiguous(), meta[:260].contiguous())
+    with pytest.raises(ValueError, match=r"needs out_features % 8 == 0 and in_features % 16 == 0.*264 x 1032"):
+        ops.sparse24_sm90_pack(values[:, :516].contiguous(), meta[:, :129].contiguous())
+    a, e = ops.sparse24_sm90_pack(values, meta)
+    with pytest.raises(ValueError, match=r"do not hold the Hopper GEMM layout of a 256 x 1040 weight"):
+        ops.sparse24_sm90_mm(x, a, e, 256)
+    with pytest.raises(TypeError, match=r"`a` must be BFloat16"):
+        ops.sparse24_sm90_mm(x.bfloat16(), a, e, 264)
