@@ -88,14 +88,17 @@ def _pack(packer, dense: Tensor, *args):
         return tuple(t.to(dense.device) for t in moved)
 
 
-def _spmm_sparse24(c: Case) -> Prepared:
+def _spmm_sparse24(c: Case, tiles_per_warp: int = 1) -> Prepared:
     ops = _ops()
     values, meta = _pack(ops.sparse24_compress, c.w, c.mask)
     if c.w.is_cuda and ops.has_cuda_kernel("_sparse24_decode_mm"):
         # The weight-streaming kernel on its own layout, made once (what Sparse24Linear caches on CUDA).
         dvalues, dmeta = ops.sparse24_decode_pack(values, meta)
         m = c.w.shape[0]
-        return Prepared(lambda x: lambda: ops.sparse24_decode_mm(x, dvalues, dmeta, m, c.bias), _nbytes(dvalues, dmeta))
+        return Prepared(lambda x: lambda: ops.sparse24_decode_mm(x, dvalues, dmeta, m, c.bias, tiles_per_warp),
+                        _nbytes(dvalues, dmeta))
+    if tiles_per_warp != 1:
+        raise NotImplementedError("tiles_per_warp is a knob of the CUDA decode kernel")
     return Prepared(lambda x: lambda: ops.sparse24_mm(x, values, meta, c.bias), _nbytes(values, meta))
 
 
@@ -127,6 +130,9 @@ def _spmm_spense(c: Case) -> Prepared:
 
 
 SPMM_SPARSE24 = Backend("spmm", _spmm_sparse24)
+# The decode kernel with two row tiles per warp: a tuning variant, compared with the default until the heuristic
+# decides between them (csrc/kernels/sparse24/NOTES.md).
+SPMM_SPARSE24_TPW2 = Backend("spmm_tpw2", lambda c: _spmm_sparse24(c, tiles_per_warp=2), cuda_only=True)
 SPMM_TILED_CSL = Backend("spmm", _spmm_tiled_csl)
 SPMM_SPENSE = Backend("spmm", _spmm_spense)
 

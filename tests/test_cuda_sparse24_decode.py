@@ -61,6 +61,15 @@ def test_exact_integer_inputs(dtype, mk, n, with_bias):
     assert torch.equal(y, reference(x, w, mask, b))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mk", [(67, 260), (256, 4096), (4096, 4096), (11008, 512)])
+@pytest.mark.parametrize("n", [1, 33, 64, 100])
+def test_two_tiles_per_warp_variant_exact(dtype, mk, n):
+    w, mask, x, bias = int_case(*mk, n, dtype, hash((mk, n, 2)) % 1000)
+    y = ops.sparse24_decode_mm(x, *packed(w, mask), mk[0], bias, tiles_per_warp=2)
+    assert torch.equal(y, reference(x, w, mask, bias))
+
+
 def test_leading_dims_non_contiguous_and_unaligned_x():
     w, mask, x, bias = int_case(128, 512, 12, torch.float16, 3)
     dv, dm = packed(w, mask)
@@ -110,5 +119,7 @@ def test_rejects_bad_input():
         ops.sparse24_decode_mm(x.bfloat16(), dv, dm, 64)
     with pytest.raises(ValueError, match=r"do not hold the decode layout of a 80 x 256 weight"):
         ops.sparse24_decode_mm(x, dv, dm, 80)
+    with pytest.raises(ValueError, match=r"`tiles_per_warp` must be 1 or 2, got 3"):
+        ops.sparse24_decode_mm(x, dv, dm, 64, tiles_per_warp=3)
     with pytest.raises(TypeError, match=r"`x` must be float16 or bfloat16"):
         ops.sparse24_decode_mm(x.float(), dv.float(), dm, 64)

@@ -67,10 +67,11 @@ def sparse24_decode_pack(values: Tensor, meta: Tensor, meta_layout: int = 0) -> 
 
 
 def sparse24_decode_mm(
-    x: Tensor, dvalues: Tensor, dmeta: Tensor, out_features: int, bias: Optional[Tensor] = None
+    x: Tensor, dvalues: Tensor, dmeta: Tensor, out_features: int, bias: Optional[Tensor] = None, tiles_per_warp: int = 1
 ) -> Tensor:
-    """y = x @ W.T (+ bias) with W in the decode layout: the weight-streaming mma.sp kernel (CUDA, fp16/bf16)."""
-    return _ops._sparse24_decode_mm(x, dvalues, dmeta, out_features, bias)
+    """y = x @ W.T (+ bias) with W in the decode layout: the weight-streaming mma.sp kernel (CUDA, fp16/bf16).
+    tiles_per_warp (1 or 2): 16-row tiles each warp streams at once; a tuning knob until the heuristic owns it."""
+    return _ops._sparse24_decode_mm(x, dvalues, dmeta, out_features, bias, tiles_per_warp)
 
 
 def sparse24_sm90_pack(values: Tensor, meta: Tensor) -> Tuple[Tensor, Tensor]:
@@ -140,7 +141,7 @@ def _sparse24_decode_pack_fake(values, meta, meta_layout=0):
 
 
 @torch.library.register_fake("spmm::_sparse24_decode_mm")
-def _sparse24_decode_mm_fake(x, dvalues, dmeta, out_features, bias):
+def _sparse24_decode_mm_fake(x, dvalues, dmeta, out_features, bias, tiles_per_warp=1):
     return x.new_empty(*x.shape[:-1], out_features)
 
 

@@ -58,14 +58,16 @@ struct Sparse24DecodeParams {
   void* workspace;      // sparse24_decode_workspace_bytes(...) bytes (split-K partials + counters), or nullptr if 0
   int64_t m, n, k;
   int splits;           // from sparse24_decode_splits()
+  int tiles_per_warp;   // 1 or 2 row tiles of 16 rows streamed by each warp (2 share each x fragment: less
+                        // shared-memory traffic per weight byte, more registers); splits and workspace depend on it
   DType dtype;          // kFloat16 or kBFloat16
   int* counters;        // set by the launcher (inside the workspace); callers leave it null
 };
 
 // Split-K factor for (m, n, k) on a device with num_sms multiprocessors: enough blocks for every SM to stream.
-int sparse24_decode_splits(int64_t m, int64_t n, int64_t k, int num_sms);
+int sparse24_decode_splits(int64_t m, int64_t n, int64_t k, int num_sms, int tiles_per_warp = 1);
 
-size_t sparse24_decode_workspace_bytes(int64_t m, int64_t n, int64_t k, int splits);
+size_t sparse24_decode_workspace_bytes(int64_t m, int64_t n, int64_t k, int splits, int tiles_per_warp = 1);
 
 // Enqueues y = x W^T (+ bias) on `stream`. cudaErrorInvalidValue for arguments it cannot take.
 cudaError_t sparse24_decode_mm(const Sparse24DecodeParams& p, cudaStream_t stream);

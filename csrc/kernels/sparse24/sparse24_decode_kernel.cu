@@ -1,6 +1,6 @@
 // The decode kernel of sparse24_decode.h and its layout packer.
 //
-// Block: 8 warps; warp w owns row tile (blockIdx.y * 8 + w) -- 16 rows of W -- over the block's slice of K
+// Block: 8 warps; warp w owns 1 or 2 consecutive row tiles of 16 rows (tiles_per_warp) over the block's slice of K
 // (split blockIdx.x of `splits`). Per chunk of 128 columns, every lane streams its A fragments and metadata
 // straight from global memory into registers (one chunk ahead), while the block stages x's chunk in shared
 // memory with cp.async (double-buffered, zero-filled past N and K) and feeds it to mma.sp through ldmatrix.
@@ -21,7 +21,6 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr int kRowsPerBlock = kWarps * kDecodeTileRows;
 constexpr int kSteps = kDecodeChunkK / 32;        // mma k-steps per chunk
 constexpr int kXPitch = kDecodeChunkK + 8;        // x row pitch in shared memory (16 B pad: no ldmatrix conflicts)
 constexpr uint8_t kFillCode = 0 | 1 << 2;         // metadata code of an all-zero (padding) group
@@ -96,21 +95,26 @@ __device__ __forceinline__ float bias_at(const T* bias, int64_t m) {
   return bias ? static_cast<float>(bias[m]) : 0.0f;
 }
 
-template <typename T, int kNTiles>
+// kNTiles: 8-token column tiles (N <= 8 * kNTiles); kTilesPerWarp: 16-row tiles each warp streams at once, which
+// share every B fragment (one ldmatrix feeds kTilesPerWarp mma.sp) and one x stage per 128 * kTilesPerWarp rows.
+template <typename T, int kNTiles, int kTilesPerWarp>
 __global__ void __launch_bounds__(kThreads) decode_mm_kernel(Sparse24DecodeParams p, Sparse24DecodeShape s) {
   constexpr int kXRows = kNTiles * 8;
+  constexpr int kRowsPerBlock = kWarps * kTilesPerWarp * kDecodeTileRows;
   extern __shared__ uint4 smem[];
   T* xs = reinterpret_cast<T*>(smem);  // [2][kXRows][kXPitch]
   __shared__ int is_last_block;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t group = blockIdx.y, split = blockIdx.x;
-  const int64_t tile = group * kWarps + warp;
-  const bool has_tile = tile < s.row_tiles;
+  const int64_t first_tile = (group * kWarps + warp) * kTilesPerWarp;
+  bool has_tile[kTilesPerWarp];
+#pragma unroll
+  for (int t = 0; t < kTilesPerWarp; ++t) has_tile[t] = first_tile + t < s.row_tiles;
   const int64_t c_begin = split * s.chunks / p.splits, c_end = (split + 1) * s.chunks / p.splits;
   const T* x = static_cast<const T*>(p.x);
-  const uint4* wv = static_cast<const uint4*>(p.dvalues) + tile * s.chunks * kSteps * 32 + lane;
-  const uint4* wm = static_cast<const uint4*>(p.dmeta) + tile * s.chunks * 16 + (lane / 4) * 2 + lane % 4;
+  const uint4* wv = static_cast<const uint4*>(p.dvalues) + first_tile * s.chunks * kSteps * 32 + lane;
+  const uint4* wm = static_cast<const uint4*>(p.dmeta) + first_tile * s.chunks * 16 + (lane / 4) * 2 + lane % 4;
   const bool meta_lane = lane % 4 < 2;
 
   auto stage_x = [&](int64_t chunk, int buf) {
@@ -122,65 +126,79 @@ __global__ void __launch_bounds__(kThreads) decode_mm_kernel(Sparse24DecodeParam
     }
     ptx::cp_async_commit();
   };
-  auto load_w = [&](int64_t chunk, uint4 (&a)[kSteps], uint4& meta) {
-    for (int step = 0; step < kSteps; ++step) a[step] = ptx::load_streaming(wv + (chunk * kSteps + step) * 32);
-    meta = meta_lane ? ptx::load_streaming(wm + chunk * 16) : make_uint4(0, 0, 0, 0);
+  auto load_w = [&](int64_t chunk, uint4 (&a)[kTilesPerWarp][kSteps], uint4 (&meta)[kTilesPerWarp]) {
+#pragma unroll
+    for (int t = 0; t < kTilesPerWarp; ++t) {
+      if (!has_tile[t]) continue;
+      const int64_t base = t * s.chunks + chunk;  // tiles are consecutive in the layout
+#pragma unroll
+      for (int step = 0; step < kSteps; ++step) a[t][step] = ptx::load_streaming(wv + (base * kSteps + step) * 32);
+      meta[t] = meta_lane ? ptx::load_streaming(wm + base * 16) : make_uint4(0, 0, 0, 0);
+    }
   };
 
-  float acc[kNTiles][4] = {};
-  uint4 a_cur[kSteps], a_next[kSteps], m_cur, m_next;
+  float acc[kTilesPerWarp][kNTiles][4] = {};
+  uint4 a_cur[kTilesPerWarp][kSteps], a_next[kTilesPerWarp][kSteps], m_cur[kTilesPerWarp], m_next[kTilesPerWarp];
   if (c_begin < c_end) {
     stage_x(c_begin, 0);
-    if (has_tile) load_w(c_begin, a_cur, m_cur);
+    load_w(c_begin, a_cur, m_cur);
   }
   for (int64_t c = c_begin; c < c_end; ++c) {
     const int buf = (c - c_begin) & 1;
     const bool more = c + 1 < c_end;
     if (more) {
       stage_x(c + 1, buf ^ 1);  // buf ^ 1 was last read before the previous iteration's closing barrier
-      if (has_tile) load_w(c + 1, a_next, m_next);
+      load_w(c + 1, a_next, m_next);
       ptx::cp_async_wait<1>();
     } else {
       ptx::cp_async_wait<0>();
     }
     __syncthreads();
-    if (has_tile) {
-      const uint32_t metas[kSteps] = {m_cur.x, m_cur.y, m_cur.z, m_cur.w};
+    if (has_tile[0]) {
 #pragma unroll
       for (int step = 0; step < kSteps; ++step) {
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) {
           uint32_t b[4];  // x rows nt*8 .. +7, columns step*32 .. +31: matrix j covers columns 8j .. 8j+7
           ptx::ldmatrix_x4(b, xs + (buf * kXRows + nt * 8 + lane % 8) * kXPitch + step * 32 + (lane / 8) * 8);
-          ptx::mma_sp_16832<T>(acc[nt], a_cur[step], b, metas[step]);
+#pragma unroll
+          for (int t = 0; t < kTilesPerWarp; ++t) {
+            const uint32_t meta = step == 0 ? m_cur[t].x : step == 1 ? m_cur[t].y : step == 2 ? m_cur[t].z : m_cur[t].w;
+            if (has_tile[t]) ptx::mma_sp_16832<T>(acc[t][nt], a_cur[t][step], b, meta);
+          }
         }
       }
     }
     __syncthreads();
     if (more) {
 #pragma unroll
-      for (int step = 0; step < kSteps; ++step) a_cur[step] = a_next[step];
-      m_cur = m_next;
+      for (int t = 0; t < kTilesPerWarp; ++t) {
+#pragma unroll
+        for (int step = 0; step < kSteps; ++step) a_cur[t][step] = a_next[t][step];
+        m_cur[t] = m_next[t];
+      }
     }
   }
 
-  // Accumulator fragment: acc[nt][i] is W row g (+8 for i >= 2) times token nt*8 + 2q (+1 for odd i).
+  // Accumulator fragment: acc[t][nt][i] is W row g (+8 for i >= 2) of tile t times token nt*8 + 2q (+1 for odd i).
   const int g = lane / 4, q = lane % 4;
   const T* bias = static_cast<const T*>(p.bias);
   T* y = static_cast<T*>(p.y);
   const int64_t mp = s.row_tiles * kDecodeTileRows;
   float* partials = static_cast<float*>(p.workspace);
-  if (has_tile) {
+#pragma unroll
+  for (int t = 0; t < kTilesPerWarp; ++t) {
+    if (!has_tile[t]) continue;
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int64_t m = tile * kDecodeTileRows + g + (i >= 2 ? 8 : 0), n = nt * 8 + 2 * q + (i & 1);
+        const int64_t m = (first_tile + t) * kDecodeTileRows + g + (i >= 2 ? 8 : 0), n = nt * 8 + 2 * q + (i & 1);
         if (n >= p.n) continue;
         if (p.splits == 1) {
-          if (m < p.m) y[n * p.y_ld + m] = from_float<T>(acc[nt][i] + bias_at(bias, m));
+          if (m < p.m) y[n * p.y_ld + m] = from_float<T>(acc[t][nt][i] + bias_at(bias, m));
         } else {
-          partials[(split * p.n + n) * mp + m] = acc[nt][i];
+          partials[(split * p.n + n) * mp + m] = acc[t][nt][i];
         }
       }
     }
@@ -211,22 +229,31 @@ constexpr size_t smem_bytes() {
   return 2 * kNTiles * 8 * kXPitch * 2;
 }
 
-template <typename T, int kNTiles>
+int64_t rows_per_block(int tiles_per_warp) { return int64_t{kWarps} * tiles_per_warp * kDecodeTileRows; }
+
+int64_t row_groups(const Sparse24DecodeShape& s, int tiles_per_warp) {
+  return (s.row_tiles + kWarps * tiles_per_warp - 1) / (kWarps * tiles_per_warp);
+}
+
+template <typename T, int kNTiles, int kTilesPerWarp>
 cudaError_t launch_tiles(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, cudaStream_t stream) {
-  const dim3 grid(p.splits, static_cast<unsigned>((s.row_tiles + kWarps - 1) / kWarps));
-  decode_mm_kernel<T, kNTiles><<<grid, kThreads, smem_bytes<kNTiles>(), stream>>>(p, s);
+  const dim3 grid(p.splits, static_cast<unsigned>(row_groups(s, kTilesPerWarp)));
+  decode_mm_kernel<T, kNTiles, kTilesPerWarp><<<grid, kThreads, smem_bytes<kNTiles>(), stream>>>(p, s);
   return cudaGetLastError();
+}
+
+template <typename T, int kTilesPerWarp>
+cudaError_t launch_n(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, cudaStream_t stream) {
+  if (p.n <= 8) return launch_tiles<T, 1, kTilesPerWarp>(p, s, stream);
+  if (p.n <= 16) return launch_tiles<T, 2, kTilesPerWarp>(p, s, stream);
+  if (p.n <= 32) return launch_tiles<T, 4, kTilesPerWarp>(p, s, stream);
+  return launch_tiles<T, 8, kTilesPerWarp>(p, s, stream);
 }
 
 template <typename T>
 cudaError_t launch(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, cudaStream_t stream) {
-  if (p.n <= 8) return launch_tiles<T, 1>(p, s, stream);
-  if (p.n <= 16) return launch_tiles<T, 2>(p, s, stream);
-  if (p.n <= 32) return launch_tiles<T, 4>(p, s, stream);
-  return launch_tiles<T, 8>(p, s, stream);
+  return p.tiles_per_warp == 2 ? launch_n<T, 2>(p, s, stream) : launch_n<T, 1>(p, s, stream);
 }
-
-int64_t row_groups(const Sparse24DecodeShape& s) { return (s.row_tiles + kWarps - 1) / kWarps; }
 
 }  // namespace
 
@@ -242,36 +269,38 @@ cudaError_t sparse24_decode_pack(const Sparse24DecodePackParams& p, cudaStream_t
   return cudaGetLastError();
 }
 
-int sparse24_decode_splits(int64_t m, int64_t n, int64_t k, int num_sms) {
+int sparse24_decode_splits(int64_t m, int64_t n, int64_t k, int num_sms, int tiles_per_warp) {
   const Sparse24DecodeShape s = sparse24_decode_shape(m, k);
-  const int64_t groups = row_groups(s);
-  const int64_t slots = static_cast<int64_t>(std::max(num_sms, 1)) * 2;  // ~2 resident blocks per SM
-  // Time ~ waves x chunks per block, plus the split-K partials' round trip (fp32, N x 128 per block); the
+  const int64_t groups = row_groups(s, tiles_per_warp), rows = rows_per_block(tiles_per_warp);
+  // ~2 resident blocks per SM with one tile per warp (<= 126 registers), ~1 with two.
+  const int64_t slots = static_cast<int64_t>(std::max(num_sms, 1)) * (tiles_per_warp == 2 ? 1 : 2);
+  // Time ~ waves x chunks per block, plus the split-K partials' round trip (fp32, N x rows per block); the
   // smallest split at the best estimate wins.
   int best = 1;
   double best_cost = 0;
   for (int splits = 1; splits <= std::min<int64_t>(s.chunks, 32); ++splits) {
     const double waves = static_cast<double>((groups * splits + slots - 1) / slots);
-    const double chunk_bytes = kRowsPerBlock * kDecodeChunkK * 1.125;
-    const double reduce_bytes = splits > 1 ? 2.0 * std::min<int64_t>(n, kDecodeMaxTokens) * kRowsPerBlock * 4 : 0;
+    const double chunk_bytes = rows * kDecodeChunkK * 1.125;
+    const double reduce_bytes = splits > 1 ? 2.0 * std::min<int64_t>(n, kDecodeMaxTokens) * rows * 4 : 0;
     const double cost = waves * ((s.chunks + splits - 1) / splits * chunk_bytes + reduce_bytes);
     if (splits == 1 || cost < best_cost * 0.98) best = splits, best_cost = cost;
   }
   return best;
 }
 
-size_t sparse24_decode_workspace_bytes(int64_t m, int64_t n, int64_t k, int splits) {
+size_t sparse24_decode_workspace_bytes(int64_t m, int64_t n, int64_t k, int splits, int tiles_per_warp) {
   if (splits <= 1) return 0;
   const Sparse24DecodeShape s = sparse24_decode_shape(m, k);
   const int64_t tokens = std::min<int64_t>(n, kDecodeMaxTokens);
   return static_cast<size_t>(splits) * tokens * s.row_tiles * kDecodeTileRows * sizeof(float) +
-         static_cast<size_t>(row_groups(s)) * sizeof(int);
+         static_cast<size_t>(row_groups(s, tiles_per_warp)) * sizeof(int);
 }
 
 cudaError_t sparse24_decode_mm(const Sparse24DecodeParams& p, cudaStream_t stream) {
   const Sparse24DecodeShape s = sparse24_decode_shape(p.m, p.k);
   if (p.m < 0 || p.n < 0 || p.k < 0 || p.k % 8 != 0 || p.x_ld % 8 != 0 || p.splits < 1 ||
-      p.splits > std::max<int64_t>(s.chunks, 1) || row_groups(s) > 65535 ||
+      p.splits > std::max<int64_t>(s.chunks, 1) || (p.tiles_per_warp != 1 && p.tiles_per_warp != 2) ||
+      row_groups(s, p.tiles_per_warp) > 65535 ||
       (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) ||
       reinterpret_cast<uintptr_t>(p.x) % 16 != 0 || (p.splits > 1 && p.workspace == nullptr))
     return cudaErrorInvalidValue;
@@ -280,8 +309,8 @@ cudaError_t sparse24_decode_mm(const Sparse24DecodeParams& p, cudaStream_t strea
   if (p.splits > 1) {
     // The counters sit after the partials of 64 tokens, the most one launch holds. They start at zero, and the
     // last block of each group leaves them zeroed again (also for the next slice of a larger N).
-    const size_t bytes = sparse24_decode_workspace_bytes(p.m, p.n, p.k, p.splits);
-    const size_t counters = row_groups(s) * sizeof(int);
+    const size_t bytes = sparse24_decode_workspace_bytes(p.m, p.n, p.k, p.splits, p.tiles_per_warp);
+    const size_t counters = row_groups(s, p.tiles_per_warp) * sizeof(int);
     q.counters = reinterpret_cast<int*>(static_cast<char*>(p.workspace) + bytes - counters);
     cudaError_t err = cudaMemsetAsync(q.counters, 0, counters, stream);
     if (err != cudaSuccess) return err;
