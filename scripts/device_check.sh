@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One device call that builds, tests and measures (run from the repo root on the GPU machine, `.whl` carried):
+#   bash scripts/device_check.sh [tests|sanitize|bench-decode|bench-prefill|all]   (default: tests)
+# Results go to $OUT (or bench/out); the end of the output is the summary to read.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+out="${OUT:-bench/out}"
+what="${1:-tests}"
+bash scripts/device_build.sh 2>&1 | tail -2 || exit 1
+gpu_tests=(tests/test_cuda_sparse24_compress.py tests/test_cuda_sparse24_decode.py tests/test_cuda_sparse24_sm90.py tests/test_cuda_ops.py)
+case "$what" in tests|all)
+  python3 -m pytest -q -p no:cacheprovider --tb=line "${gpu_tests[@]}" 2>&1 | grep -E "passed|failed|FAILED|^E " | head -30 ;;
+esac
+case "$what" in sanitize|all)
+  for tool in memcheck racecheck; do
+    compute-sanitizer --tool $tool --error-exitcode 9 python3 -m pytest -q -p no:cacheprovider -x \
+      tests/test_cuda_sparse24_decode.py tests/test_cuda_sparse24_compress.py -k "not 4096 and not 14336 and not 11008" \
+      2>&1 | tail -1
+  done ;;
+esac
+case "$what" in bench-decode|all)
+  timeout 300 python3 -m bench sparse24 --graph --tokens 1 8 16 32 64 --out "$out/decode" 2>&1 | tail -3 ;;
+esac
+case "$what" in bench-prefill|all)
+  timeout 300 python3 -m bench sparse24 --tokens 512 2048 8192 --out "$out/prefill" 2>&1 | tail -3 ;;
+esac
