@@ -97,6 +97,15 @@ def test_real_values_within_twice_dense_error(dtype):
     assert torch.equal(y, ops.sparse24_decode_mm(x, *packed(w, mask), 4096))  # deterministic split-K
 
 
+def test_opcheck():
+    w, mask, x, bias = int_case(64, 256, 5, torch.float16, 11)
+    values, meta = ops.sparse24_compress(w, mask)
+    torch.library.opcheck(torch.ops.spmm._sparse24_decode_pack, (values, meta, 0))
+    dv, dm = ops.sparse24_decode_pack(values, meta)
+    torch.library.opcheck(torch.ops.spmm._sparse24_decode_mm, (x, dv, dm, 64, bias, 1))
+    torch.library.opcheck(torch.ops.spmm.sparse24_mm, (x, values, meta, bias))
+
+
 def test_cuda_graph_capture():
     w, mask, x, bias = int_case(1024, 2048, 8, torch.float16, 7)
     dv, dm = packed(w, mask)

@@ -70,6 +70,14 @@ def test_leading_dims_strided_x_and_graph_capture():
     assert torch.equal(out, reference(-x, w, mask, bias))
 
 
+def test_opcheck():
+    w, mask, x, bias = int_case(256, 1024, 33, torch.float16, 7)
+    values, meta = ops.sparse24_compress(w, mask)
+    torch.library.opcheck(torch.ops.spmm._sparse24_sm90_pack, (values, meta))
+    a, e = ops.sparse24_sm90_pack(values, meta)
+    torch.library.opcheck(torch.ops.spmm._sparse24_sm90_mm, (x, a, e, 256, bias))
+
+
 def test_rejects_shapes_and_layouts_it_cannot_take():
     w, mask, x, _ = int_case(264, 1040, 8, torch.float16, 5)
     values, meta = ops.sparse24_compress(w, mask)
