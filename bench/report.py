@@ -30,12 +30,13 @@ FIELDS = [
 DENSE = ("cublas", "torch_cpu")
 
 
-def write_data(records: List[dict], out: Path) -> None:
-    """JSON + CSV; cheap, so the sweep rewrites them after every case and a killed run keeps what it measured."""
+def write_data(records: List[dict], out: Path, fields: List[str] = FIELDS, name: str = "bench") -> None:
+    """JSON + CSV; cheap, so the sweep rewrites them after every case and a killed run keeps what it measured.
+    `fields` and `name` let other suites (bench/e2e.py) write their own records the same way."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(records, indent=1) + "\n")
-    with open(out / "bench.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+    (out / f"{name}.json").write_text(json.dumps(records, indent=1) + "\n")
+    with open(out / f"{name}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(records)
 
