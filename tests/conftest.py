@@ -44,6 +44,25 @@ def random_24_mask(m: int, k: int, g=None) -> torch.Tensor:
     return (rank < kept).reshape(m, k)
 
 
+def masked(w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask, w, torch.zeros_like(w))
+
+
+def cuda_int_case(m: int, k: int, n: int, dtype, seed: int):
+    """Small-integer 2:4 weight, its mask, x [n, k] and bias, on the GPU: exact under fp32 accumulation."""
+    g = gen(seed)
+    w, mask = int_weight(m, k, dtype, g), random_24_mask(m, k, g)
+    x = torch.randint(-3, 4, (n, k), generator=g).to(dtype)
+    bias = int_weight(1, m, dtype, g)[0]
+    return w.cuda(), mask.cuda(), x.cuda(), bias.cuda()
+
+
+def masked_reference(x, w, mask, bias=None):
+    """fp32 torch.matmul on the dense masked weight (+ bias), rounded once to x's dtype."""
+    y = x.float() @ masked(w, mask).float().T
+    return (y + bias.float() if bias is not None else y).to(x.dtype)
+
+
 def random_mask(m: int, k: int, density: float, g=None) -> torch.Tensor:
     return torch.rand(m, k, generator=g) < density
 

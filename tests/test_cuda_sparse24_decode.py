@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import spmm
-from conftest import gen, int_weight, random_24_mask
+from conftest import cuda_int_case as int_case, gen, masked, masked_reference as reference, random_24_mask
 from spmm import ops
 
 pytestmark = [
@@ -17,26 +17,9 @@ pytestmark = [
 DTYPES = [torch.float16, torch.bfloat16]
 
 
-def masked(w, mask):
-    return torch.where(mask, w, torch.zeros_like(w))
-
-
 def packed(w, mask, meta_layout=0):
     values, meta = ops.sparse24_compress(w, mask)
     return ops.sparse24_decode_pack(values, meta, meta_layout)
-
-
-def int_case(m, k, n, dtype, seed):
-    g = gen(seed)
-    w, mask = int_weight(m, k, dtype, g), random_24_mask(m, k, g)
-    x = torch.randint(-3, 4, (n, k), generator=g).to(dtype)
-    bias = int_weight(1, m, dtype, g)[0]
-    return w.cuda(), mask.cuda(), x.cuda(), bias.cuda()
-
-
-def reference(x, w, mask, bias=None):
-    y = x.float() @ masked(w, mask).float().T
-    return (y + bias.float() if bias is not None else y).to(x.dtype)
 
 
 @pytest.mark.parametrize("meta_layout", [0, 1])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import spmm
-from conftest import gen, int_weight, random_24_mask
+from conftest import cuda_int_case as int_case, masked_reference as reference
 from spmm import ops
 
 pytestmark = [
@@ -19,25 +19,8 @@ pytestmark = [
 DTYPES = [torch.float16, torch.bfloat16]
 
 
-def masked(w, mask):
-    return torch.where(mask, w, torch.zeros_like(w))
-
-
-def int_case(m, k, n, dtype, seed):
-    g = gen(seed)
-    w, mask = int_weight(m, k, dtype, g), random_24_mask(m, k, g)
-    x = torch.randint(-3, 4, (n, k), generator=g).to(dtype)
-    bias = int_weight(1, m, dtype, g)[0]
-    return w.cuda(), mask.cuda(), x.cuda(), bias.cuda()
-
-
 def packed(w, mask):
     return ops.sparse24_sm90_pack(*ops.sparse24_compress(w, mask))
-
-
-def reference(x, w, mask, bias=None):
-    y = x.float() @ masked(w, mask).float().T
-    return (y + bias.float() if bias is not None else y).to(x.dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -29,6 +29,20 @@ inline void check_sparse24_weight(const char* op, const at::Tensor& x, const at:
                     sparse24::meta_bytes_per_row(k), " columns for K = ", k, ", got ", meta.size(1));
 }
 
+// A canonical pair on its own (values [M, K/2], meta uint8 [M, ceil(K/8)], K = 2 * values' columns), as the
+// kernel-layout packers take it.
+inline void check_canonical_layout(const char* op, const at::Tensor& values, const at::Tensor& meta) {
+  check_dim(op, "values", values, 2);
+  check_dim(op, "meta", meta, 2);
+  check_dtype(op, "meta", meta, at::kByte);
+  check_contiguous(op, "values", values);
+  check_contiguous(op, "meta", meta);
+  check_same_device(op, "meta", meta, values);
+  const int64_t m = values.size(0), k = values.size(1) * 2;
+  TORCH_CHECK_VALUE(meta.size(0) == m && meta.size(1) == sparse24::meta_bytes_per_row(k), op,
+                    ": `meta` must be [", m, ", ", sparse24::meta_bytes_per_row(k), "] for `values` ", values.sizes());
+}
+
 inline void check_sparse24_compress_args(const char* op, const at::Tensor& dense, const std::optional<at::Tensor>& mask) {
   check_dim(op, "dense", dense, 2);
   check_float_dtype(op, "dense", dense);

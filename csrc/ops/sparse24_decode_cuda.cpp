@@ -15,16 +15,9 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> sparse24_decode_pack_cuda(const at::Tensor& values, const at::Tensor& meta,
                                                             int64_t meta_layout) {
   constexpr const char* op = "spmm::_sparse24_decode_pack";
-  check_dim(op, "values", values, 2);
-  check_dim(op, "meta", meta, 2);
   check_half_dtype(op, "values", values);
-  check_dtype(op, "meta", meta, at::kByte);
-  check_contiguous(op, "values", values);
-  check_contiguous(op, "meta", meta);
-  check_same_device(op, "meta", meta, values);
+  check_canonical_layout(op, values, meta);
   const int64_t m = values.size(0), k = values.size(1) * 2;
-  TORCH_CHECK_VALUE(meta.size(0) == m && meta.size(1) == sparse24::meta_bytes_per_row(k), op,
-                    ": `meta` must be [", m, ", ", sparse24::meta_bytes_per_row(k), "] for `values` ", values.sizes());
   const c10::cuda::CUDAGuard guard(values.device());
   const auto shape = kernels::sparse24_decode_shape(m, k);
   at::Tensor dvalues = at::empty({shape.row_tiles, shape.values_bytes() / 2 / std::max<int64_t>(shape.row_tiles, 1)},
