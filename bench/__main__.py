@@ -30,6 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("suites", nargs="*", metavar="SUITE", help=f"{', '.join(SUITES)} or all (default: all)")
     p.add_argument("--layers", nargs="+", metavar="SUBSTR", help="keep layers whose name contains any of these")
     p.add_argument("--tokens", nargs="+", type=int, metavar="N", help="token counts (default: shapes.json's)")
+    p.add_argument("--backends", nargs="+", metavar="NAME", help="run only these backends (the dense baseline always runs)")
     p.add_argument("--dtype", choices=DTYPES, default="fp16")
     p.add_argument("--sparsity", nargs="+", type=float, metavar="S", help="tiled_csl levels (fraction of zeros)")
     p.add_argument("--dense-fraction", nargs="+", type=float, metavar="F", help="spense: fraction of rows kept dense")
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
     for suite in args.suites:
         avail = runner.available(suite)
         skipped += [f"{suite.name}/{name}: {why}" for name, why in avail.items() if why]
-        usable = [b for b in suite.backends if avail[b.name] is None]
+        usable = [b for b in suite.backends if avail[b.name] is None and (not args.backends or b.name in args.backends)]
         if usable:
             plan.append((suite, usable))
         else:

@@ -102,6 +102,15 @@ def _spmm_sparse24(c: Case, tiles_per_warp: int = 1) -> Prepared:
     return Prepared(lambda x: lambda: ops.sparse24_mm(x, values, meta, c.bias), _nbytes(values, meta))
 
 
+def _spmm_sparse24_sm90(c: Case) -> Prepared:
+    ops = _ops()
+    if not (c.w.is_cuda and ops.has_cuda_kernel("_sparse24_sm90_mm")):
+        raise NotImplementedError("the Hopper prefill GEMM needs a CUDA build with the sm_90a kernels")
+    a, e = ops.sparse24_sm90_pack(*ops.sparse24_compress(c.w, c.mask))
+    m = c.w.shape[0]
+    return Prepared(lambda x: lambda: ops.sparse24_sm90_mm(x, a, e, m, c.bias), _nbytes(a, e))
+
+
 TILE_M, TILE_K = 256, 64  # Flash-LLM's tile
 
 
@@ -133,6 +142,8 @@ SPMM_SPARSE24 = Backend("spmm", _spmm_sparse24)
 # The decode kernel with two row tiles per warp: a tuning variant, compared with the default until the heuristic
 # decides between them (csrc/kernels/sparse24/NOTES.md).
 SPMM_SPARSE24_TPW2 = Backend("spmm_tpw2", lambda c: _spmm_sparse24(c, tiles_per_warp=2), cuda_only=True)
+# The Hopper CUTLASS GEMM called directly, whatever N (sparse24_mm picks it for prefill-sized N on its own).
+SPMM_SPARSE24_SM90 = Backend("spmm_sm90", _spmm_sparse24_sm90, cuda_only=True)
 SPMM_TILED_CSL = Backend("spmm", _spmm_tiled_csl)
 SPMM_SPENSE = Backend("spmm", _spmm_spense)
 
