@@ -1,0 +1,450 @@
+// The Tiled-CSL SpMM kernel of tiled_csl_spmm.h.
+//
+// Block: 8 warps over one row tile (warp w owns rows 32w..32w+31 of a 256-row tile, 16w..16w+15 of a 128-row one)
+// and a contiguous range of its K tiles (split blockIdx.x of `splits`). Per K tile of 64 columns:
+//   1. the tile's run of (value, location) pairs is read from global memory as 16-byte granules, coalesced
+//      (thread i takes granules i, i + 256, ...; kGranules of each array per thread per batch, in registers);
+//   2. the pairs are scattered into a zeroed dense tile in shared memory;
+//   3. each warp multiplies its rows of that tile (A, through ldmatrix) with x's 64-column chunk (B, staged by
+//      cp.async, zero past N and K) on dense mma.m16n8k16, fp32 accumulation.
+// Pipeline: while tile c is scattered and multiplied, the first batch of tile c+1's pairs (registers) and x's chunk
+// c+1 (shared memory) are in flight; the dense tile is double-buffered, so two barriers per tile suffice. A tile
+// with more pairs than one batch holds loads its further batches on the spot (slower, never truncated).
+// Split-K: each block leaves fp32 partials in the workspace; the last block of a row tile to finish (a counter per
+// row tile) sums them in split order -- one launch, deterministic -- adds the bias and writes y.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+
+#include "kernels/common/ptx.cuh"
+#include "kernels/tiled_csl/tiled_csl_spmm.h"
+
+namespace spmm::kernels {
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kTileK = static_cast<int>(kTiledCSLTileK);
+constexpr int kGranule = 8;                                // 16-bit elements per 16-byte load
+constexpr int kGranules = 2;                               // granules of each array per thread per batch
+constexpr int kBatchGranules = kGranules * kThreads;  // 4096 pairs per batch: >= 75% sparse tiles
+
+// Shared tiles (W's dense tile, x's chunk) are rows of 64 16-bit elements = 8 chunks of 16 bytes; chunk c of row r
+// sits at c ^ (r % 8), so the 8 rows one ldmatrix matrix reads at the same chunk hit 8 different bank groups.
+__device__ __forceinline__ int swizzle(int row, int col) {
+  return row * kTileK + ((((col >> 3) ^ row) & 7) << 3) + (col & 7);
+}
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+template <typename T>
+__device__ __forceinline__ float bias_at(const T* bias, int64_t m) {
+  return bias ? static_cast<float>(bias[m]) : 0.0f;
+}
+
+// ------------------------------------------------------------------------------------ reading the pairs ------
+// One tile's elements [begin, end) of values/locations, clamped to [0, nnz]: a corrupt stream reads nothing out
+// of bounds. Its granules are [begin / 8, ceil(end / 8)); the first and last may hold neighbours' elements.
+// 32-bit indices: the launcher refuses nnz > INT_MAX - 16.
+struct Run {
+  int begin, end;
+  __device__ Run(int first, int last, int nnz) {
+    begin = min(max(first, 0), nnz);
+    end = min(max(last, begin), nnz);
+  }
+  __device__ int first_granule() const { return begin / kGranule; }
+  __device__ int end_granule() const { return begin < end ? (end + kGranule - 1) / kGranule : first_granule(); }
+  __device__ int batches() const { return (end_granule() - first_granule() + kBatchGranules - 1) / kBatchGranules; }
+};
+
+struct Stream {
+  const uint4* values;        // as granules
+  const uint4* locations;
+  int nnz;
+};
+
+struct Batch {
+  uint4 values[kGranules], locations[kGranules];
+};
+
+// The arrays' last granule when nnz % 8 != 0: element by element, never past nnz.
+__device__ __forceinline__ uint4 load_tail(const uint4* granules, int g, int nnz) {
+  const uint16_t* e = reinterpret_cast<const uint16_t*>(granules) + g * kGranule;
+  uint32_t w[4] = {0, 0, 0, 0};
+#pragma unroll
+  for (int j = 0; j < kGranule; ++j)
+    if (g * kGranule + j < nnz) w[j / 2] |= static_cast<uint32_t>(e[j]) << (16 * (j % 2));
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// Batch b of a run: thread i's slot s holds granule first_granule + b * kBatchGranules + s * kThreads + i.
+__device__ __forceinline__ void load_batch(Batch& batch, const Stream& s, const Run& run, int b) {
+  const int g0 = run.first_granule() + b * kBatchGranules + threadIdx.x, g_end = run.end_granule();
+#pragma unroll
+  for (int i = 0; i < kGranules; ++i) {
+    const int g = g0 + i * kThreads;
+    if (g >= g_end) continue;
+    if ((g + 1) * kGranule <= s.nnz) {
+      batch.values[i] = ptx::load_streaming(s.values + g);
+      batch.locations[i] = ptx::load_streaming(s.locations + g);
+    } else {
+      batch.values[i] = load_tail(s.values, g, s.nnz);
+      batch.locations[i] = load_tail(s.locations, g, s.nnz);
+    }
+  }
+}
+
+__device__ __forceinline__ uint32_t half_word(const uint4& v, int j) {
+  const uint32_t w = j < 2 ? v.x : j < 4 ? v.y : j < 6 ? v.z : v.w;
+  return (w >> (16 * (j % 2))) & 0xFFFFu;
+}
+
+// Writes the batch's elements of the run into the dense tile (locations past the tile are dropped: no fault).
+template <int kTileM>
+__device__ __forceinline__ void scatter_batch(const Batch& batch, uint16_t* tile, const Run& run, int b) {
+  const int g0 = run.first_granule() + b * kBatchGranules + threadIdx.x, g_end = run.end_granule();
+#pragma unroll
+  for (int i = 0; i < kGranules; ++i) {
+    const int g = g0 + i * kThreads;
+    if (g >= g_end) continue;
+    // Elements j_lo <= j < j_hi of this granule belong to the run.
+    const int j_lo = max(run.begin - g * kGranule, 0), j_hi = min(run.end - g * kGranule, kGranule);
+#pragma unroll
+    for (int j = 0; j < kGranule; ++j) {
+      const uint32_t loc = half_word(batch.locations[i], j);
+      if (j >= j_lo && j < j_hi && loc < static_cast<uint32_t>(kTileM * kTileK))
+        tile[swizzle(loc / kTileK, loc % kTileK)] = static_cast<uint16_t>(half_word(batch.values[i], j));
+    }
+  }
+}
+
+template <int kTileM>
+__device__ __forceinline__ void zero_fill(uint16_t* tile) {
+  uint4* t = reinterpret_cast<uint4*>(tile);
+#pragma unroll
+  for (int i = threadIdx.x; i < kTileM * kTileK / 8; i += kThreads) t[i] = make_uint4(0, 0, 0, 0);
+}
+
+// ----------------------------------------------------------------------------------------------- matmul ------
+// kTileM: rows per tile (256 or 128); kNTiles: 8-token column tiles (N <= 8 * kNTiles).
+template <typename T, int kTileM, int kNTiles>
+__global__ void __launch_bounds__(kThreads, kNTiles == 1 ? 3 : 2)
+    tiled_csl_mm_kernel(TiledCSLMMParams p, int col_tiles) {
+  constexpr int kMTiles = kTileM / (kWarps * 16);  // m16 tiles per warp
+  constexpr int kXRows = kNTiles * 8;
+  constexpr int kTileElems = kTileM * kTileK;
+  extern __shared__ uint4 smem[];
+  uint16_t* wtiles = reinterpret_cast<uint16_t*>(smem);           // [2][kTileM][64], swizzled
+  T* xs = reinterpret_cast<T*>(wtiles + 2 * kTileElems);           // [2][kXRows][64], swizzled
+  __shared__ int is_last_block;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row_tile = blockIdx.y, split = blockIdx.x;
+  const int c_begin = static_cast<int>(split * col_tiles / p.splits);
+  const int c_end = static_cast<int>((split + 1) * col_tiles / p.splits);
+  const int32_t* offsets = p.tile_offsets + row_tile * col_tiles;
+  const int nnz = static_cast<int>(p.nnz);
+  const Stream stream{static_cast<const uint4*>(p.values), reinterpret_cast<const uint4*>(p.locations), nnz};
+  const T* x = static_cast<const T*>(p.x);
+
+  auto stage_x = [&](int c, int buf) {
+    T* dst = xs + buf * kXRows * kTileK;
+    for (int v = threadIdx.x; v < kXRows * (kTileK / 8); v += kThreads) {
+      const int row = v / (kTileK / 8), col = (v % (kTileK / 8)) * 8;
+      const int64_t k = int64_t{c} * kTileK + col;
+      const bool inside = row < p.n && k < p.k;  // k % 8 == 0: a vector is wholly inside or outside
+      ptx::cp_async_16(dst + swizzle(row, col), inside ? x + row * p.x_ld + k : x, inside ? 16 : 0);
+    }
+    ptx::cp_async_commit();
+  };
+
+  float acc[kMTiles][kNTiles][4] = {};
+  const int warp_row = warp * kMTiles * 16;
+  // A operand: the 16 x 16 block of m-tile mt at column col; lane l addresses row l % 8 of matrix l / 8, the
+  // matrices being rows 0-7 | 8-15 (lane bit 3) x columns 0-7 | 8-15 (lane bit 4) -- registers a0..a3 of mma.
+  auto a_offset = [&](int mt, int col) {
+    return swizzle(warp_row + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, col + (lane >> 4) * 8);
+  };
+  auto multiply = [&](const uint16_t* tile, const T* xb) {
+    if constexpr (kNTiles == 1) {
+      // One token tile: a B ldmatrix_x4 covers 32 columns (two k16 steps); A is loaded 32 columns at a time.
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        uint32_t a[kMTiles][2][4];
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+          for (int kk = 0; kk < 2; ++kk) ptx::ldmatrix_x4(a[mt][kk], tile + a_offset(mt, half * 32 + kk * 16));
+        uint32_t b[4];  // matrix j: tokens 0-7, columns 32 * half + 8j .. + 7
+        ptx::ldmatrix_x4(b, xb + swizzle(lane & 7, half * 32 + (lane >> 3) * 8));
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+          ptx::mma_16816<T>(acc[mt][0], a[mt][0], b[0], b[1]);
+          ptx::mma_16816<T>(acc[mt][0], a[mt][1], b[2], b[3]);
+        }
+      }
+    } else {
+      // Several token tiles: one k16 step at a time (fewer live A registers), a B ldmatrix_x4 per pair of tiles.
+#pragma unroll
+      for (int step = 0; step < kTileK / 16; ++step) {
+        uint32_t a[kMTiles][4];
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) ptx::ldmatrix_x4(a[mt], tile + a_offset(mt, step * 16));
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; nt += 2) {
+          uint32_t b[4];  // matrix j: tokens (nt + j / 2) * 8 .. + 7, columns step * 16 + 8 (j % 2) .. + 7
+          ptx::ldmatrix_x4(b, xb + swizzle((nt + (lane >> 4)) * 8 + (lane & 7), step * 16 + ((lane >> 3) & 1) * 8));
+#pragma unroll
+          for (int mt = 0; mt < kMTiles; ++mt) {
+            ptx::mma_16816<T>(acc[mt][nt], a[mt], b[0], b[1]);
+            ptx::mma_16816<T>(acc[mt][nt + 1], a[mt], b[2], b[3]);
+          }
+        }
+      }
+    }
+  };
+
+  // run(c) = [offsets[c], offsets[c + 1]); the offset needed two tiles ahead is loaded one iteration early.
+  int32_t o_cur = 0, o_next = 0, o_next2 = 0;
+  if (c_begin < c_end) {
+    o_cur = __ldg(offsets + c_begin);
+    o_next = __ldg(offsets + c_begin + 1);
+    if (c_begin + 1 < c_end) o_next2 = __ldg(offsets + c_begin + 2);
+  }
+  Batch batch;
+  zero_fill<kTileM>(wtiles);
+  if (c_begin < c_end) {
+    load_batch(batch, stream, Run(o_cur, o_next, nnz), 0);
+    stage_x(c_begin, 0);
+  }
+  for (int c = c_begin; c < c_end; ++c) {
+    const int buf = (c - c_begin) & 1;
+    const bool more = c + 1 < c_end;
+    const Run run(o_cur, o_next, nnz);
+    uint16_t* tile = wtiles + buf * kTileElems;
+    const int32_t o_next3 = c + 2 < c_end ? __ldg(offsets + c + 3) : 0;
+    __syncthreads();  // `tile` is zero-filled; every warp is done with tile c-1 (x buffer buf ^ 1 is free)
+    scatter_batch<kTileM>(batch, tile, run, 0);
+    for (int b = 1; b < run.batches(); ++b) {  // denser than one batch: the rest, loaded now
+      load_batch(batch, stream, run, b);
+      scatter_batch<kTileM>(batch, tile, run, b);
+    }
+    if (more) {
+      load_batch(batch, stream, Run(o_next, o_next2, nnz), 0);
+      stage_x(c + 1, buf ^ 1);
+      ptx::cp_async_wait<1>();
+    } else {
+      ptx::cp_async_wait<0>();
+    }
+    __syncthreads();  // the tile is scattered and x's chunk c has landed
+    multiply(tile, xs + buf * kXRows * kTileK);
+    // The other buffer was last read by tile c-1's multiply, which every warp finished before the first barrier.
+    if (more) zero_fill<kTileM>(wtiles + (buf ^ 1) * kTileElems);
+    o_cur = o_next;
+    o_next = o_next2;
+    o_next2 = o_next3;
+  }
+
+  // Accumulator fragment: acc[mt][nt][i] is W row g (+8 for i >= 2) of m-tile mt times token nt*8 + 2q (+1 for odd i).
+  const int g = lane / 4, q = lane % 4;
+  const T* bias = static_cast<const T*>(p.bias);
+  T* y = static_cast<T*>(p.y);
+  const int64_t mp = static_cast<int64_t>(gridDim.y) * kTileM;
+  float* partials = static_cast<float*>(p.workspace);
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int64_t m = row_tile * kTileM + warp_row + mt * 16 + g + (i >= 2 ? 8 : 0), n = nt * 8 + 2 * q + (i & 1);
+        if (n >= p.n) continue;
+        if (p.splits == 1) {
+          if (m < p.m) y[n * p.y_ld + m] = from_float<T>(acc[mt][nt][i] + bias_at(bias, m));
+        } else {
+          partials[(split * p.n + n) * mp + m] = acc[mt][nt][i];
+        }
+      }
+  if (p.splits == 1) return;
+
+  // Split-K: the last block of this row tile to arrive sums every split's partials, in split order.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) is_last_block = atomicAdd(&p.counters[row_tile], 1) == p.splits - 1;
+  __syncthreads();
+  if (!is_last_block) return;
+  __threadfence();
+  const int64_t row0 = row_tile * kTileM;
+  for (int64_t idx = threadIdx.x; idx < p.n * (kTileM / 4); idx += kThreads) {
+    const int64_t n = idx / (kTileM / 4), m = row0 + (idx % (kTileM / 4)) * 4;
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
+    for (int sp = 0; sp < p.splits; ++sp) {
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(partials + (sp * p.n + n) * mp + m));
+      sum.x += v.x;
+      sum.y += v.y;
+      sum.z += v.z;
+      sum.w += v.w;
+    }
+    const float s[4] = {sum.x, sum.y, sum.z, sum.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (m + j < p.m) y[n * p.y_ld + m + j] = from_float<T>(s[j] + bias_at(bias, m + j));
+  }
+  if (threadIdx.x == 0) p.counters[row_tile] = 0;  // leaves the counters zeroed for the next launch
+}
+
+// ----------------------------------------------------------------------------------------------- launch ------
+template <int kTileM, int kNTiles>
+constexpr size_t smem_bytes() {
+  return (2 * kTileM * kTileK + 2 * kNTiles * 8 * kTileK) * 2;
+}
+
+template <typename T, int kTileM, int kNTiles>
+constexpr auto kernel_of() {
+  return tiled_csl_mm_kernel<T, kTileM, kNTiles>;
+}
+
+// Over 48 KB of dynamic shared memory must be opted into, once per device.
+template <typename T, int kTileM, int kNTiles>
+cudaError_t allow_smem() {
+  static std::atomic<uint64_t> done_devices{0};
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+  if (bit != 0 && (done_devices.load(std::memory_order_relaxed) & bit)) return cudaSuccess;
+  err = cudaFuncSetAttribute(kernel_of<T, kTileM, kNTiles>(), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(smem_bytes<kTileM, kNTiles>()));
+  if (err == cudaSuccess) done_devices.fetch_or(bit, std::memory_order_relaxed);
+  return err;
+}
+
+// Resident blocks per SM of a configuration (for the split heuristic); 1 if the query fails.
+template <int kTileM, int kNTiles>
+int blocks_per_sm() {
+  static std::atomic<int> cached{0};
+  int blocks = cached.load(std::memory_order_relaxed);
+  if (blocks > 0) return blocks;
+  if (allow_smem<__half, kTileM, kNTiles>() != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel_of<__half, kTileM, kNTiles>(), kThreads,
+                                                    smem_bytes<kTileM, kNTiles>()) != cudaSuccess) {
+    cudaGetLastError();  // a failed query must not surface as the next launch's error
+    return 1;
+  }
+  blocks = std::max(blocks, 1);
+  cached.store(blocks, std::memory_order_relaxed);
+  return blocks;
+}
+
+template <int kTileM>
+int blocks_per_sm_for(int64_t n) {
+  if (n <= 8) return blocks_per_sm<kTileM, 1>();
+  if (n <= 16) return blocks_per_sm<kTileM, 2>();
+  if (n <= 32) return blocks_per_sm<kTileM, 4>();
+  return blocks_per_sm<kTileM, 8>();
+}
+
+template <typename T, int kTileM, int kNTiles>
+cudaError_t launch_tiles(const TiledCSLMMParams& p, int64_t row_tiles, int col_tiles, cudaStream_t stream) {
+  const cudaError_t err = allow_smem<T, kTileM, kNTiles>();
+  if (err != cudaSuccess) return err;
+  const dim3 grid(p.splits, static_cast<unsigned>(row_tiles));
+  tiled_csl_mm_kernel<T, kTileM, kNTiles><<<grid, kThreads, smem_bytes<kTileM, kNTiles>(), stream>>>(p, col_tiles);
+  return cudaGetLastError();
+}
+
+template <typename T, int kTileM>
+cudaError_t launch_n(const TiledCSLMMParams& p, int64_t row_tiles, int col_tiles, cudaStream_t stream) {
+  if (p.n <= 8) return launch_tiles<T, kTileM, 1>(p, row_tiles, col_tiles, stream);
+  if (p.n <= 16) return launch_tiles<T, kTileM, 2>(p, row_tiles, col_tiles, stream);
+  if (p.n <= 32) return launch_tiles<T, kTileM, 4>(p, row_tiles, col_tiles, stream);
+  return launch_tiles<T, kTileM, 8>(p, row_tiles, col_tiles, stream);
+}
+
+template <typename T>
+cudaError_t launch(const TiledCSLMMParams& p, int64_t row_tiles, int col_tiles, cudaStream_t stream) {
+  return p.tile_m == 256 ? launch_n<T, 256>(p, row_tiles, col_tiles, stream)
+                         : launch_n<T, 128>(p, row_tiles, col_tiles, stream);
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+int tiled_csl_mm_splits(int64_t m, int64_t n, int64_t k, int64_t nnz, int64_t tile_m, int num_sms) {
+  const int64_t row_tiles = ceil_div(m, tile_m), col_tiles = ceil_div(k, kTiledCSLTileK);
+  if (row_tiles == 0 || col_tiles <= 1) return 1;
+  const int64_t tokens = std::max<int64_t>(std::min(n, kTiledCSLMaxTokens), 1);
+  const int per_sm = tile_m == 256 ? blocks_per_sm_for<256>(tokens) : blocks_per_sm_for<128>(tokens);
+  const int64_t slots = static_cast<int64_t>(std::max(num_sms, 1)) * per_sm;
+  // Cost model in bytes one block streams (to be tuned on the device): per K tile, its pairs (4 B each) plus a
+  // floor for the shared-memory work that does not shrink with sparsity (zero fill, dense mma); per block, a
+  // pipeline start (the first tile's latency) and its partials' write; at the end, the last block of a row tile
+  // reads every split's partials (from L2, but one block alone: weighed at an eighth).
+  const double tile = 4.0 * static_cast<double>(nnz) / static_cast<double>(row_tiles * col_tiles) + 8.0 * tile_m;
+  const double start = 16384.0, partial = 4.0 * static_cast<double>(tokens * tile_m);
+  int best = 1;
+  double best_cost = 0;
+  for (int splits = 1; splits <= std::min<int64_t>(col_tiles, 64); ++splits) {
+    const double waves = static_cast<double>(ceil_div(row_tiles * splits, slots));
+    const double block = static_cast<double>(ceil_div(col_tiles, splits)) * tile + start + (splits > 1 ? partial : 0);
+    const double tail = splits > 1 ? splits * partial / 8 : 0;
+    const double cost = waves * block + tail;
+    if (splits == 1 || cost < best_cost * 0.98) best = splits, best_cost = cost;
+  }
+  return best;
+}
+
+size_t tiled_csl_mm_workspace_bytes(int64_t m, int64_t n, int64_t tile_m, int splits) {
+  if (splits <= 1 || tile_m <= 0) return 0;
+  const int64_t row_tiles = ceil_div(m, tile_m), tokens = std::min(n, kTiledCSLMaxTokens);
+  return static_cast<size_t>(splits) * tokens * row_tiles * tile_m * sizeof(float) + row_tiles * sizeof(int);
+}
+
+cudaError_t tiled_csl_mm(const TiledCSLMMParams& p, cudaStream_t stream) {
+  if (!tiled_csl_mm_supports(p.tile_m, kTiledCSLTileK) || p.m < 0 || p.n < 0 || p.k < 0 || p.nnz < 0) 
+    return cudaErrorInvalidValue;
+  const int64_t row_tiles = ceil_div(p.m, p.tile_m), col_tiles = ceil_div(p.k, kTiledCSLTileK);
+  auto misaligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 != 0; };
+  if (p.k % 8 != 0 || p.x_ld % 8 != 0 || (p.n > 1 && p.x_ld < p.k) || misaligned(p.x) || misaligned(p.values) ||
+      misaligned(p.locations) || p.splits < 1 || p.splits > std::max<int64_t>(col_tiles, 1) || row_tiles > 65535 ||
+      (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) || (p.splits > 1 && p.workspace == nullptr) ||
+      (row_tiles * col_tiles > 0 && p.tile_offsets == nullptr) || p.nnz > INT_MAX - 16 || col_tiles > INT_MAX)
+    return cudaErrorInvalidValue;
+  if (p.m == 0 || p.n == 0) return cudaSuccess;
+  TiledCSLMMParams q = p;
+  if (p.splits > 1) {
+    // The counters sit after the partials of 64 tokens, the most one launch holds. They start at zero, and the
+    // last block of each row tile leaves them zeroed again (also for the next slice of a larger N).
+    const size_t bytes = tiled_csl_mm_workspace_bytes(p.m, p.n, p.tile_m, p.splits);
+    const size_t counters = row_tiles * sizeof(int);
+    q.counters = reinterpret_cast<int*>(static_cast<char*>(p.workspace) + bytes - counters);
+    const cudaError_t err = cudaMemsetAsync(q.counters, 0, counters, stream);
+    if (err != cudaSuccess) return err;
+  }
+  const size_t elem = 2;
+  // More than 64 tokens: consecutive slices of 64, each streaming the weight again (correct; prefill is not
+  // this kernel's job).
+  for (int64_t n0 = 0; n0 < p.n; n0 += kTiledCSLMaxTokens) {
+    TiledCSLMMParams slice = q;
+    slice.n = std::min<int64_t>(kTiledCSLMaxTokens, p.n - n0);
+    slice.x = static_cast<const char*>(p.x) + n0 * p.x_ld * elem;
+    slice.y = static_cast<char*>(p.y) + n0 * p.y_ld * elem;
+    const int ct = static_cast<int>(col_tiles);
+    const cudaError_t err = p.dtype == DType::kFloat16 ? launch<__half>(slice, row_tiles, ct, stream)
+                                                       : launch<__nv_bfloat16>(slice, row_tiles, ct, stream);
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace spmm::kernels
