@@ -37,8 +37,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pack(const at::Tensor& dense, con
   const T* w = dense.data_ptr<T>();
   const int64_t k = g.k;
   for (int64_t e = 0; e < g.m * k; ++e)
-    TORCH_CHECK_VALUE(std::isfinite(static_cast<float>(w[e])), "spmm::tiled_csl_compress: `dense` has a NaN or "
-                      "infinite value at row ", e / k, ", column ", e % k, "; a weight to pack must be finite");
+    if (!std::isfinite(static_cast<float>(w[e]))) report_nonfinite("spmm::tiled_csl_compress", k, e);
   // Only nonzeros are stored (-0.0 counts as zero): a zero the mask keeps would cost bytes and add nothing.
   auto keep = [&](int64_t row, int64_t col) {
     return (!mask || mask[row * k + col]) && static_cast<float>(w[row * k + col]) != 0.0f;
@@ -52,8 +51,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pack(const at::Tensor& dense, con
         for_each_kept(g, i, j, keep, [&](int64_t, int64_t, int64_t) { ++counts[i * g.col_tiles + j + 1]; });
   });
   for (int64_t t = 0; t < tiles; ++t) counts[t + 1] += counts[t];
-  TORCH_CHECK_VALUE(counts[tiles] <= std::numeric_limits<int32_t>::max(), "spmm::tiled_csl_compress: ", counts[tiles],
-                    " nonzeros do not fit the int32 tile offsets; split the weight");
+  check_nnz_fits("spmm::tiled_csl_compress", counts[tiles]);
 
   at::Tensor values = at::empty({counts[tiles]}, dense.options());
   at::Tensor locations = at::empty({counts[tiles]}, dense.options().dtype(at::kShort));
@@ -79,15 +77,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_csl_compress_cpu(const at::
                                                                       const std::optional<at::Tensor>& mask,
                                                                       int64_t tile_m, int64_t tile_k) {
   constexpr const char* op = "spmm::tiled_csl_compress";
-  check_dim(op, "dense", dense_in, 2);
-  check_float_dtype(op, "dense", dense_in);
-  check_tile_shape(op, tile_m, tile_k);
-  if (mask.has_value()) {
-    check_dtype(op, "mask", *mask, at::kBool);
-    TORCH_CHECK_VALUE(mask->sizes() == dense_in.sizes(), op, ": `mask` must have the shape of `dense` ",
-                      dense_in.sizes(), ", got ", mask->sizes());
-    check_same_device(op, "mask", *mask, dense_in);
-  }
+  check_tiled_csl_compress_args(op, dense_in, mask, tile_m, tile_k);
   const at::Tensor dense = dense_in.contiguous();
   const at::Tensor mask_c = mask.has_value() ? mask->contiguous() : at::Tensor();
   const TileGrid grid(dense.size(0), dense.size(1), tile_m, tile_k);
@@ -119,27 +109,9 @@ at::Tensor tiled_csl_mm_cpu(const at::Tensor& x, const at::Tensor& values, const
                             const at::Tensor& tile_offsets, int64_t out_features, int64_t tile_m, int64_t tile_k,
                             const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "spmm::tiled_csl_mm";
-  check_activation(op, x);
-  check_tile_shape(op, tile_m, tile_k);
-  TORCH_CHECK_VALUE(out_features >= 0, op, ": `out_features` must be >= 0, got ", out_features);
-  check_dim(op, "values", values, 1);
-  check_dim(op, "locations", locations, 1);
-  check_dim(op, "tile_offsets", tile_offsets, 1);
-  check_dtype(op, "values", values, x.scalar_type());
-  check_dtype(op, "locations", locations, at::kShort);
-  check_dtype(op, "tile_offsets", tile_offsets, at::kInt);
-  for (auto [name, t] : {std::pair{"values", &values}, {"locations", &locations}, {"tile_offsets", &tile_offsets}}) {
-    check_contiguous(op, name, *t);
-    check_same_device(op, name, *t, x);
-  }
-  TORCH_CHECK_VALUE(locations.numel() == values.numel(), op, ": `locations` must have one entry per value (",
-                    values.numel(), "), got ", locations.numel());
+  check_tiled_csl_mm_args(op, x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias);
   const int64_t k = x.size(-1), n = leading_rows(x);
   const TileGrid g(out_features, k, tile_m, tile_k);
-  TORCH_CHECK_VALUE(tile_offsets.numel() == g.row_tiles * g.col_tiles + 1, op, ": `tile_offsets` must have ",
-                    g.row_tiles * g.col_tiles + 1, " entries for a ", out_features, " x ", k, " weight in ", tile_m,
-                    " x ", tile_k, " tiles, got ", tile_offsets.numel());
-  check_bias(op, bias, x, out_features);
   const int32_t* offs = tile_offsets.data_ptr<int32_t>();
   const int16_t* locs = locations.data_ptr<int16_t>();
   check_stream(op, g, offs, locs, values.numel());
