@@ -89,7 +89,8 @@ def sparse24_sm90_mm(x: Tensor, a: Tensor, e: Tensor, out_features: int, bias: O
 def tiled_csl_compress(
     dense: Tensor, mask: Optional[Tensor] = None, tile_m: int = 256, tile_k: int = 64
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """Pack a weight [M, K] of any sparsity into Tiled-CSL: (values [nnz], locations int16 [nnz], tile_offsets int32)."""
+    """Pack a weight [M, K] of any sparsity into Tiled-CSL: (values [nnz], locations int16 [nnz], tile_offsets int32).
+    Runs on CPU and CUDA (same output bit for bit)."""
     return _ops.tiled_csl_compress(dense, mask, tile_m, tile_k)
 
 
@@ -103,7 +104,9 @@ def tiled_csl_mm(
     tile_k: int,
     bias: Optional[Tensor] = None,
 ) -> Tensor:
-    """y = x @ W.T (+ bias) with W [out_features, K] in Tiled-CSL. x [..., K] -> y [..., out_features]."""
+    """y = x @ W.T (+ bias) with W [out_features, K] in Tiled-CSL. x [..., K] -> y [..., out_features].
+    On CUDA: float16/bfloat16 and tiles of 256 x 64 or 128 x 64 (others raise NotImplementedError); the stream's
+    contents are trusted there (the CPU op checks them)."""
     return _ops.tiled_csl_mm(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias)
 
 

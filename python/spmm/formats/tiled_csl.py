@@ -53,12 +53,15 @@ class TiledCSLWeight(PackedWeight):
     def from_dense(
         cls, weight: Tensor, mask: Optional[Tensor] = None, tile_m: int = 256, tile_k: int = 64
     ) -> "TiledCSLWeight":
-        """Pack the kept (`mask`, or nonzero when mask=None) elements of `weight`. Packs on CPU (the only packer
-        today) and returns tensors on weight's device."""
+        """Pack the kept (`mask`, or nonzero when mask=None) elements of `weight`, on weight's device where it has
+        a packer (CPU, CUDA), else on CPU; the tensors end up on weight's device."""
         check_weight(weight, mask)
         check_tile(tile_m, tile_k)
-        cpu_mask = None if mask is None else mask.cpu()
-        packed = ops.tiled_csl_compress(weight.cpu(), cpu_mask, tile_m, tile_k)
+        if weight.device.type == "cpu" or (weight.is_cuda and ops.has_cuda_kernel("tiled_csl_compress")):
+            packed = ops.tiled_csl_compress(weight, mask, tile_m, tile_k)
+        else:
+            cpu_mask = None if mask is None else mask.cpu()
+            packed = ops.tiled_csl_compress(weight.cpu(), cpu_mask, tile_m, tile_k)
         values, locations, tile_offsets = (t.to(weight.device) for t in packed)
         return cls(values, locations, tile_offsets, weight.shape, tile_m, tile_k)
 
