@@ -88,17 +88,18 @@ def _pack(packer, dense: Tensor, *args):
         return tuple(t.to(dense.device) for t in moved)
 
 
-def _spmm_sparse24(c: Case, tiles_per_warp: int = 1) -> Prepared:
+def _spmm_sparse24(c: Case) -> Prepared:
     ops = _ops()
     values, meta = _pack(ops.sparse24_compress, c.w, c.mask)
     if c.w.is_cuda and ops.has_cuda_kernel("_sparse24_decode_mm"):
-        # The weight-streaming kernel on its own layout, made once (what Sparse24Linear caches on CUDA).
-        dvalues, dmeta = ops.sparse24_decode_pack(values, meta)
-        m = c.w.shape[0]
-        return Prepared(lambda x: lambda: ops.sparse24_decode_mm(x, dvalues, dmeta, m, c.bias, tiles_per_warp),
-                        _nbytes(dvalues, dmeta))
-    if tiles_per_warp != 1:
-        raise NotImplementedError("tiles_per_warp is a knob of the CUDA decode kernel")
+        # What a model gets: Sparse24Linear with its kernel layouts made once (decode kernel up to 64 tokens, the
+        # Hopper GEMM above where there is one).
+        from spmm.formats import Sparse24Weight
+        from spmm.nn import Sparse24Linear
+
+        layer = Sparse24Linear.from_format(Sparse24Weight(values, meta, tuple(c.w.shape)), c.bias)
+        stored = [layer.dvalues, layer.dmeta]
+        return Prepared(lambda x: lambda: layer(x), _nbytes(*stored))
     return Prepared(lambda x: lambda: ops.sparse24_mm(x, values, meta, c.bias), _nbytes(values, meta))
 
 
@@ -139,9 +140,6 @@ def _spmm_spense(c: Case) -> Prepared:
 
 
 SPMM_SPARSE24 = Backend("spmm", _spmm_sparse24)
-# The decode kernel with two row tiles per warp: a tuning variant, compared with the default until the heuristic
-# decides between them (csrc/kernels/sparse24/NOTES.md).
-SPMM_SPARSE24_TPW2 = Backend("spmm_tpw2", lambda c: _spmm_sparse24(c, tiles_per_warp=2), cuda_only=True)
 # The Hopper CUTLASS GEMM called directly, whatever N (sparse24_mm picks it for prefill-sized N on its own).
 SPMM_SPARSE24_SM90 = Backend("spmm_sm90", _spmm_sparse24_sm90, cuda_only=True)
 SPMM_TILED_CSL = Backend("spmm", _spmm_tiled_csl)

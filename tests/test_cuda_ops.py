@@ -140,3 +140,27 @@ def test_sparse24_layer_packs_on_gpu():
     layer = spmm.nn.Sparse24Linear.from_dense(linear, mask)
     assert layer.weight_format.device.type == "cuda"
     assert torch.equal(layer.to_dense_weight(), masked(linear.weight.detach(), mask))
+
+
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("mk", [(128, 256), (67, 260), (4096, 4096)])
+@pytest.mark.parametrize("tokens", [(1,), (64,), (65,), (3, 100), (2048,)])
+@pytest.mark.parametrize("prefill_kernel", [True, False])
+def test_sparse24_layer_both_kernels(dtype, mk, tokens, prefill_kernel):
+    """Sparse24Linear runs the decode kernel up to 64 tokens and, on Hopper (where the shape allows), the CUTLASS
+    GEMM above; both exact on integer inputs."""
+    w, mask, x, bias, ref = case(*mk, tokens, dtype, 2, random_24_mask)
+    linear = torch.nn.Linear(mk[1], mk[0], dtype=dtype, device="cuda")
+    with torch.no_grad():
+        linear.weight.copy_(w)
+        linear.bias.copy_(bias)
+    layer = spmm.nn.Sparse24Linear.from_dense(linear, mask)
+    layer.prefill_kernel = prefill_kernel
+    layer._refresh_kernel_layout()
+    hopper = ops.sparse24_sm90_supported(*mk, torch.device("cuda"))
+    assert (layer.prefill_a is not None) == (hopper and prefill_kernel)
+    if torch.cuda.get_device_capability() == (9, 0) and mk[0] % 8 == 0 and prefill_kernel:
+        assert layer.prefill_a is not None  # never silently off on the GPU this path is for
+    with torch.no_grad():
+        y = layer(x)
+    assert y.shape == (*tokens, mk[0]) and torch.equal(y.float(), ref.to(dtype).float())

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "ops/cuda_common.h"
+#include "ops/sparse24_cuda_entries.h"
 #include "ops/sparse24_common.h"
 
 #if SPMM_HAS_SPARSE24_SM90
@@ -34,6 +35,14 @@ at::Tensor canonical_to_dense(const at::Tensor& values, const at::Tensor& meta) 
   at::Tensor dense = at::zeros({m, groups, 4}, values.options());
   dense.scatter_(2, columns, values.reshape({m, groups, 2}));
   return dense.reshape({m, groups * 4});
+}
+
+}  // namespace
+
+bool sparse24_sm90_usable(const at::Tensor& like, int64_t m, int64_t k) {
+  if (!kernels::sparse24_sm90_weight_supported(m, k)) return false;
+  const cudaDeviceProp* props = at::cuda::getDeviceProperties(like.get_device());
+  return props->major == 9 && props->minor == 0;
 }
 
 std::tuple<at::Tensor, at::Tensor> sparse24_sm90_pack_cuda(const at::Tensor& values, const at::Tensor& meta) {
@@ -110,8 +119,6 @@ at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& a, const
   out_shape.back() = m;
   return y.reshape(out_shape);
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(spmm, CUDA, m) {
   m.impl("_sparse24_sm90_pack", &sparse24_sm90_pack_cuda);

@@ -67,17 +67,42 @@ def sparse24_decode_pack(values: Tensor, meta: Tensor, meta_layout: int = 0) -> 
 
 
 def sparse24_decode_mm(
-    x: Tensor, dvalues: Tensor, dmeta: Tensor, out_features: int, bias: Optional[Tensor] = None, tiles_per_warp: int = 1
+    x: Tensor,
+    dvalues: Tensor,
+    dmeta: Tensor,
+    out_features: int,
+    bias: Optional[Tensor] = None,
+    splits: int = 0,
+    stages: int = 0,
 ) -> Tensor:
     """y = x @ W.T (+ bias) with W in the decode layout: the weight-streaming mma.sp kernel (CUDA, fp16/bf16).
-    tiles_per_warp (1 or 2): 16-row tiles each warp streams at once; a tuning knob until the heuristic owns it."""
-    return _ops._sparse24_decode_mm(x, dvalues, dmeta, out_features, bias, tiles_per_warp)
+    Tuning knobs (0 = the kernel's own choice, which layers use): `splits`, the split-K factor (1..ceil(K/128));
+    `stages`, the depth of the global -> shared memory ring (2..5)."""
+    return _ops._sparse24_decode_mm(x, dvalues, dmeta, out_features, bias, splits, stages)
 
 
 def sparse24_sm90_pack(values: Tensor, meta: Tensor) -> Tuple[Tensor, Tensor]:
     """Canonical 2:4 layout -> the Hopper prefill GEMM's layout (CUTLASS's compressed values `a`, metadata `e`).
     CUDA, sm_90a builds only; needs out_features % 8 == 0 and in_features % 16 == 0."""
     return _ops._sparse24_sm90_pack(values, meta)
+
+
+def sparse24_sm90_supported(out_features: int, in_features: int, device: torch.device) -> bool:
+    """Whether the Hopper prefill GEMM can take a weight [out_features, in_features] on `device`: a build with the
+    sm_90a kernels, a compute capability 9.0 GPU, out_features % 8 == 0 and in_features % 16 == 0."""
+    device = torch.device(device)
+    return (
+        device.type == "cuda"
+        and has_cuda_kernel("_sparse24_sm90_mm")
+        and torch.cuda.get_device_capability(device) == (9, 0)
+        and out_features > 0
+        and in_features > 0
+        and out_features % 8 == 0
+        and in_features % 16 == 0
+    )
+
+
+DECODE_MAX_TOKENS = 64  # the decode kernel's range; larger N goes to the prefill GEMM where there is one
 
 
 def sparse24_sm90_mm(x: Tensor, a: Tensor, e: Tensor, out_features: int, bias: Optional[Tensor] = None) -> Tensor:
@@ -144,7 +169,7 @@ def _sparse24_decode_pack_fake(values, meta, meta_layout=0):
 
 
 @torch.library.register_fake("spmm::_sparse24_decode_mm")
-def _sparse24_decode_mm_fake(x, dvalues, dmeta, out_features, bias, tiles_per_warp=1):
+def _sparse24_decode_mm_fake(x, dvalues, dmeta, out_features, bias, splits=0, stages=0):
     return x.new_empty(*x.shape[:-1], out_features)
 
 

@@ -14,12 +14,18 @@ _DECODE_DTYPES = (torch.float16, torch.bfloat16)
 
 class Sparse24Linear(SparseLinear):
     """y = x @ W.T + b with W 2:4 sparse (in_features % 4 == 0). Buffers: values, meta (canonical layout, saved),
-    bias; on CUDA also dvalues, dmeta: the decode kernel's layout, rebuilt from the canonical one whenever the
-    layer moves or loads a state dict (not saved). Edit the weight through load_state_dict, not in place."""
+    bias; on CUDA also the kernels' layouts, rebuilt from the canonical one whenever the layer moves or loads a
+    state dict (not saved): dvalues, dmeta for the decode kernel (N <= 64 tokens), and on Hopper prefill_a,
+    prefill_e for the CUTLASS GEMM (N > 64). Each layout holds as many bytes as the canonical one; pass
+    prefill_kernel=False to skip the Hopper one (prefill then runs the decode kernel 64 tokens at a time).
+    Edit the weight through load_state_dict, not in place."""
 
     format_cls = Sparse24Weight
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, prefill_kernel=True
+    ):
+        self.prefill_kernel = prefill_kernel
         super().__init__(in_features, out_features, bias, device, dtype)
         self._set_format(Sparse24Weight.empty((out_features, in_features), dtype=dtype, device=device))
         self.register_load_state_dict_post_hook(lambda module, _: module._refresh_kernel_layout())
@@ -43,8 +49,19 @@ class Sparse24Linear(SparseLinear):
             layout = ops.sparse24_decode_pack(self.values, self.meta)
         self.register_buffer("dvalues", layout[0], persistent=False)
         self.register_buffer("dmeta", layout[1], persistent=False)
+        prefill = (None, None)
+        if (
+            getattr(self, "prefill_kernel", True)
+            and self.values.dtype in _DECODE_DTYPES
+            and ops.sparse24_sm90_supported(self.out_features, self.in_features, self.values.device)
+        ):
+            prefill = ops.sparse24_sm90_pack(self.values, self.meta)
+        self.register_buffer("prefill_a", prefill[0], persistent=False)
+        self.register_buffer("prefill_e", prefill[1], persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.dvalues is not None and x.is_cuda:
+            if self.prefill_a is not None and x.numel() > ops.DECODE_MAX_TOKENS * self.in_features:
+                return ops.sparse24_sm90_mm(x, self.prefill_a, self.prefill_e, self.out_features, self.bias)
             return ops.sparse24_decode_mm(x, self.dvalues, self.dmeta, self.out_features, self.bias)
         return ops.sparse24_mm(x, self.values, self.meta, self.bias)

@@ -1,0 +1,27 @@
+// The CUDA entries of the 2:4 kernel families, for the op that picks between them (sparse24_mm_cuda.cpp).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+namespace spmm::ops {
+
+// Decode kernel (sparse24_decode_cuda.cpp): spmm::_sparse24_decode_pack / _sparse24_decode_mm.
+std::tuple<at::Tensor, at::Tensor> sparse24_decode_pack_cuda(const at::Tensor& values, const at::Tensor& meta,
+                                                            int64_t meta_layout);
+at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalues, const at::Tensor& dmeta,
+                                   int64_t out_features, const std::optional<at::Tensor>& bias, int64_t splits,
+                                   int64_t stages);
+
+#if SPMM_HAS_SPARSE24_SM90
+// Hopper prefill GEMM (sparse24_sm90_cuda.cpp): spmm::_sparse24_sm90_pack / _sparse24_sm90_mm.
+// Whether it can take a weight [m, k] on the device of `like` (an sm_90 GPU, m % 8 == 0, k % 16 == 0).
+bool sparse24_sm90_usable(const at::Tensor& like, int64_t m, int64_t k);
+std::tuple<at::Tensor, at::Tensor> sparse24_sm90_pack_cuda(const at::Tensor& values, const at::Tensor& meta);
+at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& a, const at::Tensor& e, int64_t out_features,
+                                 const std::optional<at::Tensor>& bias);
+#endif
+
+}  // namespace spmm::ops

@@ -1,0 +1,37 @@
+// spmm::sparse24_mm on CUDA, from the canonical layout: the kernel layout is packed for this one call (an extra pass
+// over the weight; Sparse24Linear caches its layouts instead). Decode-sized N takes the weight-streaming kernel;
+// prefill-sized N the Hopper CUTLASS GEMM where it can run, else the decode kernel over slices of 64 tokens.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "kernels/sparse24/sparse24_decode.h"
+#include "ops/cuda_common.h"
+#include "ops/sparse24_common.h"
+#include "ops/sparse24_cuda_entries.h"
+
+namespace spmm::ops {
+namespace {
+
+at::Tensor sparse24_mm_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                            const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "spmm::sparse24_mm";
+  check_activation(op, x);
+  check_half_dtype(op, "x", x);
+  check_sparse24_weight(op, x, values, meta, x.size(-1));
+  check_bias(op, bias, x, values.size(0));
+  const int64_t m = values.size(0), k = x.size(-1);
+#if SPMM_HAS_SPARSE24_SM90
+  if (leading_rows(x) > kernels::kDecodeMaxTokens && sparse24_sm90_usable(x, m, k)) {
+    const auto [a, e] = sparse24_sm90_pack_cuda(values, meta);
+    return sparse24_sm90_mm_cuda(x, a, e, m, bias);
+  }
+#endif
+  const auto [dvalues, dmeta] = sparse24_decode_pack_cuda(values, meta, 0);
+  return sparse24_decode_mm_cuda(x, dvalues, dmeta, m, bias, 0, 0);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(spmm, CUDA, m) { m.impl("sparse24_mm", &sparse24_mm_cuda); }
+
+}  // namespace spmm::ops
