@@ -26,8 +26,8 @@ inline int64_t tile_count(int64_t m, int64_t k, int64_t tile_m, int64_t tile_k) 
 }
 
 // Arguments of tiled_csl_compress (CPU and CUDA alike).
-inline void check_tiled_csl_compress_args(const char* op, const at::Tensor& dense, const std::optional<at::Tensor>& mask,
-                                          int64_t tile_m, int64_t tile_k) {
+inline void check_tiled_csl_compress_args(const char* op, const at::Tensor& dense,
+                                          const std::optional<at::Tensor>& mask, int64_t tile_m, int64_t tile_k) {
   check_dim(op, "dense", dense, 2);
   check_float_dtype(op, "dense", dense);
   check_tile_shape(op, tile_m, tile_k);

@@ -72,8 +72,8 @@ at::Tensor tiled_csl_mm_cuda(const at::Tensor& x, const at::Tensor& values, cons
   TORCH_CHECK_TYPE(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, op,
                    ": `x` must be float16 or bfloat16 for the CUDA Tiled-CSL kernel, got ", x.scalar_type());
   TORCH_CHECK_NOT_IMPLEMENTED(kernels::tiled_csl_mm_supports(tile_m, tile_k), op,
-                              ": the CUDA kernel takes tiles of tile_m x tile_k = 256 x 64 or 128 x 64, got `tile_m` = ",
-                              tile_m, ", `tile_k` = ", tile_k, "; pack the weight with one of those tile shapes");
+                              ": the CUDA kernel takes tiles of tile_m x tile_k = 256 x 64 or 128 x 64, got ",
+                              "`tile_m` = ", tile_m, ", `tile_k` = ", tile_k, "; pack the weight with one of those");
   const int64_t k = x.size(-1), n = leading_rows(x), m = out_features;
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = m;

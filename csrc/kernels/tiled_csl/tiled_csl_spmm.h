@@ -34,7 +34,7 @@ struct TiledCSLMMParams {
   const void* bias;             // [M] or nullptr
   void* y;                      // [N, M] rows of y_ld elements
   int64_t y_ld;
-  void* workspace;              // tiled_csl_mm_workspace_bytes(...) bytes (split-K partials + counters), or nullptr if 0
+  void* workspace;              // tiled_csl_mm_workspace_bytes(...) (split-K partials + counters), or nullptr if 0
   int64_t m, n;
   int64_t k;                    // x's columns, a multiple of 8 (x zero-padded); ceil(k / 64) = the weight's K tiles
   int64_t tile_m;               // 256 or 128

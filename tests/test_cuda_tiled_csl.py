@@ -1,0 +1,301 @@
+"""The Tiled-CSL CUDA kernels: the GPU packer against the CPU packer (bit for bit), and the SpMM kernel against
+torch.matmul on the dense masked weight (fp32 reference; small integers make it exact)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import spmm
+from conftest import assert_bitwise_equal, masked, masked_reference as reference, random_weight
+from spmm import ops
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.skipif(not spmm._C.cuda_built, reason="spmm was built without CUDA kernels"),
+]
+
+DTYPES = [torch.float16, torch.bfloat16]
+SPARSITIES = [0.0, 0.5, 0.8, 0.9, 0.99, 1.0]
+TOKENS = [1, 7, 8, 33, 64, 65, 200]
+SHAPES = [(264, 1040), (300, 72), (256, 64), (1000, 136)]  # ragged row tiles / K tiles, one exact tile
+BIG_SHAPES = [(4096, 4096), (11008, 4096)]
+
+
+def cuda_gen(seed):
+    return torch.Generator("cuda").manual_seed(seed)
+
+
+def int_case(m, k, n, dtype, sparsity, seed, nonzero=False):
+    """Small-integer weight (no zeros if `nonzero`), a random keep-mask of density 1 - sparsity, x [n, k] and bias,
+    made on the GPU: every product and sum is exact in fp32."""
+    g = cuda_gen(seed)
+    w = torch.randint(-2, 3, (m, k), generator=g, device="cuda")
+    if nonzero:
+        w = torch.where(w == 0, torch.ones_like(w), w)
+    mask = torch.rand(m, k, generator=g, device="cuda") >= sparsity
+    x = torch.randint(-3, 4, (n, k), generator=g, device="cuda").to(dtype)
+    bias = torch.randint(-2, 3, (m,), generator=g, device="cuda").to(dtype)
+    return w.to(dtype), mask, x, bias
+
+
+def mm(x, packed, m, bias=None, tile=(256, 64)):
+    return ops.tiled_csl_mm(x, *packed, m, *tile, bias)
+
+
+def test_has_cuda_kernels():
+    assert ops.has_cuda_kernel("tiled_csl_mm") and ops.has_cuda_kernel("tiled_csl_compress")
+
+
+# ---------------------------------------------------------------------------------------------- packer ---------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mk", [(264, 1040), (300, 72), (67, 260), (1, 1), (513, 4096)])
+@pytest.mark.parametrize("tile", [(256, 64), (128, 64), (16, 32), (1, 8), (256, 256)])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_gpu_packer_matches_cpu_packer(dtype, mk, tile, with_mask):
+    g = torch.Generator().manual_seed(hash((mk, tile)) % 1000)
+    w = random_weight(*mk, dtype, g, zeros=0.3)  # zeros and -0.0, which are never stored
+    mask = torch.rand(*mk, generator=g) < 0.4 if with_mask else None
+    cpu = ops.tiled_csl_compress(w, mask, *tile)
+    gpu = ops.tiled_csl_compress(w.cuda(), None if mask is None else mask.cuda(), *tile)
+    for got, want in zip(gpu, cpu):
+        assert got.device.type == "cuda"
+        assert_bitwise_equal(got.cpu(), want)
+
+
+def test_gpu_packer_non_contiguous_and_empty():
+    g = torch.Generator().manual_seed(3)
+    w = random_weight(96, 200, torch.float16, g)
+    mask = torch.rand(96, 200, generator=g) < 0.5
+    cpu = ops.tiled_csl_compress(w.t().contiguous(), mask.t().contiguous(), 64, 64)
+    gpu = ops.tiled_csl_compress(w.cuda().t(), mask.cuda().t(), 64, 64)  # transposed views
+    for got, want in zip(gpu, cpu):
+        assert_bitwise_equal(got.cpu(), want)
+    for shape in [(0, 64), (64, 0), (0, 0)]:
+        values, locations, offsets = ops.tiled_csl_compress(torch.zeros(shape, device="cuda"), None, 256, 64)
+        assert values.numel() == 0 and locations.numel() == 0 and offsets.tolist() == [0]
+    values, _, offsets = ops.tiled_csl_compress(torch.zeros(300, 100, device="cuda"), None, 256, 64)
+    assert values.numel() == 0 and offsets.tolist() == [0] * 5
+
+
+def test_gpu_packer_large_layer_is_fast():
+    """A 7B model's largest layer packs in well under a second (two passes over the weight)."""
+    w = torch.randn(11008, 4096, device="cuda", dtype=torch.float16)
+    mask = torch.rand(11008, 4096, device="cuda") < 0.2
+    ops.tiled_csl_compress(w, mask)  # warm-up
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    values, _, offsets = ops.tiled_csl_compress(w, mask)
+    end.record()
+    torch.cuda.synchronize()
+    assert start.elapsed_time(end) < 200  # ms
+    assert values.numel() == int((mask & (w != 0)).sum()) and offsets[-1].item() == values.numel()
+
+
+def test_gpu_packer_rejects_bad_input():
+    bad = torch.zeros(8, 16, device="cuda")
+    bad[2, 5] = float("nan")
+    bad[6, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"`dense` has a NaN or infinite value at row 2, column 5"):
+        ops.tiled_csl_compress(bad, None, 4, 4)
+    masked_out = torch.zeros(8, 16, device="cuda")
+    masked_out[7, 15] = float("inf")  # dropped by the mask, still refused (as on CPU)
+    with pytest.raises(ValueError, match=r"at row 7, column 15"):
+        ops.tiled_csl_compress(masked_out, torch.zeros(8, 16, dtype=torch.bool, device="cuda"), 4, 4)
+    w = torch.ones(8, 16, device="cuda")
+    with pytest.raises(ValueError, match=r"`mask` must have the shape of `dense`"):
+        ops.tiled_csl_compress(w, torch.ones(8, 8, dtype=torch.bool, device="cuda"), 4, 4)
+    with pytest.raises(TypeError, match=r"`mask` must be Bool"):
+        ops.tiled_csl_compress(w, torch.ones(8, 16, device="cuda"), 4, 4)
+    with pytest.raises(ValueError, match=r"`mask` is on cpu but `x` is on cuda"):
+        ops.tiled_csl_compress(w, torch.ones(8, 16, dtype=torch.bool), 4, 4)
+    with pytest.raises(ValueError, match=r"more than 65536 elements"):
+        ops.tiled_csl_compress(w, None, 512, 256)
+    with pytest.raises(TypeError, match=r"`dense` must be float32, float16 or bfloat16"):
+        ops.tiled_csl_compress(w.int(), None, 4, 4)
+
+
+# ---------------------------------------------------------------------------------------------- matmul ---------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mk", SHAPES)
+@pytest.mark.parametrize("n", TOKENS)
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_exact_integer_inputs(dtype, mk, n, sparsity, with_bias):
+    w, mask, x, bias = int_case(*mk, n, dtype, sparsity, hash((mk, n, sparsity)) % 1000)
+    b = bias if with_bias else None
+    y = mm(x, ops.tiled_csl_compress(w, mask), mk[0], b)
+    assert y.shape == (n, mk[0]) and y.dtype == dtype
+    assert torch.equal(y, reference(x, w, mask, b))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mk", BIG_SHAPES)
+@pytest.mark.parametrize("n", [1, 8, 33, 64, 65])
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.8, 0.9, 0.99])
+def test_exact_real_layer_shapes(dtype, mk, n, sparsity):
+    w, mask, x, bias = int_case(*mk, n, dtype, sparsity, hash((mk, n, sparsity, 1)) % 1000)
+    y = mm(x, ops.tiled_csl_compress(w, mask), mk[0], bias)
+    assert torch.equal(y, reference(x, w, mask, bias))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mk", [(264, 1040), (4096, 4096), (300, 72)])
+@pytest.mark.parametrize("n", [1, 8, 33, 64, 65])
+@pytest.mark.parametrize("sparsity", [0.0, 0.8, 1.0])
+def test_exact_128_row_tiles(dtype, mk, n, sparsity):
+    w, mask, x, bias = int_case(*mk, n, dtype, sparsity, hash((mk, n, sparsity, 2)) % 1000)
+    y = mm(x, ops.tiled_csl_compress(w, mask, 128, 64), mk[0], bias, tile=(128, 64))
+    assert torch.equal(y, reference(x, w, mask, bias))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 8, 64])
+def test_fully_dense_tiles_empty_rows_and_empty_tiles(dtype, n):
+    """Tiles of every density in one weight: fully dense (16384 pairs: four batches of the kernel's loads), just
+    over and under one batch (4096 pairs), empty rows, empty tiles, single pairs at tile corners."""
+    m, k = 1024, 640  # 4 x 10 tiles of 256 x 64
+    w, _, x, bias = int_case(m, k, n, dtype, 0.0, 11, nonzero=True)
+    g = cuda_gen(12)
+    density = torch.rand(4, 10, generator=g, device="cuda")  # per tile
+    density[1, :] = 0.0  # a whole empty row tile
+    density[2, 3] = 0.0
+    keep = torch.rand(m, k, generator=g, device="cuda") < density.repeat_interleave(256, 0).repeat_interleave(64, 1)
+    keep[:256, :256] = False
+    keep[:256, :64] = True  # tile (0, 0) fully dense: 16384 pairs
+    keep[:64, 64:128] = True  # tile (0, 1): 4097 pairs, one over a batch
+    keep[64, 64] = True
+    keep[:64, 128:192] = True  # tile (0, 2): 4096 pairs from an odd offset: 513 granules, two batches
+    keep[:64, 192:256] = True  # tile (0, 3): 4095 pairs
+    keep[63, 255] = False
+    keep[600:700] = False  # empty rows inside a row tile
+    keep[767, 639] = True  # the last element of tile (2, 9)
+    keep[512, 192] = True  # the first element of the emptied tile (2, 3)
+    packed = ops.tiled_csl_compress(w, keep)
+    counts = (packed[2][1:] - packed[2][:-1]).tolist()
+    assert counts[:4] == [16384, 4097, 4096, 4095] and counts[10:20] == [0] * 10 and counts[23] == 1
+    y = mm(x, packed, m, bias)
+    assert torch.equal(y, reference(x, w, keep, bias))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fully_dense_weight(dtype):
+    w, _, x, bias = int_case(2048, 2048, 16, dtype, 0.0, 13, nonzero=True)
+    keep = torch.ones_like(w, dtype=torch.bool)
+    packed = ops.tiled_csl_compress(w, keep)
+    assert packed[0].numel() == 2048 * 2048
+    assert torch.equal(mm(x, packed, 2048, bias), reference(x, w, keep, bias))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [1, 5, 13, 1043])
+def test_k_not_a_multiple_of_8(dtype, k):
+    """x is zero-padded to a multiple of 8 columns; the weight has no pairs there."""
+    w, mask, x, bias = int_case(200, k, 9, dtype, 0.5, k)
+    assert torch.equal(mm(x, ops.tiled_csl_compress(w, mask), 200, bias), reference(x, w, mask, bias))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 33, 200])
+def test_real_values_within_twice_dense_error_and_deterministic(dtype, n):
+    g = cuda_gen(5)
+    w = torch.randn(4096, 4096, generator=g, device="cuda").to(dtype)
+    mask = torch.rand(4096, 4096, generator=g, device="cuda") < 0.2
+    x = torch.randn(n, 4096, generator=g, device="cuda").to(dtype)
+    wm = masked(w, mask)
+    ref = x.double() @ wm.double().T
+    dense_err = (F.linear(x, wm).double() - ref).abs().max()
+    packed = ops.tiled_csl_compress(w, mask)
+    y = mm(x, packed, 4096)
+    assert (y.double() - ref).abs().max() <= 2 * dense_err
+    assert torch.equal(y, mm(x, packed, 4096))  # split-K sums in a fixed order
+
+
+def test_leading_dims_strided_and_misaligned_inputs():
+    w, mask, x, bias = int_case(300, 520, 12, torch.float16, 0.7, 3)
+    packed = ops.tiled_csl_compress(w, mask)
+    expected = reference(x, w, mask, bias)
+    assert torch.equal(mm(x.reshape(3, 4, 520), packed, 300, bias), expected.reshape(3, 4, 300))
+    strided = torch.stack([x, x], dim=-1).reshape(12, 1040)[:, ::2]  # x's values at a column stride of 2
+    assert not strided.is_contiguous() and torch.equal(strided, x)
+    assert torch.equal(mm(strided, packed, 300, bias), expected)
+    shifted = torch.empty(12 * 520 + 1, dtype=x.dtype, device="cuda")[1:].view(12, 520)  # 2-byte aligned rows
+    shifted.copy_(x)
+    assert torch.equal(mm(shifted, packed, 300, bias), expected)
+    assert torch.equal(mm(x.t().contiguous().t(), packed, 300, bias), expected)  # column-major x
+    # values / locations starting at an odd element (views into larger buffers)
+    values, locations, offsets = packed
+    v2 = torch.cat([values[:1], values])[1:]
+    l2 = torch.cat([locations[:1], locations])[1:]
+    assert v2.data_ptr() % 16 != 0
+    assert torch.equal(mm(x, (v2, l2, offsets), 300, bias), expected)
+
+
+@pytest.mark.parametrize("n,m,k", [(0, 300, 520), (5, 0, 520), (5, 300, 0)])
+def test_empty_tensors(n, m, k):
+    w = torch.ones(m, k, device="cuda", dtype=torch.float16)
+    x = torch.ones(n, k, device="cuda", dtype=torch.float16)
+    bias = torch.arange(m, device="cuda").half()
+    y = mm(x, ops.tiled_csl_compress(w), m, bias)
+    assert y.shape == (n, m) and torch.equal(y, (x.float() @ w.float().T + bias.float()).half())
+
+
+def test_cuda_graph_capture():
+    w, mask, x, bias = int_case(1024, 2048, 8, torch.float16, 0.8, 7)
+    packed = ops.tiled_csl_compress(w, mask)
+    static_x = x.clone()
+    mm(static_x, packed, 1024, bias)  # warm-up outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = mm(static_x, packed, 1024, bias)
+    for sign in (-1, 1):
+        static_x.copy_(sign * x)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, reference(sign * x, w, mask, bias))
+
+
+def test_opcheck():
+    w, mask, x, bias = int_case(300, 200, 5, torch.float16, 0.6, 17)
+    packed = ops.tiled_csl_compress(w, mask)
+    torch.library.opcheck(torch.ops.spmm.tiled_csl_mm, (x, *packed, 300, 256, 64, bias))
+    torch.library.opcheck(torch.ops.spmm.tiled_csl_mm, (x, *packed, 300, 256, 64, None))
+    torch.library.opcheck(torch.ops.spmm.tiled_csl_compress, (w, mask, 256, 64),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_layer_packs_on_gpu_and_runs_the_kernel():
+    linear = torch.nn.Linear(520, 300).half().cuda()
+    mask = spmm.pruning.magnitude_mask(linear.weight, 0.8)
+    layer = spmm.nn.TiledCSLLinear.from_dense(linear, mask)
+    assert layer.values.is_cuda and layer.weight_format.device.type == "cuda"
+    cpu_values, _, _ = ops.tiled_csl_compress(linear.weight.detach().cpu(), mask.cpu())
+    assert_bitwise_equal(layer.values.cpu(), cpu_values)
+    assert torch.equal(layer.to_dense_weight(), masked(linear.weight.detach(), mask))
+    x = torch.randn(2, 3, 520, device="cuda", dtype=torch.half)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), layer.to_dense_linear()(x), rtol=2e-3, atol=2e-3)
+
+
+def test_rejects_bad_input():
+    w, mask, x, bias = int_case(300, 200, 4, torch.float16, 0.5, 9)
+    packed = ops.tiled_csl_compress(w, mask)
+    values, locations, offsets = packed
+    with pytest.raises(TypeError, match=r"`x` must be float16 or bfloat16 for the CUDA Tiled-CSL kernel"):
+        ops.tiled_csl_mm(x.float(), values.float(), locations, offsets, 300, 256, 64)
+    with pytest.raises(TypeError, match=r"`values` must be BFloat16"):
+        ops.tiled_csl_mm(x.bfloat16(), values, locations, offsets, 300, 256, 64)
+    with pytest.raises(ValueError, match=r"`tile_offsets` must have 15 entries for a 600 x 200 weight"):
+        ops.tiled_csl_mm(x, values, locations, offsets, 600, 256, 64)
+    with pytest.raises(ValueError, match=r"`locations` must have one entry per value"):
+        ops.tiled_csl_mm(x, values, locations[1:], offsets, 300, 256, 64)
+    with pytest.raises(ValueError, match=r"`bias` must have out_features = 300 elements, got 7"):
+        ops.tiled_csl_mm(x, values, locations, offsets, 300, 256, 64, bias[:7])
+    with pytest.raises(ValueError, match=r"`values` is on cpu but `x` is on cuda"):
+        ops.tiled_csl_mm(x, values.cpu(), locations, offsets, 300, 256, 64)
+    small = ops.tiled_csl_compress(w, mask, 16, 32)
+    with pytest.raises(NotImplementedError, match=r"`tile_m` = 16, `tile_k` = 32"):
+        ops.tiled_csl_mm(x, *small, 300, 16, 32)
+    with pytest.raises(NotImplementedError, match=r"tile_m"):
+        mm(x, ops.tiled_csl_compress(w, mask, 256, 128), 300, tile=(256, 128))
