@@ -115,13 +115,13 @@ def _spmm_sparse24_sm90(c: Case) -> Prepared:
 TILE_M, TILE_K = 256, 64  # Flash-LLM's tile
 
 
-def _spmm_tiled_csl(c: Case) -> Prepared:
+def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M) -> Prepared:
     ops = _ops()
-    values, locations, offsets = _pack(ops.tiled_csl_compress, c.w, c.mask, TILE_M, TILE_K)
+    values, locations, offsets = _pack(ops.tiled_csl_compress, c.w, c.mask, tile_m, TILE_K)  # GPU packer on CUDA
     m = c.w.shape[0]
 
     def bind(x: Tensor) -> Callable[[], Tensor]:
-        return lambda: ops.tiled_csl_mm(x, values, locations, offsets, m, TILE_M, TILE_K, c.bias)
+        return lambda: ops.tiled_csl_mm(x, values, locations, offsets, m, tile_m, TILE_K, c.bias)
 
     return Prepared(bind, _nbytes(values, locations, offsets))
 
@@ -143,6 +143,8 @@ SPMM_SPARSE24 = Backend("spmm", _spmm_sparse24)
 # The Hopper CUTLASS GEMM called directly, whatever N (sparse24_mm picks it for prefill-sized N on its own).
 SPMM_SPARSE24_SM90 = Backend("spmm_sm90", _spmm_sparse24_sm90, cuda_only=True)
 SPMM_TILED_CSL = Backend("spmm", _spmm_tiled_csl)
+# 128-row tiles: twice the row tiles, so fewer K splits and partials for the same SM fill; a tuning comparison.
+SPMM_TILED_CSL_TM128 = Backend("spmm_tm128", lambda c: _spmm_tiled_csl(c, tile_m=128), cuda_only=True)
 SPMM_SPENSE = Backend("spmm", _spmm_spense)
 
 
