@@ -232,13 +232,14 @@ def test_leading_dims_strided_and_misaligned_inputs():
     assert torch.equal(mm(x, (v2, l2, offsets), 300, bias), expected)
 
 
-@pytest.mark.parametrize("n,m,k", [(0, 300, 520), (5, 0, 520), (5, 300, 0)])
+@pytest.mark.parametrize("n,m,k", [(0, 300, 520), (5, 0, 520), (5, 300, 0), (1, 300, 0)])
 def test_empty_tensors(n, m, k):
     w = torch.ones(m, k, device="cuda", dtype=torch.float16)
     x = torch.ones(n, k, device="cuda", dtype=torch.float16)
     bias = torch.arange(m, device="cuda").half()
     y = mm(x, ops.tiled_csl_compress(w), m, bias)
     assert y.shape == (n, m) and torch.equal(y, (x.float() @ w.float().T + bias.float()).half())
+    assert y.numel() == 0 or y.data_ptr() != bias.data_ptr()
 
 
 def test_cuda_graph_capture():

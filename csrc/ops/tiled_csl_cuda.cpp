@@ -79,7 +79,9 @@ at::Tensor tiled_csl_mm_cuda(const at::Tensor& x, const at::Tensor& values, cons
   out_shape.back() = m;
   const c10::cuda::CUDAGuard guard(x.device());
   if (n == 0 || m == 0 || k == 0) {  // nothing to stream: y is the bias (or zeros)
-    at::Tensor y = bias.has_value() ? bias->unsqueeze(0).expand({n, m}).contiguous() : at::zeros({n, m}, x.options());
+    // clone: a fresh tensor even where the expanded bias is already contiguous (the output must not alias it)
+    at::Tensor y = bias.has_value() ? bias->unsqueeze(0).expand({n, m}).clone(at::MemoryFormat::Contiguous)
+                                    : at::zeros({n, m}, x.options());
     return y.reshape(out_shape);
   }
   const at::Tensor xk = kernel_ready_activation(x, n, k);
