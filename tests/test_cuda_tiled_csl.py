@@ -22,6 +22,13 @@ SHAPES = [(264, 1040), (300, 72), (256, 64), (1000, 136)]  # ragged row tiles / 
 BIG_SHAPES = [(4096, 4096), (11008, 4096)]
 
 
+def name(v):
+    """Readable test ids: 264x1040, float16."""
+    if isinstance(v, tuple):
+        return "x".join(map(str, v))
+    return str(v).replace("torch.", "") if isinstance(v, torch.dtype) else None
+
+
 def cuda_gen(seed):
     return torch.Generator("cuda").manual_seed(seed)
 
@@ -48,9 +55,9 @@ def test_has_cuda_kernels():
 
 
 # ---------------------------------------------------------------------------------------------- packer ---------
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("mk", [(264, 1040), (300, 72), (67, 260), (1, 1), (513, 4096)])
-@pytest.mark.parametrize("tile", [(256, 64), (128, 64), (16, 32), (1, 8), (256, 256)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=name)
+@pytest.mark.parametrize("mk", [(264, 1040), (300, 72), (67, 260), (1, 1), (513, 4096)], ids=name)
+@pytest.mark.parametrize("tile", [(256, 64), (128, 64), (16, 32), (1, 8), (256, 256)], ids=name)
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_gpu_packer_matches_cpu_packer(dtype, mk, tile, with_mask):
     g = torch.Generator().manual_seed(hash((mk, tile)) % 1000)
@@ -117,8 +124,8 @@ def test_gpu_packer_rejects_bad_input():
 
 
 # ---------------------------------------------------------------------------------------------- matmul ---------
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mk", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=name)
+@pytest.mark.parametrize("mk", SHAPES, ids=name)
 @pytest.mark.parametrize("n", TOKENS)
 @pytest.mark.parametrize("sparsity", SPARSITIES)
 @pytest.mark.parametrize("with_bias", [False, True])
@@ -130,8 +137,8 @@ def test_exact_integer_inputs(dtype, mk, n, sparsity, with_bias):
     assert torch.equal(y, reference(x, w, mask, b))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mk", BIG_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=name)
+@pytest.mark.parametrize("mk", BIG_SHAPES, ids=name)
 @pytest.mark.parametrize("n", [1, 8, 33, 64, 65])
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.8, 0.9, 0.99])
 def test_exact_real_layer_shapes(dtype, mk, n, sparsity):
@@ -140,8 +147,8 @@ def test_exact_real_layer_shapes(dtype, mk, n, sparsity):
     assert torch.equal(y, reference(x, w, mask, bias))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mk", [(264, 1040), (4096, 4096), (300, 72)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=name)
+@pytest.mark.parametrize("mk", [(264, 1040), (4096, 4096), (300, 72)], ids=name)
 @pytest.mark.parametrize("n", [1, 8, 33, 64, 65])
 @pytest.mark.parametrize("sparsity", [0.0, 0.8, 1.0])
 def test_exact_128_row_tiles(dtype, mk, n, sparsity):
@@ -150,7 +157,7 @@ def test_exact_128_row_tiles(dtype, mk, n, sparsity):
     assert torch.equal(y, reference(x, w, mask, bias))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=name)
 @pytest.mark.parametrize("n", [1, 8, 64])
 def test_fully_dense_tiles_empty_rows_and_empty_tiles(dtype, n):
     """Tiles of every density in one weight: fully dense (16384 pairs: four batches of the kernel's loads), just
@@ -179,7 +186,7 @@ def test_fully_dense_tiles_empty_rows_and_empty_tiles(dtype, n):
     assert torch.equal(y, reference(x, w, keep, bias))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=name)
 def test_fully_dense_weight(dtype):
     w, _, x, bias = int_case(2048, 2048, 16, dtype, 0.0, 13, nonzero=True)
     keep = torch.ones_like(w, dtype=torch.bool)
@@ -188,7 +195,7 @@ def test_fully_dense_weight(dtype):
     assert torch.equal(mm(x, packed, 2048, bias), reference(x, w, keep, bias))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=name)
 @pytest.mark.parametrize("k", [1, 5, 13, 1043])
 def test_k_not_a_multiple_of_8(dtype, k):
     """x is zero-padded to a multiple of 8 columns; the weight has no pairs there."""
@@ -196,7 +203,7 @@ def test_k_not_a_multiple_of_8(dtype, k):
     assert torch.equal(mm(x, ops.tiled_csl_compress(w, mask), 200, bias), reference(x, w, mask, bias))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=name)
 @pytest.mark.parametrize("n", [1, 33, 200])
 def test_real_values_within_twice_dense_error_and_deterministic(dtype, n):
     g = cuda_gen(5)
