@@ -28,9 +28,9 @@ namespace {
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTileK = static_cast<int>(kTiledCSLTileK);
-constexpr int kGranule = 8;                                // 16-bit elements per 16-byte load
-constexpr int kGranules = 2;                               // granules of each array per thread per batch
-constexpr int kBatchGranules = kGranules * kThreads;  // 4096 pairs per batch: >= 75% sparse tiles
+constexpr int kGranule = 8;                           // 16-bit elements per 16-byte load
+constexpr int kGranules = 2;                          // granules of each array per thread per batch
+constexpr int kBatchGranules = kGranules * kThreads;  // 4096 pairs per batch: one batch for >= 75% sparse tiles
 
 // Shared tiles (W's dense tile, x's chunk) are rows of 64 16-bit elements = 8 chunks of 16 bytes; chunk c of row r
 // sits at c ^ (r % 8), so the 8 rows one ldmatrix matrix reads at the same chunk hit 8 different bank groups.
