@@ -46,15 +46,10 @@ def test_exact_integer_inputs(dtype, mk, n, with_bias):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mk", [(67, 260), (256, 4096), (4096, 4096), (11008, 512)])
-@pytest.mark.parametrize("n", [1, 16, 33, 64, 100])
-@pytest.mark.parametrize("stages", [2, 3, 4, 5])
-@pytest.mark.parametrize("splits", [0, 1, 3])
-def test_every_ring_depth_and_split_exact(dtype, mk, n, stages, splits):
-    """The tuning knobs: every ring depth the kernel is built with, the heuristic's split and forced ones."""
-    if stages == 5 and n > 32 and getattr(torch.cuda.get_device_properties(0), "shared_memory_per_block_optin", 227 << 10) < 180 << 10:
-        pytest.skip("5 stages of 64 tokens need more shared memory than this GPU has")
-    w, mask, x, bias = int_case(*mk, n, dtype, hash((mk, n, stages)) % 1000)
-    y = ops.sparse24_decode_mm(x, *packed(w, mask), mk[0], bias, splits=splits, stages=stages)
+@pytest.mark.parametrize("n", [1, 33, 64, 100])
+def test_two_tiles_per_warp_variant_exact(dtype, mk, n):
+    w, mask, x, bias = int_case(*mk, n, dtype, hash((mk, n, 2)) % 1000)
+    y = ops.sparse24_decode_mm(x, *packed(w, mask), mk[0], bias, tiles_per_warp=2)
     assert torch.equal(y, reference(x, w, mask, bias))
 
 
@@ -90,7 +85,7 @@ def test_opcheck():
     values, meta = ops.sparse24_compress(w, mask)
     torch.library.opcheck(torch.ops.spmm._sparse24_decode_pack, (values, meta, 0))
     dv, dm = ops.sparse24_decode_pack(values, meta)
-    torch.library.opcheck(torch.ops.spmm._sparse24_decode_mm, (x, dv, dm, 64, bias, 0, 0))
+    torch.library.opcheck(torch.ops.spmm._sparse24_decode_mm, (x, dv, dm, 64, bias, 1))
     torch.library.opcheck(torch.ops.spmm.sparse24_mm, (x, values, meta, bias))
 
 
@@ -116,9 +111,7 @@ def test_rejects_bad_input():
         ops.sparse24_decode_mm(x.bfloat16(), dv, dm, 64)
     with pytest.raises(ValueError, match=r"do not hold the decode layout of a 80 x 256 weight"):
         ops.sparse24_decode_mm(x, dv, dm, 80)
-    with pytest.raises(ValueError, match=r"`stages` must be 0 \(default\) or 2..5, got 1"):
-        ops.sparse24_decode_mm(x, dv, dm, 64, stages=1)
-    with pytest.raises(ValueError, match=r"`splits` must be 0 \(default\) or 1..2 \(K / 128 rounded up\), got 3"):
-        ops.sparse24_decode_mm(x, dv, dm, 64, splits=3)
+    with pytest.raises(ValueError, match=r"`tiles_per_warp` must be 1 or 2, got 3"):
+        ops.sparse24_decode_mm(x, dv, dm, 64, tiles_per_warp=3)
     with pytest.raises(TypeError, match=r"`x` must be float16 or bfloat16"):
         ops.sparse24_decode_mm(x.float(), dv.float(), dm, 64)

@@ -37,8 +37,7 @@ std::tuple<at::Tensor, at::Tensor> sparse24_decode_pack_cuda(const at::Tensor& v
 }
 
 at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalues, const at::Tensor& dmeta,
-                                   int64_t out_features, const std::optional<at::Tensor>& bias, int64_t splits,
-                                   int64_t stages) {
+                                   int64_t out_features, const std::optional<at::Tensor>& bias, int64_t tiles_per_warp) {
   constexpr const char* op = "spmm::_sparse24_decode_mm";
   check_activation(op, x);
   check_half_dtype(op, "x", x);
@@ -72,17 +71,13 @@ at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalue
   p.m = m;
   p.n = n;
   p.k = xk.size(1);
-  TORCH_CHECK_VALUE(stages == 0 || (stages >= 2 && stages <= kernels::kDecodeMaxStages), op,
-                    ": `stages` must be 0 (default) or 2..", kernels::kDecodeMaxStages, ", got ", stages);
-  TORCH_CHECK_VALUE(splits >= 0 && splits <= std::max<int64_t>(shape.chunks, 1), op,
-                    ": `splits` must be 0 (default) or 1..", std::max<int64_t>(shape.chunks, 1),
-                    " (K / 128 rounded up), got ", splits);
-  p.stages = static_cast<int>(stages);
-  p.splits = splits > 0 ? static_cast<int>(splits)
-                        : kernels::sparse24_decode_splits(m, n, k, at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
-                                                          p.stages);
+  TORCH_CHECK_VALUE(tiles_per_warp == 1 || tiles_per_warp == 2, op, ": `tiles_per_warp` must be 1 or 2, got ",
+                    tiles_per_warp);
+  p.tiles_per_warp = static_cast<int>(tiles_per_warp);
+  p.splits = kernels::sparse24_decode_splits(m, n, k, at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
+                                             p.tiles_per_warp);
   p.dtype = kernel_dtype(x.scalar_type());
-  const size_t ws = kernels::sparse24_decode_workspace_bytes(m, n, p.k, p.splits);
+  const size_t ws = kernels::sparse24_decode_workspace_bytes(m, n, p.k, p.splits, p.tiles_per_warp);
   at::Tensor workspace = at::empty({static_cast<int64_t>(ws)}, x.options().dtype(at::kByte));
   p.workspace = ws ? workspace.data_ptr() : nullptr;
   check_cuda(op, kernels::sparse24_decode_mm(p, at::cuda::getCurrentCUDAStream()));

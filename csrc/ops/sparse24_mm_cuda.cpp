@@ -27,7 +27,7 @@ at::Tensor sparse24_mm_cuda(const at::Tensor& x, const at::Tensor& values, const
   }
 #endif
   const auto [dvalues, dmeta] = sparse24_decode_pack_cuda(values, meta, 0);
-  return sparse24_decode_mm_cuda(x, dvalues, dmeta, m, bias, 0, 0);
+  return sparse24_decode_mm_cuda(x, dvalues, dmeta, m, bias, 1);
 }
 
 }  // namespace

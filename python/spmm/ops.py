@@ -72,13 +72,12 @@ def sparse24_decode_mm(
     dmeta: Tensor,
     out_features: int,
     bias: Optional[Tensor] = None,
-    splits: int = 0,
-    stages: int = 0,
+    tiles_per_warp: int = 1,
 ) -> Tensor:
     """y = x @ W.T (+ bias) with W in the decode layout: the weight-streaming mma.sp kernel (CUDA, fp16/bf16).
-    Tuning knobs (0 = the kernel's own choice, which layers use): `splits`, the split-K factor (1..ceil(K/128));
-    `stages`, the depth of the global -> shared memory ring (2..5)."""
-    return _ops._sparse24_decode_mm(x, dvalues, dmeta, out_features, bias, splits, stages)
+    tiles_per_warp (1 or 2): 16-row tiles each warp streams at once; a tuning knob (1, the default, measured
+    faster on the H100 at every token count: csrc/kernels/sparse24/NOTES.md)."""
+    return _ops._sparse24_decode_mm(x, dvalues, dmeta, out_features, bias, tiles_per_warp)
 
 
 def sparse24_sm90_pack(values: Tensor, meta: Tensor) -> Tuple[Tensor, Tensor]:
@@ -169,7 +168,7 @@ def _sparse24_decode_pack_fake(values, meta, meta_layout=0):
 
 
 @torch.library.register_fake("spmm::_sparse24_decode_mm")
-def _sparse24_decode_mm_fake(x, dvalues, dmeta, out_features, bias, splits=0, stages=0):
+def _sparse24_decode_mm_fake(x, dvalues, dmeta, out_features, bias, tiles_per_warp=1):
     return x.new_empty(*x.shape[:-1], out_features)
 
 

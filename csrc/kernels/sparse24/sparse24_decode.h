@@ -24,7 +24,6 @@ namespace spmm::kernels {
 constexpr int64_t kDecodeTileRows = 16;    // rows of W per warp tile (mma m)
 constexpr int64_t kDecodeChunkK = 128;     // columns of W per pipeline chunk (4 x mma k32)
 constexpr int64_t kDecodeMaxTokens = 64;   // tokens per launch; the launcher slices larger N
-constexpr int kDecodeMaxStages = 5;        // deepest global -> shared memory ring the kernels are built with
 
 struct Sparse24DecodeShape {
   int64_t row_tiles;  // ceil(M / 16)
@@ -59,17 +58,16 @@ struct Sparse24DecodeParams {
   void* workspace;      // sparse24_decode_workspace_bytes(...) bytes (split-K partials + counters), or nullptr if 0
   int64_t m, n, k;
   int splits;           // from sparse24_decode_splits()
-  int stages;           // depth of the cp.async ring, 2 .. kDecodeMaxStages, or 0 for the default (the deepest that
-                        // lets two blocks share an SM); a tuning knob, the default is what layers use
+  int tiles_per_warp;   // 1 or 2 row tiles of 16 rows streamed by each warp (2 share each x fragment: less
+                        // shared-memory traffic per weight byte, more registers); splits and workspace depend on it
   DType dtype;          // kFloat16 or kBFloat16
   int* counters;        // set by the launcher (inside the workspace); callers leave it null
 };
 
-// The ring depth a launch of n tokens uses for `requested` (Sparse24DecodeParams::stages).
-int sparse24_decode_stages(int64_t n, int requested = 0);
 // Split-K factor for (m, n, k) on a device with num_sms multiprocessors: enough blocks for every SM to stream.
-int sparse24_decode_splits(int64_t m, int64_t n, int64_t k, int num_sms, int stages = 0);
-size_t sparse24_decode_workspace_bytes(int64_t m, int64_t n, int64_t k, int splits);
+int sparse24_decode_splits(int64_t m, int64_t n, int64_t k, int num_sms, int tiles_per_warp = 1);
+
+size_t sparse24_decode_workspace_bytes(int64_t m, int64_t n, int64_t k, int splits, int tiles_per_warp = 1);
 
 // Enqueues y = x W^T (+ bias) on `stream`. cudaErrorInvalidValue for arguments it cannot take.
 cudaError_t sparse24_decode_mm(const Sparse24DecodeParams& p, cudaStream_t stream);

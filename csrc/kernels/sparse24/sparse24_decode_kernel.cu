@@ -1,16 +1,15 @@
 // The decode kernel of sparse24_decode.h and its layout packer.
 //
-// Block: 8 warps over 128 rows of W (8 row tiles of 16) and the block's slice of K (split blockIdx.x of `splits`).
-// Per chunk of 128 columns, the block copies the 8 tiles' A fragments and metadata (18 KB) and x's 128 columns
-// global -> shared memory with cp.async into a ring of `stages` buffers; the warps (arranged by token count, see
-// DecodeConfig) read A fragments with 16-byte shared loads and x through ldmatrix, and run mma.sp.
+// Block: 8 warps; warp w owns 1 or 2 consecutive row tiles of 16 rows (tiles_per_warp) over the block's slice of K
+// (split blockIdx.x of `splits`). Per chunk of 128 columns, every lane streams its A fragments and metadata
+// straight from global memory into registers (one chunk ahead), while the block stages x's chunk in shared
+// memory with cp.async (double-buffered, zero-filled past N and K) and feeds it to mma.sp through ldmatrix.
 // With splits > 1, each block leaves fp32 partials in the workspace and the last block of a row group to finish
 // (a counter per group) sums them in split order -- one launch, deterministic -- adds the bias and writes y.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
-#include <atomic>
 #include <climits>
 
 #include "kernels/common/ptx.cuh"
@@ -96,135 +95,110 @@ __device__ __forceinline__ float bias_at(const T* bias, int64_t m) {
   return bias ? static_cast<float>(bias[m]) : 0.0f;
 }
 
-constexpr int kBlockTiles = 8;                                 // row tiles per block
-constexpr int kRowsPerBlock = kBlockTiles * kDecodeTileRows;   // 128
-constexpr int kTileValueVecs = kSteps * 32;                    // uint4 of values per (tile, chunk): 2 KB
-constexpr int kTileMetaVecs = 16;                              // uint4 of metadata per (tile, chunk): 256 B
-constexpr int kStageWeightVecs = kBlockTiles * (kTileValueVecs + kTileMetaVecs);  // 18 KB of weights per stage
-
-// How the 8 warps share a block's 128 rows x `kTokens` tokens: kWarpsM x kWarpsN warps, each kMT row tiles by
-// kNT token tiles. More warps along N means each A fragment (read once from shared memory) feeds fewer mma,
-// but each B fragment feeds kMT of them: the shared-memory bytes per weight byte stay about 2 at every N.
-template <int kWarpsM_, int kMT_, int kNT_>
-struct DecodeConfig {
-  static constexpr int kWarpsM = kWarpsM_, kWarpsN = kWarps / kWarpsM_, kMT = kMT_, kNT = kNT_;
-  static constexpr int kTokens = kWarpsN * kNT * 8;
-  static constexpr int kXVecs = kTokens * (kDecodeChunkK / 8);
-  static constexpr int kStageVecs = kStageWeightVecs + kTokens * kXPitch * 2 / 16;
-  static_assert(kWarpsM * kMT == kBlockTiles, "the warps must cover the block's row tiles");
-};
-using Tokens8 = DecodeConfig<8, 1, 1>;
-using Tokens16 = DecodeConfig<4, 2, 1>;
-using Tokens32 = DecodeConfig<4, 2, 2>;
-using Tokens64 = DecodeConfig<4, 2, 4>;
-
-// One block: 128 rows of W over the chunks [c_begin, c_end) of its split. Every chunk's weights (values and
-// metadata of the 8 row tiles) and x's 128 columns go global -> shared memory through a kStages-deep cp.async
-// ring, so kStages - 1 chunks are in flight while the warps run mma.sp on the oldest: the bytes in flight no longer
-// depend on registers or on how long the mma take.
-template <typename T, typename Cfg, int kStages>
+// kNTiles: 8-token column tiles (N <= 8 * kNTiles); kTilesPerWarp: 16-row tiles each warp streams at once, which
+// share every B fragment (one ldmatrix feeds kTilesPerWarp mma.sp) and one x stage per 128 * kTilesPerWarp rows.
+template <typename T, int kNTiles, int kTilesPerWarp>
 __global__ void __launch_bounds__(kThreads) decode_mm_kernel(Sparse24DecodeParams p, Sparse24DecodeShape s) {
-  extern __shared__ uint4 smem[];  // [kStages][values | metadata | x rows]
+  constexpr int kXRows = kNTiles * 8;
+  constexpr int kRowsPerBlock = kWarps * kTilesPerWarp * kDecodeTileRows;
+  extern __shared__ uint4 smem[];
+  T* xs = reinterpret_cast<T*>(smem);  // [2][kXRows][kXPitch]
   __shared__ int is_last_block;
+
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int wm = warp % Cfg::kWarpsM, wn = warp / Cfg::kWarpsM;
   const int64_t group = blockIdx.y, split = blockIdx.x;
-  const int64_t tile0 = group * kBlockTiles;  // first row tile of the block
+  const int64_t first_tile = (group * kWarps + warp) * kTilesPerWarp;
+  bool has_tile[kTilesPerWarp];
+#pragma unroll
+  for (int t = 0; t < kTilesPerWarp; ++t) has_tile[t] = first_tile + t < s.row_tiles;
   const int64_t c_begin = split * s.chunks / p.splits, c_end = (split + 1) * s.chunks / p.splits;
   const T* x = static_cast<const T*>(p.x);
-  const uint4* wvalues = static_cast<const uint4*>(p.dvalues);
-  const uint4* wmeta = static_cast<const uint4*>(p.dmeta);
+  const uint4* wv = static_cast<const uint4*>(p.dvalues) + first_tile * s.chunks * kSteps * 32 + lane;
+  const uint4* wm = static_cast<const uint4*>(p.dmeta) + first_tile * s.chunks * 16 + (lane / 4) * 2 + lane % 4;
+  const bool meta_lane = lane % 4 < 2;
 
-  auto load_stage = [&](int64_t chunk, int stage) {
-    uint4* dst = smem + stage * Cfg::kStageVecs;
-    for (int v = threadIdx.x; v < kStageWeightVecs; v += kThreads) {
-      const bool is_value = v < kBlockTiles * kTileValueVecs;
-      const int u = is_value ? v : v - kBlockTiles * kTileValueVecs;
-      const int per_tile = is_value ? kTileValueVecs : kTileMetaVecs;
-      const int64_t tile = tile0 + u / per_tile;
-      const uint4* src = (is_value ? wvalues : wmeta) + (tile * s.chunks + chunk) * per_tile + u % per_tile;
-      const bool inside = tile < s.row_tiles;  // the last block's tiles past M are never read (see has_tile)
-      ptx::cp_async_16(dst + v, inside ? src : wvalues, inside ? 16 : 0);
-    }
-    T* xs = reinterpret_cast<T*>(dst + kStageWeightVecs);
-    for (int v = threadIdx.x; v < Cfg::kXVecs; v += kThreads) {
+  auto stage_x = [&](int64_t chunk, int buf) {
+    for (int v = threadIdx.x; v < kXRows * (kDecodeChunkK / 8); v += kThreads) {
       const int row = v / (kDecodeChunkK / 8), col = (v % (kDecodeChunkK / 8)) * 8;
       const int64_t k = chunk * kDecodeChunkK + col;
       const bool inside = row < p.n && k < p.k;  // k % 8 == 0: a vector is wholly inside or outside
-      ptx::cp_async_16(xs + row * kXPitch + col, inside ? x + row * p.x_ld + k : x, inside ? 16 : 0);
+      ptx::cp_async_16(xs + (buf * kXRows + row) * kXPitch + col, inside ? x + row * p.x_ld + k : x, inside ? 16 : 0);
+    }
+    ptx::cp_async_commit();
+  };
+  auto load_w = [&](int64_t chunk, uint4 (&a)[kTilesPerWarp][kSteps], uint4 (&meta)[kTilesPerWarp]) {
+#pragma unroll
+    for (int t = 0; t < kTilesPerWarp; ++t) {
+      if (!has_tile[t]) continue;
+      const int64_t base = t * s.chunks + chunk;  // tiles are consecutive in the layout
+#pragma unroll
+      for (int step = 0; step < kSteps; ++step) a[t][step] = ptx::load_streaming(wv + (base * kSteps + step) * 32);
+      meta[t] = meta_lane ? ptx::load_streaming(wm + base * 16) : make_uint4(0, 0, 0, 0);
     }
   };
 
-  bool has_tile[Cfg::kMT];  // warp-uniform: tiles past the weight's last row tile are skipped
-#pragma unroll
-  for (int mt = 0; mt < Cfg::kMT; ++mt) has_tile[mt] = tile0 + wm * Cfg::kMT + mt < s.row_tiles;
-  bool has_tokens[Cfg::kNT];  // warp-uniform: token tiles wholly past N are skipped
-#pragma unroll
-  for (int nt = 0; nt < Cfg::kNT; ++nt) has_tokens[nt] = (wn * Cfg::kNT + nt) * 8 < p.n;
-  const bool meta_lane = lane % 4 < 2;
-
-  float acc[Cfg::kMT][Cfg::kNT][4] = {};
-  const int64_t count = c_end - c_begin;
-#pragma unroll
-  for (int stage = 0; stage < kStages - 1; ++stage) {
-    if (stage < count) load_stage(c_begin + stage, stage);
-    ptx::cp_async_commit();  // empty groups keep the wait count below uniform
+  float acc[kTilesPerWarp][kNTiles][4] = {};
+  uint4 a_cur[kTilesPerWarp][kSteps], a_next[kTilesPerWarp][kSteps], m_cur[kTilesPerWarp], m_next[kTilesPerWarp];
+  if (c_begin < c_end) {
+    stage_x(c_begin, 0);
+    load_w(c_begin, a_cur, m_cur);
   }
-  for (int64_t i = 0; i < count; ++i) {
-    ptx::cp_async_wait<kStages - 2>();  // chunk i has landed (for this thread) ...
-    __syncthreads();                   // ... for every thread; and everyone is done with chunk i - 1's stage
-    if (i + kStages - 1 < count) load_stage(c_begin + i + kStages - 1, (i + kStages - 1) % kStages);
-    ptx::cp_async_commit();
-
-    const uint4* stage = smem + (i % kStages) * Cfg::kStageVecs;
-    const T* xs = reinterpret_cast<const T*>(stage + kStageWeightVecs);
-    uint4 meta[Cfg::kMT];
-#pragma unroll
-    for (int mt = 0; mt < Cfg::kMT; ++mt) {
-      const int tile = wm * Cfg::kMT + mt;
-      meta[mt] = meta_lane ? stage[kBlockTiles * kTileValueVecs + tile * kTileMetaVecs + (lane / 4) * 2 + lane % 4]
-                           : make_uint4(0, 0, 0, 0);
+  for (int64_t c = c_begin; c < c_end; ++c) {
+    const int buf = (c - c_begin) & 1;
+    const bool more = c + 1 < c_end;
+    if (more) {
+      stage_x(c + 1, buf ^ 1);  // buf ^ 1 was last read before the previous iteration's closing barrier
+      load_w(c + 1, a_next, m_next);
+      ptx::cp_async_wait<1>();
+    } else {
+      ptx::cp_async_wait<0>();
     }
+    __syncthreads();
+    if (has_tile[0]) {
 #pragma unroll
-    for (int step = 0; step < kSteps; ++step) {
-      uint4 a[Cfg::kMT];
+      for (int step = 0; step < kSteps; ++step) {
 #pragma unroll
-      for (int mt = 0; mt < Cfg::kMT; ++mt) a[mt] = stage[((wm * Cfg::kMT + mt) * kSteps + step) * 32 + lane];
+        for (int nt = 0; nt < kNTiles; ++nt) {
+          uint32_t b[4];  // x rows nt*8 .. +7, columns step*32 .. +31: matrix j covers columns 8j .. 8j+7
+          ptx::ldmatrix_x4(b, xs + (buf * kXRows + nt * 8 + lane % 8) * kXPitch + step * 32 + (lane / 8) * 8);
 #pragma unroll
-      for (int nt = 0; nt < Cfg::kNT; ++nt) {
-        if (!has_tokens[nt]) continue;
-        uint32_t b[4];  // x rows (token tile) .. +7, columns step*32 .. +31: matrix j covers columns 8j .. 8j+7
-        ptx::ldmatrix_x4(b, xs + ((wn * Cfg::kNT + nt) * 8 + lane % 8) * kXPitch + step * 32 + (lane / 8) * 8);
-#pragma unroll
-        for (int mt = 0; mt < Cfg::kMT; ++mt) {
-          const uint32_t m = step == 0 ? meta[mt].x : step == 1 ? meta[mt].y : step == 2 ? meta[mt].z : meta[mt].w;
-          if (has_tile[mt]) ptx::mma_sp_16832<T>(acc[mt][nt], a[mt], b, m);
+          for (int t = 0; t < kTilesPerWarp; ++t) {
+            const uint32_t meta = step == 0 ? m_cur[t].x : step == 1 ? m_cur[t].y : step == 2 ? m_cur[t].z : m_cur[t].w;
+            if (has_tile[t]) ptx::mma_sp_16832<T>(acc[t][nt], a_cur[t][step], b, meta);
+          }
         }
       }
     }
+    __syncthreads();
+    if (more) {
+#pragma unroll
+      for (int t = 0; t < kTilesPerWarp; ++t) {
+#pragma unroll
+        for (int step = 0; step < kSteps; ++step) a_cur[t][step] = a_next[t][step];
+        m_cur[t] = m_next[t];
+      }
+    }
   }
-  ptx::cp_async_wait<0>();  // nothing real is pending (only empty groups); leave no copy behind the block's exit
 
-  // Accumulator fragment: acc[mt][nt][i] is W row g (+8 for i >= 2) of the tile times token 2q (+1 for odd i).
+  // Accumulator fragment: acc[t][nt][i] is W row g (+8 for i >= 2) of tile t times token nt*8 + 2q (+1 for odd i).
   const int g = lane / 4, q = lane % 4;
   const T* bias = static_cast<const T*>(p.bias);
   T* y = static_cast<T*>(p.y);
   const int64_t mp = s.row_tiles * kDecodeTileRows;
   float* partials = static_cast<float*>(p.workspace);
 #pragma unroll
-  for (int mt = 0; mt < Cfg::kMT; ++mt) {
-    if (!has_tile[mt]) continue;
+  for (int t = 0; t < kTilesPerWarp; ++t) {
+    if (!has_tile[t]) continue;
 #pragma unroll
-    for (int nt = 0; nt < Cfg::kNT; ++nt) {
+    for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int64_t m = (tile0 + wm * Cfg::kMT + mt) * kDecodeTileRows + g + (i >= 2 ? 8 : 0);
-        const int64_t n = (wn * Cfg::kNT + nt) * 8 + 2 * q + (i & 1);
+        const int64_t m = (first_tile + t) * kDecodeTileRows + g + (i >= 2 ? 8 : 0), n = nt * 8 + 2 * q + (i & 1);
         if (n >= p.n) continue;
         if (p.splits == 1) {
-          if (m < p.m) y[n * p.y_ld + m] = from_float<T>(acc[mt][nt][i] + bias_at(bias, m));
+          if (m < p.m) y[n * p.y_ld + m] = from_float<T>(acc[t][nt][i] + bias_at(bias, m));
         } else {
-          partials[(split * p.n + n) * mp + m] = acc[mt][nt][i];
+          partials[(split * p.n + n) * mp + m] = acc[t][nt][i];
         }
       }
     }
@@ -232,94 +206,53 @@ __global__ void __launch_bounds__(kThreads) decode_mm_kernel(Sparse24DecodeParam
   if (p.splits == 1) return;
 
   // Split-K: the last block of this row group to arrive sums every split's partials, in split order.
+  int* counters = p.counters;
   __threadfence();
   __syncthreads();
-  if (threadIdx.x == 0) is_last_block = atomicAdd(&p.counters[group], 1) == p.splits - 1;
+  if (threadIdx.x == 0) is_last_block = atomicAdd(&counters[group], 1) == p.splits - 1;
   __syncthreads();
   if (!is_last_block) return;
   __threadfence();
-  constexpr int kVecsPerToken = kRowsPerBlock / 4;  // float4 of partials per token; mp % 16 == 0 keeps them whole
-  for (int64_t idx = threadIdx.x; idx < p.n * kVecsPerToken; idx += kThreads) {
-    const int64_t n = idx / kVecsPerToken, m = tile0 * kDecodeTileRows + (idx % kVecsPerToken) * 4;
+  const int64_t row0 = group * kRowsPerBlock;
+  for (int64_t idx = threadIdx.x; idx < p.n * kRowsPerBlock; idx += kThreads) {
+    const int64_t n = idx / kRowsPerBlock, m = row0 + idx % kRowsPerBlock;
     if (m >= p.m) continue;
-    float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int sp = 0; sp < p.splits; ++sp) {
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(partials + (sp * p.n + n) * mp + m));
-      sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
-    }
-    const float r[4] = {sum.x, sum.y, sum.z, sum.w};
-    for (int j = 0; j < 4 && m + j < p.m; ++j) y[n * p.y_ld + m + j] = from_float<T>(r[j] + bias_at(bias, m + j));
+    float sum = 0.0f;
+    for (int sp = 0; sp < p.splits; ++sp) sum += __ldcg(partials + (sp * p.n + n) * mp + m);
+    y[n * p.y_ld + m] = from_float<T>(sum + bias_at(bias, m));
   }
-  if (threadIdx.x == 0) p.counters[group] = 0;  // leaves the counters zeroed for the next slice of a larger N
+  if (threadIdx.x == 0) counters[group] = 0;  // leaves the counters zeroed for the next launch
 }
 
-// ------------------------------------------------------------------------------------------------ host ---------
-constexpr size_t kSmemPerSm = 228 * 1024, kSmemReservedPerBlock = 1024;  // sm_80 (164 KB) is handled at launch
-
-template <typename Cfg>
-constexpr size_t smem_bytes(int stages) {
-  return static_cast<size_t>(stages) * Cfg::kStageVecs * 16;
+template <int kNTiles>
+constexpr size_t smem_bytes() {
+  return 2 * kNTiles * 8 * kXPitch * 2;
 }
 
-// Default ring depth: the deepest that still lets two blocks share an SM (two blocks hide each other's epilogue).
-template <typename Cfg>
-constexpr int default_stages() {
-  int stages = 2;
-  while (stages < kDecodeMaxStages && 2 * (smem_bytes<Cfg>(stages + 1) + kSmemReservedPerBlock) <= kSmemPerSm) ++stages;
-  return stages;
+int64_t rows_per_block(int tiles_per_warp) { return int64_t{kWarps} * tiles_per_warp * kDecodeTileRows; }
+
+int64_t row_groups(const Sparse24DecodeShape& s, int tiles_per_warp) {
+  return (s.row_tiles + kWarps * tiles_per_warp - 1) / (kWarps * tiles_per_warp);
 }
 
-// The warp arrangement for a launch slice of n tokens (n <= kDecodeMaxTokens).
-template <typename F>
-auto with_config(int64_t n, F&& f) {
-  if (n <= Tokens8::kTokens) return f(Tokens8{});
-  if (n <= Tokens16::kTokens) return f(Tokens16{});
-  if (n <= Tokens32::kTokens) return f(Tokens32{});
-  return f(Tokens64{});
-}
-
-int64_t row_groups(const Sparse24DecodeShape& s) { return (s.row_tiles + kBlockTiles - 1) / kBlockTiles; }
-
-int stages_for(int64_t n, int requested) {
-  if (requested >= 2) return requested;
-  return with_config(n, [](auto cfg) { return default_stages<decltype(cfg)>(); });
-}
-
-template <typename T, typename Cfg, int kStages>
-cudaError_t launch_kernel(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, cudaStream_t stream) {
-  constexpr size_t smem = smem_bytes<Cfg>(kStages);
-  auto* kernel = decode_mm_kernel<T, Cfg, kStages>;
-  // The opt-in to more than 48 KB of shared memory is per device; remember which devices have it (<= 64).
-  static std::atomic<uint64_t> opted_in{0};
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  const uint64_t bit = uint64_t{1} << (device & 63);
-  if (!(opted_in.load(std::memory_order_relaxed) & bit)) {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (err != cudaSuccess) return err;  // e.g. more stages than this device's shared memory holds
-    opted_in.fetch_or(bit, std::memory_order_relaxed);
-  }
-  const dim3 grid(p.splits, static_cast<unsigned>(row_groups(s)));
-  kernel<<<grid, kThreads, smem, stream>>>(p, s);
+template <typename T, int kNTiles, int kTilesPerWarp>
+cudaError_t launch_tiles(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, cudaStream_t stream) {
+  const dim3 grid(p.splits, static_cast<unsigned>(row_groups(s, kTilesPerWarp)));
+  decode_mm_kernel<T, kNTiles, kTilesPerWarp><<<grid, kThreads, smem_bytes<kNTiles>(), stream>>>(p, s);
   return cudaGetLastError();
 }
 
-template <typename T, typename Cfg>
-cudaError_t launch_stages(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, int stages,
-                          cudaStream_t stream) {
-  switch (stages) {
-    case 2: return launch_kernel<T, Cfg, 2>(p, s, stream);
-    case 3: return launch_kernel<T, Cfg, 3>(p, s, stream);
-    case 4: return launch_kernel<T, Cfg, 4>(p, s, stream);
-    case 5: return launch_kernel<T, Cfg, 5>(p, s, stream);
-    default: return cudaErrorInvalidValue;
-  }
+template <typename T, int kTilesPerWarp>
+cudaError_t launch_n(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, cudaStream_t stream) {
+  if (p.n <= 8) return launch_tiles<T, 1, kTilesPerWarp>(p, s, stream);
+  if (p.n <= 16) return launch_tiles<T, 2, kTilesPerWarp>(p, s, stream);
+  if (p.n <= 32) return launch_tiles<T, 4, kTilesPerWarp>(p, s, stream);
+  return launch_tiles<T, 8, kTilesPerWarp>(p, s, stream);
 }
 
 template <typename T>
-cudaError_t launch(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, int stages, cudaStream_t stream) {
-  return with_config(p.n, [&](auto cfg) { return launch_stages<T, decltype(cfg)>(p, s, stages, stream); });
+cudaError_t launch(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, cudaStream_t stream) {
+  return p.tiles_per_warp == 2 ? launch_n<T, 2>(p, s, stream) : launch_n<T, 1>(p, s, stream);
 }
 
 }  // namespace
@@ -336,46 +269,39 @@ cudaError_t sparse24_decode_pack(const Sparse24DecodePackParams& p, cudaStream_t
   return cudaGetLastError();
 }
 
-int sparse24_decode_stages(int64_t n, int requested) {
-  return stages_for(std::min<int64_t>(std::max<int64_t>(n, 1), kDecodeMaxTokens), requested);
-}
-
-int sparse24_decode_splits(int64_t m, int64_t n, int64_t k, int num_sms, int stages) {
+int sparse24_decode_splits(int64_t m, int64_t n, int64_t k, int num_sms, int tiles_per_warp) {
   const Sparse24DecodeShape s = sparse24_decode_shape(m, k);
-  const int64_t tokens = std::min<int64_t>(std::max<int64_t>(n, 1), kDecodeMaxTokens);
-  stages = sparse24_decode_stages(tokens, stages);
-  const size_t smem = with_config(tokens, [&](auto cfg) { return smem_bytes<decltype(cfg)>(stages); });
-  const int64_t per_sm = std::clamp<int64_t>(kSmemPerSm / (smem + kSmemReservedPerBlock), 1, 3);
-  const int64_t groups = row_groups(s), slots = std::max(num_sms, 1) * per_sm;
-  // Time ~ waves x (chunks per block + one chunk of pipeline fill), plus the split-K partials' round trip (fp32,
-  // written by every block) and the serial read of all splits by the last block (from L2, ~3x faster than HBM).
-  // The smallest split at the best estimate wins.
-  const double chunk_bytes = kRowsPerBlock * kDecodeChunkK * 1.125;
+  const int64_t groups = row_groups(s, tiles_per_warp), rows = rows_per_block(tiles_per_warp);
+  // ~2 resident blocks per SM with one tile per warp (<= 126 registers), ~1 with two.
+  const int64_t slots = static_cast<int64_t>(std::max(num_sms, 1)) * (tiles_per_warp == 2 ? 1 : 2);
+  // Time ~ waves x chunks per block, plus the split-K partials' round trip (fp32, N x rows per block); the
+  // smallest split at the best estimate wins.
   int best = 1;
   double best_cost = 0;
   for (int splits = 1; splits <= std::min<int64_t>(s.chunks, 32); ++splits) {
     const double waves = static_cast<double>((groups * splits + slots - 1) / slots);
-    const double partial_bytes = splits > 1 ? tokens * kRowsPerBlock * 4.0 : 0.0;
-    const double cost = waves * (((s.chunks + splits - 1) / splits + 1) * chunk_bytes + 2 * partial_bytes) +
-                        splits * partial_bytes / 3;
+    const double chunk_bytes = rows * kDecodeChunkK * 1.125;
+    const double reduce_bytes = splits > 1 ? 2.0 * std::min<int64_t>(n, kDecodeMaxTokens) * rows * 4 : 0;
+    const double cost = waves * ((s.chunks + splits - 1) / splits * chunk_bytes + reduce_bytes);
     if (splits == 1 || cost < best_cost * 0.98) best = splits, best_cost = cost;
   }
   return best;
 }
 
-size_t sparse24_decode_workspace_bytes(int64_t m, int64_t n, int64_t k, int splits) {
+size_t sparse24_decode_workspace_bytes(int64_t m, int64_t n, int64_t k, int splits, int tiles_per_warp) {
   if (splits <= 1) return 0;
   const Sparse24DecodeShape s = sparse24_decode_shape(m, k);
   const int64_t tokens = std::min<int64_t>(n, kDecodeMaxTokens);
   return static_cast<size_t>(splits) * tokens * s.row_tiles * kDecodeTileRows * sizeof(float) +
-         static_cast<size_t>(row_groups(s)) * sizeof(int);
+         static_cast<size_t>(row_groups(s, tiles_per_warp)) * sizeof(int);
 }
 
 cudaError_t sparse24_decode_mm(const Sparse24DecodeParams& p, cudaStream_t stream) {
   const Sparse24DecodeShape s = sparse24_decode_shape(p.m, p.k);
   if (p.m < 0 || p.n < 0 || p.k < 0 || p.k % 8 != 0 || p.x_ld % 8 != 0 || p.splits < 1 ||
-      p.splits > std::max<int64_t>(s.chunks, 1) || p.stages < 0 || p.stages == 1 || p.stages > kDecodeMaxStages ||
-      row_groups(s) > 65535 || (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) ||
+      p.splits > std::max<int64_t>(s.chunks, 1) || (p.tiles_per_warp != 1 && p.tiles_per_warp != 2) ||
+      row_groups(s, p.tiles_per_warp) > 65535 ||
+      (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) ||
       reinterpret_cast<uintptr_t>(p.x) % 16 != 0 || (p.splits > 1 && p.workspace == nullptr))
     return cudaErrorInvalidValue;
   if (p.m == 0 || p.n == 0) return cudaSuccess;
@@ -383,8 +309,8 @@ cudaError_t sparse24_decode_mm(const Sparse24DecodeParams& p, cudaStream_t strea
   if (p.splits > 1) {
     // The counters sit after the partials of 64 tokens, the most one launch holds. They start at zero, and the
     // last block of each group leaves them zeroed again (also for the next slice of a larger N).
-    const size_t bytes = sparse24_decode_workspace_bytes(p.m, p.n, p.k, p.splits);
-    const size_t counters = row_groups(s) * sizeof(int);
+    const size_t bytes = sparse24_decode_workspace_bytes(p.m, p.n, p.k, p.splits, p.tiles_per_warp);
+    const size_t counters = row_groups(s, p.tiles_per_warp) * sizeof(int);
     q.counters = reinterpret_cast<int*>(static_cast<char*>(p.workspace) + bytes - counters);
     cudaError_t err = cudaMemsetAsync(q.counters, 0, counters, stream);
     if (err != cudaSuccess) return err;
@@ -396,9 +322,8 @@ cudaError_t sparse24_decode_mm(const Sparse24DecodeParams& p, cudaStream_t strea
     slice.n = std::min<int64_t>(kDecodeMaxTokens, p.n - n0);
     slice.x = static_cast<const char*>(p.x) + n0 * p.x_ld * elem;
     slice.y = static_cast<char*>(p.y) + n0 * p.y_ld * elem;
-    const int stages = sparse24_decode_stages(slice.n, p.stages);
-    const cudaError_t err = p.dtype == DType::kFloat16 ? launch<__half>(slice, s, stages, stream)
-                                                       : launch<__nv_bfloat16>(slice, s, stages, stream);
+    const cudaError_t err = p.dtype == DType::kFloat16 ? launch<__half>(slice, s, stream)
+                                                       : launch<__nv_bfloat16>(slice, s, stream);
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;
