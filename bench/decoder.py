@@ -60,17 +60,17 @@ class Attention(nn.Module):
     def __init__(self, c: DecoderConfig, **kw):
         super().__init__()
         self.c = c
-        self.q = nn.Linear(c.hidden, c.heads * c.head_dim, bias=False, **kw)
-        self.k = nn.Linear(c.hidden, c.n_kv * c.head_dim, bias=False, **kw)
-        self.v = nn.Linear(c.hidden, c.n_kv * c.head_dim, bias=False, **kw)
+        # q, k and v as one GEMM, as serving engines run them (and as bench/shapes.json's *.qkv layers are).
+        self.qkv = nn.Linear(c.hidden, (c.heads + 2 * c.n_kv) * c.head_dim, bias=False, **kw)
         self.o = nn.Linear(c.heads * c.head_dim, c.hidden, bias=False, **kw)
         self.k_cache = self.v_cache = None  # [B, kv_heads, max_len, head_dim], set by Decoder.setup_cache
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, mask: Tensor) -> Tensor:
         b, c = x.shape[0], self.c
-        q = self.q(x).view(b, 1, c.heads, c.head_dim).transpose(1, 2)
-        k = self.k(x).view(b, 1, c.n_kv, c.head_dim).transpose(1, 2)
-        v = self.v(x).view(b, 1, c.n_kv, c.head_dim).transpose(1, 2)
+        q, k, v = self.qkv(x).split([c.heads * c.head_dim, c.n_kv * c.head_dim, c.n_kv * c.head_dim], dim=-1)
+        q = q.reshape(b, 1, c.heads, c.head_dim).transpose(1, 2)
+        k = k.reshape(b, 1, c.n_kv, c.head_dim).transpose(1, 2)
+        v = v.reshape(b, 1, c.n_kv, c.head_dim).transpose(1, 2)
         q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
         self.k_cache.index_copy_(2, pos, k)  # write at the device-side position: no host sync, graph-safe
         self.v_cache.index_copy_(2, pos, v)

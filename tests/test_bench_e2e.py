@@ -68,7 +68,7 @@ def test_sparse_model_equals_dense_masked(variant):
             assert torch.equal(masked, torch.where(masked != 0, d.weight, 0))
         d.weight.copy_(masked)
         swapped += 1
-    assert swapped == 6 * 2  # q, k, v, o, gate_up, down in each of 2 blocks
+    assert swapped == 4 * 2  # qkv, o, gate_up, down in each of 2 blocks
     tokens = torch.tensor([[5], [917]])
     torch.testing.assert_close(_decode(sparse, tokens, 4), _decode(ref, tokens, 4))
 
@@ -95,9 +95,10 @@ def _full_forward(model, tokens):
     x = model.embed(tokens)
     for layer in model.layers:
         a, h = layer.attn, layer.attn_norm(x)
-        q = a.q(h).view(b, t, c.heads, c.head_dim).transpose(1, 2)
-        k = a.k(h).view(b, t, c.n_kv, c.head_dim).transpose(1, 2).repeat_interleave(c.heads // c.n_kv, dim=1)
-        v = a.v(h).view(b, t, c.n_kv, c.head_dim).transpose(1, 2).repeat_interleave(c.heads // c.n_kv, dim=1)
+        q, k, v = a.qkv(h).split([c.heads * c.head_dim, c.n_kv * c.head_dim, c.n_kv * c.head_dim], dim=-1)
+        q = q.reshape(b, t, c.heads, c.head_dim).transpose(1, 2)
+        k = k.reshape(b, t, c.n_kv, c.head_dim).transpose(1, 2).repeat_interleave(c.heads // c.n_kv, dim=1)
+        v = v.reshape(b, t, c.n_kv, c.head_dim).transpose(1, 2).repeat_interleave(c.heads // c.n_kv, dim=1)
         q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
         o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + a.o(o.transpose(1, 2).reshape(b, t, -1))

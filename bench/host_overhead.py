@@ -1,0 +1,115 @@
+"""python -m bench.host_overhead [--out DIR]   (CUDA; run from the repository root)
+
+Two costs that are not kernel time:
+- Host overhead per eager call: on a tiny layer (the GPU finishes each call sooner than the host can issue the
+  next), the wall time of back-to-back eager calls is the host's cost per call; the same call replayed in a CUDA
+  graph gives the GPU's own time, to show the loop is host bound. cuBLAS F.linear is the yardstick.
+- Packing: how long the GPU packers take for the linears of a Llama-2-7B model (4 layer shapes x 32 blocks),
+  timed on one block and multiplied by 32, for 2:4 (Sparse24Linear, with its kernel layouts) and 80% Tiled-CSL.
+Writes host_overhead.json to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import spmm
+from spmm.formats import TiledCSLWeight
+from spmm.nn import Sparse24Linear
+
+from .__main__ import device_name
+from .problems import mask_24, mask_random
+from .timing import Timer
+
+OUT = Path(__file__).with_name("out") / "host_overhead"
+LLAMA2_7B = [("qkv", 12288, 4096), ("o", 4096, 4096), ("gate_up", 22016, 4096), ("down", 4096, 11008)]
+
+
+def wall_us_per_call(fn, calls: int = 2000) -> float:
+    for _ in range(50):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / calls * 1e6
+
+
+def host_overhead(dtype) -> list:
+    m = k = 256
+    w = torch.randn(m, k, device="cuda", dtype=dtype)
+    mask = mask_24(w)
+    w = torch.where(mask, w, torch.zeros_like(w))
+    bias = torch.randn(m, device="cuda", dtype=dtype)
+    linear = torch.nn.Linear(k, m, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        linear.weight.copy_(w)
+        linear.bias.copy_(bias)
+    sparse24 = Sparse24Linear.from_dense(linear, mask)
+    tcsl = spmm.nn.TiledCSLLinear.from_dense(linear, mask)
+    x = torch.randn(1, k, device="cuda", dtype=dtype)
+    timer = Timer(torch.device("cuda"), reps=200, warmup=20, flush="none")
+    rows = []
+    for name, fn in [("cublas F.linear", lambda: F.linear(x, w, bias)),
+                     ("Sparse24Linear", lambda: sparse24(x)),
+                     ("spmm.ops.sparse24_decode_mm", lambda: spmm.ops.sparse24_decode_mm(
+                         x, sparse24.dvalues, sparse24.dmeta, m, bias)),
+                     ("TiledCSLLinear", lambda: tcsl(x))]:
+        with torch.no_grad():
+            host = wall_us_per_call(fn)
+            gpu = timer.time_us(timer.runner(fn, graph=True)[0])
+        rows.append(dict(call=name, shape=f"{m}x{k}", tokens=1, eager_wall_us_per_call=host, graph_gpu_us=gpu))
+        print(f"{name:30s} eager {host:6.1f} us/call   graph replay (GPU) {gpu:6.1f} us")
+    return rows
+
+
+def packing(dtype) -> list:
+    rows = []
+    for fmt in ("2:4 Sparse24Linear", "tiled_csl 80%"):
+        total = 0.0
+        for name, m, k in LLAMA2_7B:
+            w = torch.randn(m, k, device="cuda", dtype=dtype)
+            mask = mask_24(w) if fmt.startswith("2:4") else mask_random((m, k), 0.8, w.device)
+            linear = torch.nn.Linear(k, m, bias=False, device="cuda", dtype=dtype)
+            with torch.no_grad():
+                linear.weight.copy_(w)
+            pack = ((lambda: Sparse24Linear.from_dense(linear, mask)) if fmt.startswith("2:4")
+                    else (lambda: TiledCSLWeight.from_dense(w, mask)))
+            pack()  # first call: lazy CUDA init, allocator growth
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            pack()
+            torch.cuda.synchronize()
+            sec = time.perf_counter() - t0
+            total += sec
+            rows.append(dict(format=fmt, layer=name, M=m, K=k, seconds=sec))
+        rows.append(dict(format=fmt, layer="llama2-7b, 32 blocks", seconds=32 * total))
+        print(f"{fmt:20s} pack of Llama-2-7B's 128 block linears: {32 * total:.2f} s ({total * 1e3:.0f} ms per block)")
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.host_overhead", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=OUT)
+    a = p.parse_args()
+    if not torch.cuda.is_available():
+        print("host_overhead: needs a CUDA device")
+        return 1
+    dtype = torch.float16
+    result = dict(device=device_name(torch.device("cuda")), torch=torch.__version__,
+                  host_overhead=host_overhead(dtype), packing=packing(dtype))
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "host_overhead.json").write_text(json.dumps(result, indent=1))
+    print(f"wrote {a.out / 'host_overhead.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
