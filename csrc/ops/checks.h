@@ -59,12 +59,17 @@ inline int64_t leading_rows(const at::Tensor& x) {
   return n;
 }
 
+// A result [N, M] shaped like x's leading dims: [..., M].
+inline at::Tensor with_leading_dims_of(const at::Tensor& out, const at::Tensor& x) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = out.size(1);
+  return out.reshape(shape);
+}
+
 // fp64 result [N, M] -> (+ bias) in fp64, rounded once to x's dtype, shaped [..., M].
 inline at::Tensor finish_linear(at::Tensor out, const std::optional<at::Tensor>& bias, const at::Tensor& x) {
   if (bias.has_value()) out.add_(bias->to(at::kDouble));
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = out.size(1);
-  return out.to(x.scalar_type()).reshape(shape);
+  return with_leading_dims_of(out.to(x.scalar_type()), x);
 }
 
 }  // namespace spmm::ops

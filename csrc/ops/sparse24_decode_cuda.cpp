@@ -81,9 +81,7 @@ at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalue
   at::Tensor workspace = at::empty({static_cast<int64_t>(ws)}, x.options().dtype(at::kByte));
   p.workspace = ws ? workspace.data_ptr() : nullptr;
   check_cuda(op, kernels::sparse24_decode_mm(p, at::cuda::getCurrentCUDAStream()));
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = m;
-  return y.reshape(out_shape);
+  return with_leading_dims_of(y, x);
 }
 
 TORCH_LIBRARY_IMPL(spmm, CUDA, m) {

@@ -115,9 +115,7 @@ at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& a, const
   p.workspace = ws_bytes ? workspace.data_ptr() : nullptr;
   p.workspace_bytes = ws_bytes;
   check_sm90_status(op, kernels::sparse24_sm90_gemm(p, config, at::cuda::getCurrentCUDAStream()));
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = m;
-  return y.reshape(out_shape);
+  return with_leading_dims_of(y, x);
 }
 
 TORCH_LIBRARY_IMPL(spmm, CUDA, m) {

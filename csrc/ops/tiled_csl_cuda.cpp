@@ -75,14 +75,12 @@ at::Tensor tiled_csl_mm_cuda(const at::Tensor& x, const at::Tensor& values, cons
                               ": the CUDA kernel takes tiles of tile_m x tile_k = 256 x 64 or 128 x 64, got ",
                               "`tile_m` = ", tile_m, ", `tile_k` = ", tile_k, "; pack the weight with one of those");
   const int64_t k = x.size(-1), n = leading_rows(x), m = out_features;
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = m;
   const c10::cuda::CUDAGuard guard(x.device());
   if (n == 0 || m == 0 || k == 0) {  // nothing to stream: y is the bias (or zeros)
     // clone: a fresh tensor even where the expanded bias is already contiguous (the output must not alias it)
     at::Tensor y = bias.has_value() ? bias->unsqueeze(0).expand({n, m}).clone(at::MemoryFormat::Contiguous)
                                     : at::zeros({n, m}, x.options());
-    return y.reshape(out_shape);
+    return with_leading_dims_of(y, x);
   }
   const at::Tensor xk = kernel_ready_activation(x, n, k);
   const at::Tensor vals = aligned16(values), locs = aligned16(locations);
@@ -109,7 +107,7 @@ at::Tensor tiled_csl_mm_cuda(const at::Tensor& x, const at::Tensor& values, cons
   at::Tensor workspace = at::empty({static_cast<int64_t>(ws)}, x.options().dtype(at::kByte));
   p.workspace = ws ? workspace.data_ptr() : nullptr;
   check_cuda(op, kernels::tiled_csl_mm(p, at::cuda::getCurrentCUDAStream()));
-  return y.reshape(out_shape);
+  return with_leading_dims_of(y, x);
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <climits>
 
+#include "kernels/common/epilogue.cuh"
 #include "kernels/common/ptx.cuh"
 #include "kernels/sparse24/sparse24_decode.h"
 #include "kernels/sparse24/sparse24_layout.h"
@@ -83,18 +84,6 @@ __global__ void decode_pack_kernel(Sparse24DecodePackParams p, Sparse24DecodeSha
 }
 
 // ----------------------------------------------------------------------------------------------- matmul --------
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-template <typename T>
-__device__ __forceinline__ float bias_at(const T* bias, int64_t m) {
-  return bias ? static_cast<float>(bias[m]) : 0.0f;
-}
-
 // kNTiles: 8-token column tiles (N <= 8 * kNTiles); kTilesPerWarp: 16-row tiles each warp streams at once, which
 // share every B fragment (one ldmatrix feeds kTilesPerWarp mma.sp) and one x stage per 128 * kTilesPerWarp rows.
 template <typename T, int kNTiles, int kTilesPerWarp>

@@ -19,6 +19,7 @@
 #include <atomic>
 #include <climits>
 
+#include "kernels/common/epilogue.cuh"
 #include "kernels/common/ptx.cuh"
 #include "kernels/tiled_csl/tiled_csl_spmm.h"
 
@@ -36,18 +37,6 @@ constexpr int kBatchGranules = kGranules * kThreads;  // 4096 pairs per batch: o
 // sits at c ^ (r % 8), so the 8 rows one ldmatrix matrix reads at the same chunk hit 8 different bank groups.
 __device__ __forceinline__ int swizzle(int row, int col) {
   return row * kTileK + ((((col >> 3) ^ row) & 7) << 3) + (col & 7);
-}
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-template <typename T>
-__device__ __forceinline__ float bias_at(const T* bias, int64_t m) {
-  return bias ? static_cast<float>(bias[m]) : 0.0f;
 }
 
 // ------------------------------------------------------------------------------------ reading the pairs ------
