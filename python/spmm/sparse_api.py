@@ -134,7 +134,7 @@ def _progress(iterable, desc: str):
 
 @torch.no_grad()
 def sparsify(model: nn.Module, config, filter_fn: Optional[Callable[[str, nn.Module], bool]] = None,
-             calibration: Optional[Iterable] = None) -> nn.Module:
+             calibration: Optional[Iterable] = None, calibration_device=None) -> nn.Module:
     """Replace, in place, every nn.Linear of `model` for which filter_fn(name, module) is true (default: all) by the
     sparse layer `config` asks for; layers the format cannot hold are skipped with a warning. Returns `model`
     (or, when `model` is itself an nn.Linear, its replacement).
@@ -146,6 +146,12 @@ def sparsify(model: nn.Module, config, filter_fn: Optional[Callable[[str, nn.Mod
     kept (K floats per layer for Wanda, a K x K matrix for SparseGPT), never activations. Every token row counts,
     so batch without padding (e.g. equal lengths per batch). Deterministic for given inputs: nothing random is
     drawn. Device-agnostic: statistics and pruning math run on the device of each layer's inputs.
+
+    A model made of a chain of repeated blocks (an nn.ModuleList of transformer layers, each fed the previous one's
+    output) is calibrated block by block: each block runs only on its own captured inputs, so the cost grows
+    linearly with depth. calibration_device (e.g. "cuda"): calibrate each block there, moving one block at a time
+    from and back to the model's device, for models that do not fit on it; the sparse layers end on the model's
+    device.
     """
     handler = _HANDLERS.get(type(config))
     if handler is None:
@@ -170,7 +176,8 @@ def sparsify(model: nn.Module, config, filter_fn: Optional[Callable[[str, nn.Mod
         for name in _progress(targets, "spmm.sparsify"):
             replace.make(name)
     else:
-        replace.calibrated(model, targets, calibration, gram=needs == "gram")
+        device = None if calibration_device is None else torch.device(calibration_device)
+        replace.calibrated(model, targets, calibration, gram=needs == "gram", device=device)
     for message in replace.skipped:
         warnings.warn(message, stacklevel=3)
     return replace.swap_all(targets)
@@ -197,7 +204,8 @@ class _Replacer:
                 self._skip(name, str(why))
         return self.made[id(dense)]
 
-    def calibrated(self, model: nn.Module, targets: List[str], calibration: Iterable, gram: bool) -> None:
+    def calibrated(self, model: nn.Module, targets: List[str], calibration: Iterable, gram: bool,
+                   device: Optional[torch.device] = None) -> None:
         names_of: Dict[int, List[str]] = {}  # id(dense) -> its target names (a shared module has several)
         for name in targets:
             reason = _unsupported_parent(self._parent(name))
@@ -206,17 +214,21 @@ class _Replacer:
             elif id(self.modules[name]) not in self.made:
                 names_of.setdefault(id(self.modules[name]), []).append(name)
         unique = {names[0]: self.modules[names[0]] for names in names_of.values()}
+        home = {name: mod.weight.device for name, mod in unique.items()}  # where each sparse layer must end up
         was_training = {mod: mod.training for mod in model.modules()}
         model.eval()  # no dropout: calibration statistics are deterministic
         try:
             for group in sequential_stats(model, unique, calibration, gram,
-                                          progress=lambda g: _progress(g, "spmm.sparsify (calibrating)")):
+                                          progress=lambda g: _progress(g, "spmm.sparsify (calibrating)"),
+                                          device=device):
                 for name, stats in group.items():
                     made = self.make(name, stats)
                     if made is not None:  # later groups must see this layer pruned: run its dense equivalent
                         stand_in = made.to_dense_linear() if hasattr(made, "to_dense_linear") else made
                         for alias in names_of[id(unique[name])]:
                             self._set(alias, stand_in)
+                        if made is not stand_in:
+                            made.to(home[name])
         finally:
             for names in names_of.values():  # back to the originals; swap_all puts the replacements in
                 for alias in names:
