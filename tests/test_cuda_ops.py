@@ -154,9 +154,7 @@ def test_sparse24_layer_both_kernels(dtype, mk, tokens, prefill_kernel):
     with torch.no_grad():
         linear.weight.copy_(w)
         linear.bias.copy_(bias)
-    layer = spmm.nn.Sparse24Linear.from_dense(linear, mask)
-    layer.prefill_kernel = prefill_kernel
-    layer._refresh_kernel_layout()
+    layer = spmm.nn.Sparse24Linear.from_dense(linear, mask).use_prefill_kernel(prefill_kernel)
     hopper = ops.sparse24_sm90_supported(*mk, torch.device("cuda"))
     assert (layer.prefill_a is not None) == (hopper and prefill_kernel)
     if torch.cuda.get_device_capability() == (9, 0) and mk[0] % 8 == 0 and prefill_kernel:

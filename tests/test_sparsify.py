@@ -210,3 +210,13 @@ def test_package_surface():
     for name in ("ops", "formats", "nn", "pruning", "sparsify", "save_sparsified", "load_sparsified",
                  "Sparse24Config", "TiledCSLConfig", "SpenseConfig"):
         assert hasattr(spmm, name), name
+
+
+def test_sparse24_config_prefill_kernel_flag_reaches_the_layers():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 16))
+    kept = spmm.sparsify(copy.deepcopy(model), spmm.Sparse24Config())
+    dropped = spmm.sparsify(copy.deepcopy(model), spmm.Sparse24Config(prefill_kernel=False))
+    assert all(m.prefill_kernel for m in kept) and not any(m.prefill_kernel for m in dropped)
+    x = torch.randn(3, 64)
+    assert torch.equal(kept(x), dropped(x))  # a memory/speed choice only: the same numbers
+    assert dropped[0].use_prefill_kernel(True) is dropped[0] and dropped[0].prefill_kernel

@@ -17,7 +17,8 @@ class Sparse24Linear(SparseLinear):
     bias; on CUDA also the kernels' layouts, rebuilt from the canonical one whenever the layer moves or loads a
     state dict (not saved): dvalues, dmeta for the decode kernel (N <= 64 tokens), and on Hopper prefill_a,
     prefill_e for the CUTLASS GEMM (N > 64). Each layout holds as many bytes as the canonical one; pass
-    prefill_kernel=False to skip the Hopper one (prefill then runs the decode kernel 64 tokens at a time).
+    prefill_kernel=False (or call use_prefill_kernel(False)) to skip the Hopper one and its memory: prefill then
+    runs the decode kernel 64 tokens at a time.
     Edit the weight through load_state_dict, not in place."""
 
     format_cls = Sparse24Weight
@@ -37,6 +38,12 @@ class Sparse24Linear(SparseLinear):
     def _set_format(self, fmt) -> None:
         super()._set_format(fmt)
         self._refresh_kernel_layout()
+
+    def use_prefill_kernel(self, enabled: bool) -> "Sparse24Linear":
+        """Keep (True) or drop (False) the Hopper prefill GEMM's copy of the weight; returns self."""
+        self.prefill_kernel = bool(enabled)
+        self._refresh_kernel_layout()
+        return self
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
