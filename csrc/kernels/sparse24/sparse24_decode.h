@@ -50,8 +50,8 @@ cudaError_t sparse24_decode_pack(const Sparse24DecodePackParams& p, cudaStream_t
 struct Sparse24DecodeParams {
   const void* x;        // [N, K] rows of x_ld elements; x_ld % 8 == 0, 16-byte aligned, k % 8 == 0
   int64_t x_ld;
-  const void* dvalues;  // decode layout of W
-  const void* dmeta;
+  const void* dvalues;  // decode layout of W -- or, with `canonical`, the canonical values [M, K/2]
+  const void* dmeta;    // decode layout's metadata -- or, with `canonical`, the canonical meta [M, K/8]
   const void* bias;     // [M] or nullptr
   void* y;              // [N, M] rows of y_ld elements
   int64_t y_ld;
@@ -61,6 +61,8 @@ struct Sparse24DecodeParams {
   int tiles_per_warp;   // 1 or 2 row tiles of 16 rows streamed by each warp (2 share each x fragment: less
                         // shared-memory traffic per weight byte, more registers); splits and workspace depend on it
   DType dtype;          // kFloat16 or kBFloat16
+  bool canonical;       // dvalues/dmeta hold the canonical layout (K % 128 == 0, both 16-byte aligned): no copy of
+                        // the weight in another layout is needed (see the kernel for how the fragments are found)
   int* counters;        // set by the launcher (inside the workspace); callers leave it null
 };
 

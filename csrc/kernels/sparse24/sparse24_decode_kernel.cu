@@ -84,9 +84,31 @@ __global__ void decode_pack_kernel(Sparse24DecodePackParams p, Sparse24DecodeSha
 }
 
 // ----------------------------------------------------------------------------------------------- matmul --------
+// ------------------------------------------------------------------- reading the canonical layout directly -----
+// With kCanonical the kernel reads the canonical layout (values [M, K/2], meta [M, K/8]; K % 128 == 0), so a layer
+// needs no second copy of its weight. It uses the freedom to number the 8 groups of an mma k-step in any order, as
+// long as A, its metadata and B agree: in k-step s of a chunk, slot j < 4 is the chunk's group 8j + 2s and slot
+// j + 4 is group 8j + 2s + 1. Then lane (g, q) finds all four of its A registers of all four k-steps in 32
+// contiguous bytes of row g and of row g + 8 (the groups 8q .. 8q + 7 of the chunk): four 16-byte loads per chunk,
+// as with the decode layout. x is staged into shared memory in slot order (8-byte copies), so the B fragments
+// are read exactly as in the decode-layout mode. The metadata registers are rebuilt from the canonical nibbles.
+__device__ __forceinline__ int canonical_group(int step, int slot) {
+  return slot < 4 ? 8 * slot + 2 * step : 8 * (slot - 4) + 2 * step + 1;
+}
+
+// The 16-bit metadata of one row for k-step `step`: slots 0-3 (high = false) or 4-7 (high = true). m = the row's 16
+// canonical metadata bytes of the chunk; byte 4j + step holds groups 8j + 2 step (low nibble) and + 1 (high).
+__device__ __forceinline__ uint32_t canonical_meta16(const uint4& m, int step, bool high) {
+  const uint32_t sel = step | (step + 4) << 4;
+  const uint32_t v = (__byte_perm(m.x, m.y, sel) & 0xFFFFu) | __byte_perm(m.z, m.w, sel) << 16;  // byte j: w_j's
+  const uint32_t n = high ? v >> 4 : v;  // the wanted nibble of byte j now at bits 8j .. 8j + 3
+  return (n & 0xFu) | ((n >> 4) & 0xF0u) | ((n >> 8) & 0xF00u) | ((n >> 12) & 0xF000u);
+}
+
 // kNTiles: 8-token column tiles (N <= 8 * kNTiles); kTilesPerWarp: 16-row tiles each warp streams at once, which
 // share every B fragment (one ldmatrix feeds kTilesPerWarp mma.sp) and one x stage per 128 * kTilesPerWarp rows.
-template <typename T, int kNTiles, int kTilesPerWarp>
+// kCanonical: read the canonical layout (above) instead of the decode layout.
+template <typename T, int kNTiles, int kTilesPerWarp, bool kCanonical>
 __global__ void __launch_bounds__(kThreads) decode_mm_kernel(Sparse24DecodeParams p, Sparse24DecodeShape s) {
   constexpr int kXRows = kNTiles * 8;
   constexpr int kRowsPerBlock = kWarps * kTilesPerWarp * kDecodeTileRows;
@@ -107,22 +129,66 @@ __global__ void __launch_bounds__(kThreads) decode_mm_kernel(Sparse24DecodeParam
   const bool meta_lane = lane % 4 < 2;
 
   auto stage_x = [&](int64_t chunk, int buf) {
-    for (int v = threadIdx.x; v < kXRows * (kDecodeChunkK / 8); v += kThreads) {
-      const int row = v / (kDecodeChunkK / 8), col = (v % (kDecodeChunkK / 8)) * 8;
-      const int64_t k = chunk * kDecodeChunkK + col;
-      const bool inside = row < p.n && k < p.k;  // k % 8 == 0: a vector is wholly inside or outside
-      ptx::cp_async_16(xs + (buf * kXRows + row) * kXPitch + col, inside ? x + row * p.x_ld + k : x, inside ? 16 : 0);
+    if constexpr (kCanonical) {  // one 8-byte copy per group, into its slot's place (K % 128 == 0: no tail)
+      for (int v = threadIdx.x; v < kXRows * (kDecodeChunkK / 4); v += kThreads) {
+        const int row = v / (kDecodeChunkK / 4), slot_index = v % (kDecodeChunkK / 4);  // step * 8 + slot
+        const int64_t k = chunk * kDecodeChunkK + 4 * canonical_group(slot_index / 8, slot_index % 8);
+        const bool inside = row < p.n;
+        ptx::cp_async_8(xs + (buf * kXRows + row) * kXPitch + slot_index * 4, inside ? x + row * p.x_ld + k : x,
+                        inside ? 8 : 0);
+      }
+    } else {
+      for (int v = threadIdx.x; v < kXRows * (kDecodeChunkK / 8); v += kThreads) {
+        const int row = v / (kDecodeChunkK / 8), col = (v % (kDecodeChunkK / 8)) * 8;
+        const int64_t k = chunk * kDecodeChunkK + col;
+        const bool inside = row < p.n && k < p.k;  // k % 8 == 0: a vector is wholly inside or outside
+        ptx::cp_async_16(xs + (buf * kXRows + row) * kXPitch + col, inside ? x + row * p.x_ld + k : x,
+                         inside ? 16 : 0);
+      }
     }
     ptx::cp_async_commit();
   };
   auto load_w = [&](int64_t chunk, uint4 (&a)[kTilesPerWarp][kSteps], uint4 (&meta)[kTilesPerWarp]) {
+    if constexpr (kCanonical) {
+      const uint4* values = static_cast<const uint4*>(p.dvalues);  // rows of K / 16 uint4
+      const uint4* metas = static_cast<const uint4*>(p.dmeta);     // rows of K / 128 uint4
+      const int64_t vrow = p.k / 16, mrow = p.k / 128;
+      const int g = lane / 4, q = lane % 4;
+      const uint4 zero = make_uint4(0, 0, 0, 0), fill = make_uint4(0x44444444u, 0x44444444u, 0x44444444u, 0x44444444u);
 #pragma unroll
-    for (int t = 0; t < kTilesPerWarp; ++t) {
-      if (!has_tile[t]) continue;
-      const int64_t base = t * s.chunks + chunk;  // tiles are consecutive in the layout
+      for (int t = 0; t < kTilesPerWarp; ++t) {
+        if (!has_tile[t]) continue;
+        const int64_t r0 = (first_tile + t) * kDecodeTileRows + g, r1 = r0 + 8;  // rows past M: zeros, valid codes
+        const uint4* v0 = values + r0 * vrow + chunk * 8 + q * 2;
+        const uint4* v1 = values + r1 * vrow + chunk * 8 + q * 2;
+        const uint4 a0 = r0 < p.m ? ptx::load_streaming(v0) : zero, b0 = r0 < p.m ? ptx::load_streaming(v0 + 1) : zero;
+        const uint4 a1 = r1 < p.m ? ptx::load_streaming(v1) : zero, b1 = r1 < p.m ? ptx::load_streaming(v1 + 1) : zero;
+        // words 2s, 2s + 1 of a row's 8 are slots q, q + 4 of step s; registers: (g, q) (g+8, q) (g, q+4) (g+8, q+4)
+        a[t][0] = make_uint4(a0.x, a1.x, a0.y, a1.y);
+        a[t][1] = make_uint4(a0.z, a1.z, a0.w, a1.w);
+        a[t][2] = make_uint4(b0.x, b1.x, b0.y, b1.y);
+        a[t][3] = make_uint4(b0.z, b1.z, b0.w, b1.w);
+        if (meta_lane) {  // lane 4g: slots 0-3, lane 4g + 1: slots 4-7; rows g (low 16 bits) and g + 8 (high)
+          const uint4 m0 = r0 < p.m ? ptx::load_streaming(metas + r0 * mrow + chunk) : fill;
+          const uint4 m1 = r1 < p.m ? ptx::load_streaming(metas + r1 * mrow + chunk) : fill;
+          uint32_t r[kSteps];
 #pragma unroll
-      for (int step = 0; step < kSteps; ++step) a[t][step] = ptx::load_streaming(wv + (base * kSteps + step) * 32);
-      meta[t] = meta_lane ? ptx::load_streaming(wm + base * 16) : make_uint4(0, 0, 0, 0);
+          for (int step = 0; step < kSteps; ++step)
+            r[step] = canonical_meta16(m0, step, q == 1) | canonical_meta16(m1, step, q == 1) << 16;
+          meta[t] = make_uint4(r[0], r[1], r[2], r[3]);
+        } else {
+          meta[t] = zero;
+        }
+      }
+    } else {
+#pragma unroll
+      for (int t = 0; t < kTilesPerWarp; ++t) {
+        if (!has_tile[t]) continue;
+        const int64_t base = t * s.chunks + chunk;  // tiles are consecutive in the layout
+#pragma unroll
+        for (int step = 0; step < kSteps; ++step) a[t][step] = ptx::load_streaming(wv + (base * kSteps + step) * 32);
+        meta[t] = meta_lane ? ptx::load_streaming(wm + base * 16) : make_uint4(0, 0, 0, 0);
+      }
     }
   };
 
@@ -227,7 +293,10 @@ int64_t row_groups(const Sparse24DecodeShape& s, int tiles_per_warp) {
 template <typename T, int kNTiles, int kTilesPerWarp>
 cudaError_t launch_tiles(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, cudaStream_t stream) {
   const dim3 grid(p.splits, static_cast<unsigned>(row_groups(s, kTilesPerWarp)));
-  decode_mm_kernel<T, kNTiles, kTilesPerWarp><<<grid, kThreads, smem_bytes<kNTiles>(), stream>>>(p, s);
+  if (p.canonical)
+    decode_mm_kernel<T, kNTiles, kTilesPerWarp, true><<<grid, kThreads, smem_bytes<kNTiles>(), stream>>>(p, s);
+  else
+    decode_mm_kernel<T, kNTiles, kTilesPerWarp, false><<<grid, kThreads, smem_bytes<kNTiles>(), stream>>>(p, s);
   return cudaGetLastError();
 }
 
@@ -290,7 +359,7 @@ cudaError_t sparse24_decode_mm(const Sparse24DecodeParams& p, cudaStream_t strea
   if (p.m < 0 || p.n < 0 || p.k < 0 || p.k % 8 != 0 || p.x_ld % 8 != 0 || p.splits < 1 ||
       p.splits > std::max<int64_t>(s.chunks, 1) || (p.tiles_per_warp != 1 && p.tiles_per_warp != 2) ||
       row_groups(s, p.tiles_per_warp) > 65535 ||
-      (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) ||
+      (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) || (p.canonical && p.k % kDecodeChunkK != 0) ||
       reinterpret_cast<uintptr_t>(p.x) % 16 != 0 || (p.splits > 1 && p.workspace == nullptr))
     return cudaErrorInvalidValue;
   if (p.m == 0 || p.n == 0) return cudaSuccess;

@@ -1,0 +1,240 @@
+// Device self-test of the 2:4 decode kernel, torch-free (builds in seconds with nvcc alone, for a quick device
+// run): for each problem, a random 2:4 weight in the canonical layout (small integers, so every result is exact),
+// y = x W^T + bias computed by the kernel reading (a) the decode layout made by sparse24_decode_pack and (b) the
+// canonical layout directly, both compared bit for bit with a host reference; then both timed (CUDA events, L2
+// flushed by reading a large buffer before each rep, median). Exit status 1 on any mismatch.
+//
+//   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Icsrc \
+//        csrc/kernels/sparse24/sparse24_decode_selftest.cu csrc/kernels/sparse24/sparse24_decode_kernel.cu -o t && ./t
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/sparse24/sparse24_decode.h"
+#include "kernels/sparse24/sparse24_layout.h"
+
+namespace {
+
+using spmm::kernels::DType;
+
+#define CHECK(call)                                                                               \
+  do {                                                                                            \
+    const cudaError_t e_ = (call);                                                                \
+    if (e_ != cudaSuccess) {                                                                      \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
+      std::exit(2);                                                                               \
+    }                                                                                             \
+  } while (0)
+
+uint16_t to_bits(float v, DType t) {
+  uint16_t bits;
+  if (t == DType::kFloat16) {
+    const __half h = __float2half_rn(v);
+    std::memcpy(&bits, &h, 2);
+  } else {
+    const __nv_bfloat16 b = __float2bfloat16_rn(v);
+    std::memcpy(&bits, &b, 2);
+  }
+  return bits;
+}
+
+float from_bits(uint16_t bits, DType t) {
+  if (t == DType::kFloat16) {
+    __half h;
+    std::memcpy(&h, &bits, 2);
+    return __half2float(h);
+  }
+  __nv_bfloat16 b;
+  std::memcpy(&b, &bits, 2);
+  return __bfloat162float(b);
+}
+
+template <typename T>
+T* device_copy(const std::vector<T>& host) {
+  T* d = nullptr;
+  CHECK(cudaMalloc(&d, std::max<size_t>(host.size(), 1) * sizeof(T)));
+  CHECK(cudaMemcpy(d, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return d;
+}
+
+__global__ void read_all(const float4* p, size_t n, float* sink) {  // evicts L2 without leaving dirty lines
+  float acc = 0.f;
+  for (size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x) acc += p[i].x;
+  if (acc == 12345.f) *sink = acc;
+}
+
+struct Problem {
+  int64_t m, k, n;
+  DType dtype;
+  bool timed;
+};
+
+struct Weight {  // the canonical layout, and the kept (column, value) pairs of each row for the reference
+  std::vector<uint16_t> values;
+  std::vector<uint8_t> meta;
+  std::vector<int32_t> cols;  // [m][k / 2]
+  std::vector<float> vals;    // [m][k / 2]
+};
+
+Weight random_weight(int64_t m, int64_t k, DType t, std::mt19937& rng) {
+  Weight w;
+  w.values.assign(m * k / 2, 0);
+  w.meta.assign(m * spmm::sparse24::meta_bytes_per_row(k), 0);
+  w.cols.assign(m * k / 2, 0);
+  w.vals.assign(m * k / 2, 0.f);
+  std::uniform_int_distribution<int> pos(0, 3), val(-2, 2);
+  const int64_t groups = k / 4, meta_row = spmm::sparse24::meta_bytes_per_row(k);
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t g = 0; g < groups; ++g) {
+      int a = pos(rng), b = pos(rng);
+      while (b == a) b = pos(rng);
+      const int idx0 = std::min(a, b), idx1 = std::max(a, b);
+      const float v0 = static_cast<float>(val(rng)), v1 = static_cast<float>(val(rng));
+      w.values[r * (k / 2) + 2 * g] = to_bits(v0, t);
+      w.values[r * (k / 2) + 2 * g + 1] = to_bits(v1, t);
+      w.cols[r * (k / 2) + 2 * g] = static_cast<int32_t>(4 * g + idx0);
+      w.cols[r * (k / 2) + 2 * g + 1] = static_cast<int32_t>(4 * g + idx1);
+      w.vals[r * (k / 2) + 2 * g] = v0;
+      w.vals[r * (k / 2) + 2 * g + 1] = v1;
+      w.meta[r * meta_row + g / 2] |= spmm::sparse24::encode_group(idx0, idx1) << (4 * (g % 2));
+    }
+  return w;
+}
+
+// Runs the kernel on one layout; returns the median µs over `reps` (0: just once, untimed) and fills y.
+float run(const Problem& pr, bool canonical, const void* wv, const void* wm, const void* x, const void* bias, void* y,
+          const float4* flush, size_t flush_n, float* sink, int reps) {
+  int sms = 0;
+  CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  spmm::kernels::Sparse24DecodeParams p{};
+  p.x = x;
+  p.x_ld = pr.k;
+  p.dvalues = wv;
+  p.dmeta = wm;
+  p.bias = bias;
+  p.y = y;
+  p.y_ld = pr.m;
+  p.m = pr.m;
+  p.n = pr.n;
+  p.k = pr.k;
+  p.tiles_per_warp = 1;
+  p.splits = spmm::kernels::sparse24_decode_splits(pr.m, pr.n, pr.k, sms, 1);
+  p.dtype = pr.dtype;
+  p.canonical = canonical;
+  void* ws = nullptr;
+  const size_t ws_bytes = spmm::kernels::sparse24_decode_workspace_bytes(pr.m, pr.n, pr.k, p.splits, 1);
+  if (ws_bytes) CHECK(cudaMalloc(&ws, ws_bytes));
+  p.workspace = ws;
+  CHECK(spmm::kernels::sparse24_decode_mm(p, 0));
+  CHECK(cudaDeviceSynchronize());
+  std::vector<float> times;
+  cudaEvent_t start, stop;
+  CHECK(cudaEventCreate(&start));
+  CHECK(cudaEventCreate(&stop));
+  for (int i = 0; i < reps; ++i) {
+    read_all<<<1024, 256>>>(flush, flush_n, sink);
+    CHECK(cudaEventRecord(start));
+    CHECK(spmm::kernels::sparse24_decode_mm(p, 0));
+    CHECK(cudaEventRecord(stop));
+    CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    CHECK(cudaEventElapsedTime(&ms, start, stop));
+    times.push_back(ms * 1000.f);
+  }
+  CHECK(cudaEventDestroy(start));
+  CHECK(cudaEventDestroy(stop));
+  if (ws) CHECK(cudaFree(ws));
+  if (times.empty()) return 0.f;
+  std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
+  return times[times.size() / 2];
+}
+
+}  // namespace
+
+int main() {
+  const Problem problems[] = {
+      {64, 256, 8, DType::kFloat16, false},      {300, 1024, 7, DType::kFloat16, false},
+      {300, 1024, 7, DType::kBFloat16, false},   {1000, 512, 64, DType::kBFloat16, false},
+      {4096, 4096, 1, DType::kFloat16, true},    {4096, 4096, 16, DType::kFloat16, true},
+      {4096, 4096, 64, DType::kFloat16, true},   {22016, 4096, 1, DType::kFloat16, true},
+      {22016, 4096, 16, DType::kFloat16, true},  {4096, 11008, 8, DType::kFloat16, true},
+      {4096, 11008, 33, DType::kBFloat16, false}, {257, 640, 100, DType::kFloat16, false},
+  };
+  const size_t flush_n = (size_t{256} << 20) / sizeof(float4);
+  float4* flush = nullptr;
+  float* sink = nullptr;
+  CHECK(cudaMalloc(&flush, flush_n * sizeof(float4)));
+  CHECK(cudaMemset(flush, 0, flush_n * sizeof(float4)));
+  CHECK(cudaMalloc(&sink, sizeof(float)));
+  std::mt19937 rng(1234);
+  bool all_ok = true;
+  std::printf("%6s %6s %4s %5s | %-9s %-9s | %10s %10s  (median us, L2 flushed; GB/s of the 1.125 B/elem bytes)\n",
+              "M", "K", "N", "dtype", "decode", "canonical", "decode", "canonical");
+  for (const Problem& pr : problems) {
+    const Weight w = random_weight(pr.m, pr.k, pr.dtype, rng);
+    std::uniform_int_distribution<int> xd(-2, 2);
+    std::vector<uint16_t> x(pr.n * pr.k), bias(pr.m);
+    std::vector<float> xf(pr.n * pr.k), bf(pr.m);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = to_bits(xf[i] = static_cast<float>(xd(rng)), pr.dtype);
+    for (size_t i = 0; i < bias.size(); ++i) bias[i] = to_bits(bf[i] = static_cast<float>(xd(rng)), pr.dtype);
+    // host reference: exact integers, rounded once to the output dtype
+    std::vector<uint16_t> expected(pr.n * pr.m);
+    for (int64_t n = 0; n < pr.n; ++n)
+      for (int64_t r = 0; r < pr.m; ++r) {
+        double acc = bf[r];
+        for (int64_t e = r * (pr.k / 2); e < (r + 1) * (pr.k / 2); ++e)
+          acc += static_cast<double>(xf[n * pr.k + w.cols[e]]) * w.vals[e];
+        expected[n * pr.m + r] = to_bits(static_cast<float>(acc), pr.dtype);
+      }
+    uint16_t* dvalues_canon = device_copy(w.values);
+    uint8_t* dmeta_canon = device_copy(w.meta);
+    uint16_t* dx = device_copy(x);
+    uint16_t* dbias = device_copy(bias);
+    const auto shape = spmm::kernels::sparse24_decode_shape(pr.m, pr.k);
+    void *dvalues = nullptr, *dmeta = nullptr, *dy = nullptr;
+    CHECK(cudaMalloc(&dvalues, shape.values_bytes()));
+    CHECK(cudaMalloc(&dmeta, shape.meta_bytes()));
+    CHECK(cudaMalloc(&dy, pr.n * pr.m * 2));
+    spmm::kernels::Sparse24DecodePackParams pk{dvalues_canon, dmeta_canon, dvalues, dmeta, pr.m, pr.k, 0};
+    CHECK(spmm::kernels::sparse24_decode_pack(pk, 0));
+    const int reps = pr.timed ? 30 : 0;
+    float us[2];
+    bool ok[2];
+    for (int canonical = 0; canonical < 2; ++canonical) {
+      CHECK(cudaMemset(dy, 0xFF, pr.n * pr.m * 2));
+      us[canonical] = run(pr, canonical, canonical ? static_cast<void*>(dvalues_canon) : dvalues,
+                          canonical ? static_cast<void*>(dmeta_canon) : dmeta, dx, dbias, dy, flush, flush_n, sink,
+                          reps);
+      std::vector<uint16_t> y(pr.n * pr.m);
+      CHECK(cudaMemcpy(y.data(), dy, y.size() * 2, cudaMemcpyDeviceToHost));
+      size_t bad = 0, first = 0;
+      for (size_t i = 0; i < y.size(); ++i)
+        if (y[i] != expected[i] && bad++ == 0) first = i;
+      ok[canonical] = bad == 0;
+      if (bad)
+        std::printf("  MISMATCH (%s): %zu of %zu, first at n=%zu m=%zu: got %g, want %g\n",
+                    canonical ? "canonical" : "decode", bad, y.size(), first / pr.m, first % pr.m,
+                    from_bits(y[first], pr.dtype), from_bits(expected[first], pr.dtype));
+      all_ok = all_ok && ok[canonical];
+    }
+    const double bytes = 1.125 * pr.m * pr.k;
+    std::printf("%6lld %6lld %4lld %5s | %-9s %-9s", static_cast<long long>(pr.m), static_cast<long long>(pr.k),
+                static_cast<long long>(pr.n), pr.dtype == DType::kFloat16 ? "fp16" : "bf16",
+                ok[0] ? "exact" : "WRONG", ok[1] ? "exact" : "WRONG");
+    if (pr.timed)
+      std::printf(" | %7.1f us %7.1f us  (%4.0f / %4.0f GB/s)", us[0], us[1], bytes / us[0] / 1e3, bytes / us[1] / 1e3);
+    std::printf("\n");
+    for (void* ptr : {static_cast<void*>(dvalues_canon), static_cast<void*>(dmeta_canon), static_cast<void*>(dx),
+                      static_cast<void*>(dbias), dvalues, dmeta, dy})
+      CHECK(cudaFree(ptr));
+  }
+  std::printf(all_ok ? "sparse24 decode selftest: all exact\n" : "sparse24 decode selftest: FAILED\n");
+  return all_ok ? 0 : 1;
+}
