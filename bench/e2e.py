@@ -30,7 +30,7 @@ VARIANTS = {
     "2:4": (spmm.Sparse24Config(), "sparse24_mm"),
     "tcsl80": (spmm.TiledCSLConfig(sparsity=0.8), "tiled_csl_mm"),
 }
-FIELDS = ["device", "torch", "cuda", "preset", "variant", "dtype", "graph", "batch", "context", "steps",
+FIELDS = ["device", "torch", "cuda", "preset", "variant", "dtype", "graph", "compiled", "batch", "context", "steps",
           "tokens_per_s", "step_ms", "linear_ms", "linear_share", "speedup", "linear_gb", "linear_gbps", "error"]
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 OUT = Path(__file__).with_name("out") / "e2e"
@@ -50,6 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
     p.add_argument("--out", type=Path, default=OUT, help="where e2e.json, e2e.csv, e2e.png go")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step (fullgraph; inductor fuses the norms, rotary and other small "
+                   "kernels between the linears) before it is captured in the CUDA graph")
     a = p.parse_args(argv)
     a.device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = a.device.type == "cuda"
@@ -76,7 +79,7 @@ def linear_bytes(model: Decoder) -> int:
                for _, m in linears(model))
 
 
-def measure(model: Decoder, batch: int, timer: Timer, context: int):
+def measure(model: Decoder, batch: int, timer: Timer, context: int, compile_step: bool = False):
     """(step µs, linears-alone µs) for one decode step at `batch`."""
     dev = model.lm_head.weight.device
     graph = timer.cuda
@@ -84,8 +87,11 @@ def measure(model: Decoder, batch: int, timer: Timer, context: int):
     tokens = torch.zeros(batch, 1, dtype=torch.long, device=dev)
     pos = torch.full((1,), context, dtype=torch.long, device=dev)
 
+    # compiled per batch size (static shapes); the timer's warm-up runs compile it before the graph capture
+    decode = torch.compile(model.decode_step, fullgraph=True, dynamic=False) if compile_step else model.decode_step
+
     def step():
-        logits = model.decode_step(tokens, pos)
+        logits = decode(tokens, pos)
         tokens.copy_(logits[:, -1].argmax(-1, keepdim=True))  # greedy decoding feeds its output back
         pos.add_(1)  # on the device: each replay decodes the next position
         return logits
@@ -157,10 +163,14 @@ def main(argv=None) -> int:
     # No flush: a decode step streams every weight once, far more than any cache; graph replays on CUDA.
     timer = Timer(a.device, a.steps, a.warmup, flush="none")
     meta = dict(device=device_name(a.device), torch=torch.__version__, cuda=torch.version.cuda, preset=a.preset,
-                dtype=str(a.dtype), graph=cuda, context=a.context, steps=a.steps)
+                dtype=str(a.dtype), graph=cuda, compiled=a.compile, context=a.context, steps=a.steps)
     print(f"{meta['device']} | torch {meta['torch']} cuda {meta['cuda']} | {a.preset} {a.dtype} | "
           f"{'CUDA graph' if cuda else 'eager'} | median of {a.steps} steps after {a.warmup}")
     records, status = [], 0
+    if a.compile:  # one compile per batch size and variant: keep them all compiled, never fall back to eager
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, 64)
 
     def record(variant, batch, **kw):
         r = dict(meta, variant=variant, batch=batch, tokens_per_s=None, step_ms=None, linear_ms=None,
@@ -181,7 +191,7 @@ def main(argv=None) -> int:
             gb = linear_bytes(model) / 1e9
             for b in a.batch:
                 try:
-                    step_us, lin_us = measure(model, b, timer, a.context)
+                    step_us, lin_us = measure(model, b, timer, a.context, a.compile)
                     record(variant, b, tokens_per_s=b / step_us * 1e6, step_ms=step_us / 1e3,
                            linear_ms=lin_us / 1e3, linear_share=lin_us / step_us, linear_gb=gb,
                            linear_gbps=gb / lin_us * 1e6)
@@ -197,6 +207,8 @@ def main(argv=None) -> int:
             status = 2
         finally:
             del model
+            if a.compile:
+                torch._dynamo.reset()  # compiled code holds the model (its guards): free it with the variant
             if cuda:
                 torch.cuda.empty_cache()
         add_speedups(records)

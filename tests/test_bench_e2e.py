@@ -115,3 +115,16 @@ def test_decode_steps_equal_full_forward():
     model.setup_cache(2, 8)
     steps = [model.decode_step(tokens[:, p:p + 1], torch.tensor([p])) for p in range(5)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full)
+
+
+@torch.no_grad()
+def test_compiled_decode_step_equals_eager():
+    """bench.e2e --compile: the sparse model's decode step under torch.compile(fullgraph=True) computes what the
+    eager step does (the spmm ops trace through their fake implementations)."""
+    model = build("tiny", "2:4", "cpu", torch.float32, seed=4)
+    tokens = torch.tensor([[3], [700]])
+    model.setup_cache(2, 8)
+    compiled = torch.compile(model.decode_step, fullgraph=True, dynamic=False)
+    got = [compiled(tokens, torch.tensor([p])) for p in range(3)]
+    want = _decode(model, tokens, 3)
+    torch.testing.assert_close(torch.stack(got), want, rtol=1e-4, atol=1e-4)
