@@ -10,12 +10,9 @@ python=${PYTHON:-python}
 cuda_include=${CUDA_HOME:-/usr/local/cuda}/include
 [ -f "$cuda_include/cuda_runtime_api.h" ] || { echo "check_cuda_glue: no $cuda_include/cuda_runtime_api.h, skipped"; exit 0; }
 torch_include=$("$python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "include"))')
-cxx_std=$("$python" - <<'PY'
-import torch
-major, minor = (int(v) for v in torch.__version__.split(".")[:2])
-print("c++20" if (major, minor) >= (2, 12) else "c++17")
-PY
-)
+# The standard torch's own CMake package declares for its consumers (what CMakeLists.txt reads from the torch target).
+cxx_std=$(sed -n 's/.*CXX_STANDARD \([0-9][0-9]*\).*/\1/p' "$torch_include/../share/cmake/Torch/TorchConfig.cmake" | head -1)
+cxx_std="c++${cxx_std:-17}"
 stubs=$(mktemp -d)
 trap 'rm -rf "$stubs"' EXIT
 mkdir -p "$stubs/c10/cuda/impl"
