@@ -415,10 +415,10 @@ def test_blockwise_calibration_equals_whole_model_passes_and_costs_less(config):
     a, b = _sparse_weights(blockwise), _sparse_weights(whole)
     assert len(a) == 3 * 6 + 2 and a.keys() == b.keys()  # every block's 6 linears, embed and head
     assert all(torch.equal(a[n], b[n]) for n in a)
-    # block 0 runs for: the model's group trace, the chain check, the block's own group trace, its 4 groups x 3
-    # batches, its outputs, and the head's pass over the 3 batches; the whole-model passes run it for every group
-    # of every block (12 groups, 3 batches each) and more
-    assert blockwise.layers[0].calls == 1 + 1 + 1 + 4 * 3 + 3 + 3
+    # block 0 runs for: the model's group trace (which also checks the chain), the block's own group trace, its 4
+    # groups x 3 batches, its outputs, and the head's pass over the 3 batches; the whole-model passes run it for
+    # every group of every block (12 groups, 3 batches each) and more
+    assert blockwise.layers[0].calls == 1 + 1 + 4 * 3 + 3 + 3
     assert whole.layers[0].calls > 12 * 3
     x = torch.randn(2, 5, 16)
     torch.testing.assert_close(blockwise(x, 0.5), whole(x, 0.5), rtol=0, atol=0)

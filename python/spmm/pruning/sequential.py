@@ -105,10 +105,11 @@ def sequential_stats(model: nn.Module, linears: Dict[str, nn.Module], batches: I
     batches = list(batches)
     if not batches:
         raise ValueError("calibration must hold at least one model input")
-    groups, calls = trace_calls(model, linears, batches[0])
     blocks = find_blocks(model, linears)
+    with _block_calls(blocks) as block_calls:  # the block structure is read off the same tracing pass
+        groups, calls = trace_calls(model, linears, batches[0])
     span = _block_span(blocks, linears, groups) if blocks is not None else None
-    if span is None or not _is_block_chain(model, blocks, batches[0]):
+    if span is None or not _is_block_chain(block_calls, len(blocks)):
         if device is not None:
             raise ValueError("calibration_device: the model is not a chain of repeated blocks (an nn.ModuleList "
                              "whose blocks each take the previous one's output), so it cannot be calibrated block "
@@ -158,10 +159,13 @@ def _block_span(blocks: nn.ModuleList, linears: Dict[str, nn.Module], groups: Li
     return (first, last) if all(k == {True} for k in kinds[first:last]) else None
 
 
-def _is_block_chain(model: nn.Module, blocks: nn.ModuleList, batch) -> bool:
-    """Whether one forward calls each block once, in order, block i + 1 on block i's hidden output and with the very
-    same other arguments as block 0 -- what calibrating blocks on their captured inputs assumes."""
+@contextmanager
+def _block_calls(blocks: Optional[nn.ModuleList]):
+    """Inside the with-block, records every call of `blocks` (none if None) as (index, args, kwargs, output)."""
     calls: List[Tuple[int, tuple, dict, Any]] = []
+    if blocks is None:
+        yield calls
+        return
 
     def pre(index):
         return lambda mod, args, kwargs: calls.append((index, args, kwargs, None))
@@ -172,11 +176,17 @@ def _is_block_chain(model: nn.Module, blocks: nn.ModuleList, batch) -> bool:
     handles = [b.register_forward_pre_hook(pre(i), with_kwargs=True) for i, b in enumerate(blocks)]
     handles += [b.register_forward_hook(post, with_kwargs=True) for b in blocks]
     try:
-        run_model(model, batch)
+        yield calls
     finally:
         for h in handles:
             h.remove()
-    if [c[0] for c in calls] != list(range(len(blocks))) or not calls[0][1]:
+
+
+def _is_block_chain(calls: List[Tuple[int, tuple, dict, Any]], n_blocks: int) -> bool:
+    """Whether one forward's block calls (_block_calls) call each block once, in order, block i + 1 on block i's
+    hidden output and with the very same other arguments as block 0 -- what calibrating blocks on their captured
+    inputs assumes."""
+    if [c[0] for c in calls] != list(range(n_blocks)) or not calls[0][1]:
         return False
     _, args0, kwargs0, _ = calls[0]
     for (_, _, _, out), (_, args, kwargs, _) in zip(calls, calls[1:]):
