@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -101,6 +103,18 @@ def test_state_dict_roundtrip_into_fresh_layer(kind):
     assert all(torch.equal(loaded[name], t) for name, t in layer.state_dict().items())
     x = torch.randn(5, 32, generator=g)
     assert torch.equal(fresh(x), layer(x))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_whole_layer_pickles(kind):
+    """torch.save(model) of a sparsified model: the layers hold no unpicklable hooks."""
+    layer, _ = make_layer(kind, nn.Linear(32, 40), gen(14))
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    x = torch.randn(5, 32, generator=gen(15))
+    assert type(loaded) is type(layer) and torch.equal(loaded(x), layer(x))
 
 
 def test_state_dict_shape_mismatch_raises():

@@ -12,6 +12,10 @@ from .base import SparseLinear
 _DECODE_DTYPES = (torch.float16, torch.bfloat16)
 
 
+def _refresh_after_load(module: "Sparse24Linear", _incompatible_keys) -> None:
+    module._refresh_kernel_layout()  # a module-level function, so whole layers still pickle (torch.save(model))
+
+
 class Sparse24Linear(SparseLinear):
     """y = x @ W.T + b with W 2:4 sparse (in_features % 4 == 0). Buffers: values, meta (canonical layout, saved),
     bias; on CUDA also the kernels' layouts, rebuilt from the canonical one whenever the layer moves or loads a
@@ -29,7 +33,7 @@ class Sparse24Linear(SparseLinear):
         self.prefill_kernel = prefill_kernel
         super().__init__(in_features, out_features, bias, device, dtype)
         self._set_format(Sparse24Weight.empty((out_features, in_features), dtype=dtype, device=device))
-        self.register_load_state_dict_post_hook(lambda module, _: module._refresh_kernel_layout())
+        self.register_load_state_dict_post_hook(_refresh_after_load)
 
     @property
     def weight_format(self) -> Sparse24Weight:
@@ -58,7 +62,7 @@ class Sparse24Linear(SparseLinear):
         self.register_buffer("dmeta", layout[1], persistent=False)
         prefill = (None, None)
         if (
-            getattr(self, "prefill_kernel", True)
+            self.prefill_kernel
             and self.values.dtype in _DECODE_DTYPES
             and ops.sparse24_sm90_supported(self.out_features, self.in_features, self.values.device)
         ):
