@@ -92,7 +92,7 @@ def _spmm_sparse24(c: Case) -> Prepared:
     ops = _ops()
     values, meta = _pack(ops.sparse24_compress, c.w, c.mask)
     if c.w.is_cuda and ops.has_cuda_kernel("_sparse24_decode_mm"):
-        # What a model gets: Sparse24Linear with its kernel layouts made once (decode kernel up to 64 tokens, the
+        # What a model gets: Sparse24Linear with its kernel layouts made once (decode kernel up to 32 tokens, the
         # Hopper GEMM above where there is one).
         from spmm.formats import Sparse24Weight
         from spmm.nn import Sparse24Linear
@@ -101,6 +101,16 @@ def _spmm_sparse24(c: Case) -> Prepared:
         stored = [layer.dvalues, layer.dmeta]
         return Prepared(lambda x: lambda: layer(x), _nbytes(*stored))
     return Prepared(lambda x: lambda: ops.sparse24_mm(x, values, meta, c.bias), _nbytes(values, meta))
+
+
+def _spmm_sparse24_cp_async(c: Case) -> Prepared:
+    ops = _ops()
+    if not (c.w.is_cuda and ops.has_cuda_kernel("_sparse24_decode_mm")):
+        raise NotImplementedError("the decode kernel needs a CUDA build")
+    dvalues, dmeta = ops.sparse24_decode_pack(*ops.sparse24_compress(c.w, c.mask))
+    m = c.w.shape[0]
+    return Prepared(lambda x: lambda: ops.sparse24_decode_mm(x, dvalues, dmeta, m, c.bias, loader="cp_async"),
+                    _nbytes(dvalues, dmeta))
 
 
 def _spmm_sparse24_sm90(c: Case) -> Prepared:
@@ -142,6 +152,8 @@ def _spmm_spense(c: Case) -> Prepared:
 SPMM_SPARSE24 = Backend("spmm", _spmm_sparse24)
 # The Hopper CUTLASS GEMM called directly, whatever N (sparse24_mm picks it for prefill-sized N on its own).
 SPMM_SPARSE24_SM90 = Backend("spmm_sm90", _spmm_sparse24_sm90, cuda_only=True)
+# The decode kernel with the sm_80 loader (cp.async, split-K through global memory), run on whatever GPU this is.
+SPMM_SPARSE24_CP_ASYNC = Backend("spmm_cp_async", _spmm_sparse24_cp_async, cuda_only=True)
 SPMM_TILED_CSL = Backend("spmm", _spmm_tiled_csl)
 # 128-row tiles: twice the row tiles, so fewer K splits and partials for the same SM fill; a tuning comparison.
 SPMM_TILED_CSL_TM128 = Backend("spmm_tm128", lambda c: _spmm_tiled_csl(c, tile_m=128), cuda_only=True)

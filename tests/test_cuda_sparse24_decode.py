@@ -44,12 +44,18 @@ def test_exact_integer_inputs(dtype, mk, n, with_bias):
     assert torch.equal(y, reference(x, w, mask, b))
 
 
+LOADERS = ["cp_async"] + (["bulk"] if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9 else [])
+
+
+@pytest.mark.parametrize("loader", LOADERS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mk", [(67, 260), (256, 4096), (4096, 4096), (11008, 512)])
-@pytest.mark.parametrize("n", [1, 33, 64, 100])
-def test_two_tiles_per_warp_variant_exact(dtype, mk, n):
+@pytest.mark.parametrize("mk", [(67, 260), (256, 4096), (4096, 4096), (11008, 512), (1024, 14336)])
+@pytest.mark.parametrize("n", [1, 17, 33, 64, 100])
+def test_each_loader_exact(loader, dtype, mk, n):
+    """Both ways of filling the pipeline (sm_90 bulk copies with cluster split-K; the sm_80 path, cp.async with the
+    global workspace split-K), whichever "auto" would pick on this GPU (test_exact_integer_inputs runs "auto")."""
     w, mask, x, bias = int_case(*mk, n, dtype, hash((mk, n, 2)) % 1000)
-    y = ops.sparse24_decode_mm(x, *packed(w, mask), mk[0], bias, tiles_per_warp=2)
+    y = ops.sparse24_decode_mm(x, *packed(w, mask), mk[0], bias, loader=loader)
     assert torch.equal(y, reference(x, w, mask, bias))
 
 
@@ -85,7 +91,7 @@ def test_opcheck():
     values, meta = ops.sparse24_compress(w, mask)
     torch.library.opcheck(torch.ops.spmm._sparse24_decode_pack, (values, meta, 0))
     dv, dm = ops.sparse24_decode_pack(values, meta)
-    torch.library.opcheck(torch.ops.spmm._sparse24_decode_mm, (x, dv, dm, 64, bias, 1))
+    torch.library.opcheck(torch.ops.spmm._sparse24_decode_mm, (x, dv, dm, 64, bias, "auto"))
     torch.library.opcheck(torch.ops.spmm.sparse24_mm, (x, values, meta, bias))
 
 
@@ -109,9 +115,9 @@ def test_rejects_bad_input():
     dv, dm = packed(w, mask)
     with pytest.raises(TypeError, match=r"`dvalues` must be BFloat16"):
         ops.sparse24_decode_mm(x.bfloat16(), dv, dm, 64)
-    with pytest.raises(ValueError, match=r"do not hold the decode layout of a 80 x 256 weight"):
-        ops.sparse24_decode_mm(x, dv, dm, 80)
-    with pytest.raises(ValueError, match=r"`tiles_per_warp` must be 1 or 2, got 3"):
-        ops.sparse24_decode_mm(x, dv, dm, 64, tiles_per_warp=3)
+    with pytest.raises(ValueError, match=r"do not hold the decode layout of a 200 x 256 weight"):
+        ops.sparse24_decode_mm(x, dv, dm, 200)
+    with pytest.raises(ValueError, match=r"`loader` must be \"auto\", \"bulk\" or \"cp_async\", got \"tma\""):
+        ops.sparse24_decode_mm(x, dv, dm, 64, loader="tma")
     with pytest.raises(TypeError, match=r"`x` must be float16 or bfloat16"):
         ops.sparse24_decode_mm(x.float(), dv.float(), dm, 64)

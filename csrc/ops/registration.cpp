@@ -13,7 +13,7 @@ TORCH_LIBRARY(spmm, m) {
   m.def("tiled_csl_mm(Tensor x, Tensor values, Tensor locations, Tensor tile_offsets, int out_features, int tile_m, int tile_k, Tensor? bias) -> Tensor");
   // Internal (CUDA): the 2:4 decode kernel's weight layout, made from the canonical one, and its matmul.
   m.def("_sparse24_decode_pack(Tensor values, Tensor meta, int meta_layout=0) -> (Tensor dvalues, Tensor dmeta)");
-  m.def("_sparse24_decode_mm(Tensor x, Tensor dvalues, Tensor dmeta, int out_features, Tensor? bias, int tiles_per_warp=1) -> Tensor");
+  m.def("_sparse24_decode_mm(Tensor x, Tensor dvalues, Tensor dmeta, int out_features, Tensor? bias, str loader=\"auto\") -> Tensor");
   // Internal (CUDA, sm_90a): the Hopper prefill GEMM's weight layout (CUTLASS's compressed values + metadata) and
   // its matmul.
   m.def("_sparse24_sm90_pack(Tensor values, Tensor meta) -> (Tensor a, Tensor e)");

@@ -12,7 +12,7 @@ namespace spmm::ops {
 std::tuple<at::Tensor, at::Tensor> sparse24_decode_pack_cuda(const at::Tensor& values, const at::Tensor& meta,
                                                             int64_t meta_layout);
 at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalues, const at::Tensor& dmeta,
-                                   int64_t out_features, const std::optional<at::Tensor>& bias, int64_t tiles_per_warp);
+                                   int64_t out_features, const std::optional<at::Tensor>& bias, c10::string_view loader);
 
 #if SPMM_HAS_SPARSE24_SM90
 // Hopper prefill GEMM (sparse24_sm90_cuda.cpp): spmm::_sparse24_sm90_pack / _sparse24_sm90_mm.

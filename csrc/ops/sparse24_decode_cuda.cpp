@@ -11,6 +11,20 @@
 #include "ops/sparse24_common.h"
 
 namespace spmm::ops {
+namespace {
+
+kernels::DecodeLoader decode_loader(const char* op, c10::string_view loader) {
+  if (loader == "auto") return kernels::DecodeLoader::kAuto;
+  if (loader == "cp_async") return kernels::DecodeLoader::kCpAsync;
+  if (loader == "bulk") {
+    TORCH_CHECK_VALUE(at::cuda::getCurrentDeviceProperties()->major >= 9, op,
+                      ": `loader` \"bulk\" needs an sm_90 GPU (the copy engine); use \"auto\" or \"cp_async\"");
+    return kernels::DecodeLoader::kBulk;
+  }
+  TORCH_CHECK_VALUE(false, op, ": `loader` must be \"auto\", \"bulk\" or \"cp_async\", got \"", loader, "\"");
+}
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> sparse24_decode_pack_cuda(const at::Tensor& values, const at::Tensor& meta,
                                                             int64_t meta_layout) {
@@ -20,10 +34,9 @@ std::tuple<at::Tensor, at::Tensor> sparse24_decode_pack_cuda(const at::Tensor& v
   const int64_t m = values.size(0), k = values.size(1) * 2;
   const c10::cuda::CUDAGuard guard(values.device());
   const auto shape = kernels::sparse24_decode_shape(m, k);
-  at::Tensor dvalues = at::empty({shape.row_tiles, shape.values_bytes() / 2 / std::max<int64_t>(shape.row_tiles, 1)},
-                                 values.options());
-  at::Tensor dmeta = at::empty({shape.row_tiles, shape.meta_bytes() / 4 / std::max<int64_t>(shape.row_tiles, 1)},
-                               values.options().dtype(at::kInt));
+  const int64_t tiles = shape.row_tiles(), per_tile = std::max<int64_t>(tiles, 1);
+  at::Tensor dvalues = at::empty({tiles, shape.values_bytes() / 2 / per_tile}, values.options());
+  at::Tensor dmeta = at::empty({tiles, shape.meta_bytes() / 4 / per_tile}, values.options().dtype(at::kInt));
   kernels::Sparse24DecodePackParams p{};
   p.values = reinterpret_cast<const uint16_t*>(values.data_ptr());
   p.meta = meta.data_ptr<uint8_t>();
@@ -37,7 +50,7 @@ std::tuple<at::Tensor, at::Tensor> sparse24_decode_pack_cuda(const at::Tensor& v
 }
 
 at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalues, const at::Tensor& dmeta,
-                                   int64_t out_features, const std::optional<at::Tensor>& bias, int64_t tiles_per_warp) {
+                                   int64_t out_features, const std::optional<at::Tensor>& bias, c10::string_view loader) {
   constexpr const char* op = "spmm::_sparse24_decode_mm";
   check_activation(op, x);
   check_half_dtype(op, "x", x);
@@ -51,7 +64,7 @@ at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalue
   const int64_t k = x.size(-1), n = leading_rows(x), m = out_features;
   TORCH_CHECK_VALUE(k % sparse24::kGroup == 0, op, ": in_features K = ", k, " must be a multiple of 4");
   const auto shape = kernels::sparse24_decode_shape(m, k);
-  TORCH_CHECK_VALUE(dvalues.size(0) == shape.row_tiles && dvalues.numel() * 2 == shape.values_bytes() &&
+  TORCH_CHECK_VALUE(dvalues.size(0) == shape.row_tiles() && dvalues.numel() * 2 == shape.values_bytes() &&
                         dmeta.numel() * 4 == shape.meta_bytes(),
                     op, ": `dvalues`/`dmeta` do not hold the decode layout of a ", m, " x ", k,
                     " weight; pack it with _sparse24_decode_pack");
@@ -71,13 +84,10 @@ at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalue
   p.m = m;
   p.n = n;
   p.k = xk.size(1);
-  TORCH_CHECK_VALUE(tiles_per_warp == 1 || tiles_per_warp == 2, op, ": `tiles_per_warp` must be 1 or 2, got ",
-                    tiles_per_warp);
-  p.tiles_per_warp = static_cast<int>(tiles_per_warp);
-  p.splits = kernels::sparse24_decode_splits(m, n, k, at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
-                                             p.tiles_per_warp);
+  p.loader = decode_loader(op, loader);
+  p.splits = kernels::sparse24_decode_splits(m, n, k, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   p.dtype = kernel_dtype(x.scalar_type());
-  const size_t ws = kernels::sparse24_decode_workspace_bytes(m, n, p.k, p.splits, p.tiles_per_warp);
+  const size_t ws = kernels::sparse24_decode_workspace_bytes(m, n, p.k, p.splits, p.loader);
   at::Tensor workspace = at::empty({static_cast<int64_t>(ws)}, x.options().dtype(at::kByte));
   p.workspace = ws ? workspace.data_ptr() : nullptr;
   check_cuda(op, kernels::sparse24_decode_mm(p, at::cuda::getCurrentCUDAStream()));

@@ -24,7 +24,7 @@ from .pruning.sequential import sequential_stats
 class Sparse24Config:
     """2:4 sparsity, every layer at 50%. pruner: "magnitude", "wanda" or "sparsegpt" (the last two need
     calibration data: spmm.sparsify(..., calibration=...)), or any name registered with register_pruner.
-    prefill_kernel: on Hopper, also keep the CUTLASS prefill GEMM's layout of each weight (fast for N > 64 tokens,
+    prefill_kernel: on Hopper, also keep the CUTLASS prefill GEMM's layout of each weight (fast for N > 32 tokens,
     0.56 of the dense bytes more); False saves that memory where prefill speed does not matter."""
 
     pruner: str = "magnitude"

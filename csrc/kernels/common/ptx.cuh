@@ -1,5 +1,5 @@
 // Thin wrappers over the PTX instructions the hand-written kernels use (sm_80+): sparse tensor-core mma,
-// dense mma, ldmatrix, cp.async with zero fill, streaming loads.
+// dense mma, ldmatrix, cp.async with zero fill, streaming loads, mbarriers, and (sm_90) bulk async copies.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -93,6 +93,73 @@ __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(p));
   return v;
+}
+
+// ---------------------------------------------------------------------------------------------- mbarriers ------
+// A shared-memory barrier whose phase completes after `count` arrivals (and, sm_90, the bytes it was told to
+// expect): the producer/consumer hand-off of a multi-stage pipeline without block-wide __syncthreads.
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+
+// Makes initialised barriers visible to the other threads and to the async proxy (bulk copies); follow with
+// __syncthreads().
+__device__ __forceinline__ void mbar_init_fence() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  [[maybe_unused]] uint64_t state;
+  asm volatile("mbarrier.arrive.shared.b64 %0, [%1];\n" : "=l"(state) : "r"(smem_addr(bar)) : "memory");
+}
+
+// Blocks until the phase with the given parity (0 or 1) has completed.
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  const uint32_t addr = smem_addr(bar);
+  uint32_t done = 0;
+  while (!done) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done) : "r"(addr), "r"(parity) : "memory");
+#else
+    asm volatile("{\n .reg .pred p;\n mbarrier.test_wait.parity.shared.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done) : "r"(addr), "r"(parity) : "memory");
+#endif
+  }
+}
+
+// One arrival on `bar` once every cp.async this thread has issued so far has landed (counted in the barrier's
+// arrival count: .noinc).
+__device__ __forceinline__ void cp_async_mbar_arrive(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+
+// sm_90: one arrival on `bar` that also makes its current phase wait for `bytes` more of bulk-copy data.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  [[maybe_unused]] uint64_t state;
+  asm volatile("mbarrier.arrive.expect_tx.shared.b64 %0, [%1], %2;\n"
+               : "=l"(state) : "r"(smem_addr(bar)), "r"(bytes) : "memory");
+#else
+  __trap();
+#endif
+}
+
+// sm_90: global -> shared copy of `bytes` (multiple of 16, both addresses 16-byte aligned) by the copy engine;
+// its completion is counted in `bar`'s expected bytes.
+__device__ __forceinline__ void bulk_copy_g2s(void* smem_dst, const void* gmem_src, uint32_t bytes, uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+               ::"r"(smem_addr(smem_dst)), "l"(gmem_src), "r"(bytes), "r"(smem_addr(bar)) : "memory");
+#else
+  __trap();
+#endif
 }
 
 }  // namespace spmm::kernels::ptx

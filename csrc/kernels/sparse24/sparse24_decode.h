@@ -3,12 +3,14 @@
 // Maths: y[N, M] = x[N, K] @ W[M, K]^T (+ bias[M]), computed as y^T = W x^T so the weight rows fill the wide mma
 // dimension (m16) and the few tokens the narrow one (n8). fp16 or bf16 in and out, fp32 accumulation.
 //
-// Decode layout (made once from the canonical layout by sparse24_decode_pack): W is cut into row tiles of 16 rows
-// and chunks of 128 columns (4 mma k-steps of 32). For each (row tile, chunk):
-//   values: [k-step 4][lane 32][8 x 16-bit]  -- lane l's A fragment of mma.m16n8k32, one 16-byte load per step;
-//   meta:   [active lane 16][k-step 4] uint32 -- the metadata registers of lanes 4g and 4g+1 (selector 0),
-//           one 16-byte load per chunk.
-// Rows past M and columns past K are padded with zeros (and a valid metadata code), so the kernel has no tails.
+// Decode layout (made once from the canonical layout by sparse24_decode_pack): W is cut into row tiles of 16 rows,
+// 8 consecutive tiles form a row group (128 rows, one block's rows), and K into chunks of 128 columns (4 mma
+// k-steps of 32). For each (row group, chunk), one contiguous block of 18 KB that the kernel copies in one go:
+//   values: [tile 8][k-step 4][lane 32][8 x 16-bit] -- lane l's A fragment of mma.m16n8k32 (16 KB);
+//   meta:   [tile 8][active lane 16][k-step 4] uint32 -- the metadata registers of lanes 4g and 4g+1 (selector 0)
+//           (2 KB, in the separate `dmeta` buffer at the same (group, chunk) position).
+// Chunks of a group follow each other, groups follow each other. Rows past M (up to a multiple of 128) and
+// columns past K are padded with zeros and a valid metadata code, so the kernel has no tails.
 // Bytes read per dense element: 1.125 (fp16), like the canonical layout.
 #pragma once
 
@@ -21,20 +23,29 @@
 
 namespace spmm::kernels {
 
-constexpr int64_t kDecodeTileRows = 16;    // rows of W per warp tile (mma m)
+constexpr int64_t kDecodeTileRows = 16;    // rows of W per mma tile (mma m)
+constexpr int64_t kDecodeGroupTiles = 8;   // row tiles per row group (one block's rows)
 constexpr int64_t kDecodeChunkK = 128;     // columns of W per pipeline chunk (4 x mma k32)
 constexpr int64_t kDecodeMaxTokens = 64;   // tokens per launch; the launcher slices larger N
 
 struct Sparse24DecodeShape {
-  int64_t row_tiles;  // ceil(M / 16)
+  int64_t groups;     // ceil(M / 128)
   int64_t chunks;     // ceil(K / 128)
-  int64_t values_bytes() const { return row_tiles * chunks * 4 * 32 * 16; }
-  int64_t meta_bytes() const { return row_tiles * chunks * 16 * 16; }
+  int64_t row_tiles() const { return groups * kDecodeGroupTiles; }
+  int64_t values_bytes() const { return row_tiles() * chunks * 4 * 32 * 16; }
+  int64_t meta_bytes() const { return row_tiles() * chunks * 16 * 16; }
 };
 
 inline Sparse24DecodeShape sparse24_decode_shape(int64_t m, int64_t k) {
-  return {(m + kDecodeTileRows - 1) / kDecodeTileRows, (k + kDecodeChunkK - 1) / kDecodeChunkK};
+  const int64_t group_rows = kDecodeTileRows * kDecodeGroupTiles;
+  return {(m + group_rows - 1) / group_rows, (k + kDecodeChunkK - 1) / kDecodeChunkK};
 }
+
+// How the kernel brings each (group, chunk) into shared memory: the copy engine (sm_90 bulk copies, a few
+// instructions per 18 KB) or cp.async by one warp. kAuto: bulk copies on sm_90 up to 32 tokens, cp.async otherwise.
+// On sm_90 split-K partials are summed in a thread block cluster, except with kCpAsync, which runs the sm_80 path
+// as a whole (global workspace) so that an sm_90 GPU tests it too.
+enum class DecodeLoader { kAuto = 0, kBulk = 1, kCpAsync = 2 };
 
 struct Sparse24DecodePackParams {
   const uint16_t* values;  // canonical [M, K/2], fp16 or bf16 bits (the pack only moves them)
@@ -50,26 +61,26 @@ cudaError_t sparse24_decode_pack(const Sparse24DecodePackParams& p, cudaStream_t
 struct Sparse24DecodeParams {
   const void* x;        // [N, K] rows of x_ld elements; x_ld % 8 == 0, 16-byte aligned, k % 8 == 0
   int64_t x_ld;
-  const void* dvalues;  // decode layout of W -- or, with `canonical`, the canonical values [M, K/2]
-  const void* dmeta;    // decode layout's metadata -- or, with `canonical`, the canonical meta [M, K/8]
+  const void* dvalues;  // decode layout of W (16-byte aligned)
+  const void* dmeta;    // decode layout's metadata (16-byte aligned)
   const void* bias;     // [M] or nullptr
   void* y;              // [N, M] rows of y_ld elements
   int64_t y_ld;
   void* workspace;      // sparse24_decode_workspace_bytes(...) bytes (split-K partials + counters), or nullptr if 0
   int64_t m, n, k;
   int splits;           // from sparse24_decode_splits()
-  int tiles_per_warp;   // 1 or 2 row tiles of 16 rows streamed by each warp (2 share each x fragment: less
-                        // shared-memory traffic per weight byte, more registers); splits and workspace depend on it
   DType dtype;          // kFloat16 or kBFloat16
-  bool canonical;       // dvalues/dmeta hold the canonical layout (K % 128 == 0, both 16-byte aligned): no copy of
-                        // the weight in another layout is needed (see the kernel for how the fragments are found)
+  DecodeLoader loader;  // see DecodeLoader
   int* counters;        // set by the launcher (inside the workspace); callers leave it null
+  bool cluster_reduce;  // set by the launcher: split-K partials summed across a cluster (sm_90, splits <= 8)
 };
 
 // Split-K factor for (m, n, k) on a device with num_sms multiprocessors: enough blocks for every SM to stream.
-int sparse24_decode_splits(int64_t m, int64_t n, int64_t k, int num_sms, int tiles_per_warp = 1);
+int sparse24_decode_splits(int64_t m, int64_t n, int64_t k, int num_sms);
 
-size_t sparse24_decode_workspace_bytes(int64_t m, int64_t n, int64_t k, int splits, int tiles_per_warp = 1);
+// Global workspace the launch needs (0 when it needs none: one split, or partials summed in a cluster on sm_90).
+size_t sparse24_decode_workspace_bytes(int64_t m, int64_t n, int64_t k, int splits,
+                                       DecodeLoader loader = DecodeLoader::kAuto);
 
 // Enqueues y = x W^T (+ bias) on `stream`. cudaErrorInvalidValue for arguments it cannot take.
 cudaError_t sparse24_decode_mm(const Sparse24DecodeParams& p, cudaStream_t stream);

@@ -1,11 +1,17 @@
 // The decode kernel of sparse24_decode.h and its layout packer.
 //
-// Block: 8 warps; warp w owns 1 or 2 consecutive row tiles of 16 rows (tiles_per_warp) over the block's slice of K
-// (split blockIdx.x of `splits`). Per chunk of 128 columns, every lane streams its A fragments and metadata
-// straight from global memory into registers (one chunk ahead), while the block stages x's chunk in shared
-// memory with cp.async (double-buffered, zero-filled past N and K) and feeds it to mma.sp through ldmatrix.
-// With splits > 1, each block leaves fp32 partials in the workspace and the last block of a row group to finish
-// (a counter per group) sums them in split order -- one launch, deterministic -- adds the bias and writes y.
+// Block: one row group (8 row tiles of 16 rows) over its slice of K (split blockIdx.x of `splits`), as a
+// producer/consumer pipeline of kStages shared-memory stages with no block-wide barrier in the main loop:
+//  - a producer warp fills a stage per chunk: the group's 18 KB of weight fragments (one bulk copy pair on sm_90,
+//    cp.async on sm_80) and x's chunk (cp.async, zero-filled past N and K), and signals the stage's `full`
+//    mbarrier when all of it has landed;
+//  - consumer warps (8, or 4 holding two tiles each when N > 16, so every x fragment feeds two mma.sp) wait on
+//    `full`, read their A fragments and metadata from the stage, x through ldmatrix, run mma.sp, and release the
+//    stage on its `empty` mbarrier.
+// So each block keeps up to kStages x 18 KB of weights in flight, paced by the copy engine instead of by
+// instructions in every thread. With splits > 1, each block leaves fp32 partials in the workspace and the last
+// block of a row group to finish (a counter per group) sums them in split order -- one launch, deterministic --
+// adds the bias and writes y.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -13,6 +19,7 @@
 #include <climits>
 
 #include "kernels/common/epilogue.cuh"
+#include "kernels/common/launch.h"
 #include "kernels/common/ptx.cuh"
 #include "kernels/sparse24/sparse24_decode.h"
 #include "kernels/sparse24/sparse24_layout.h"
@@ -20,11 +27,12 @@
 namespace spmm::kernels {
 namespace {
 
-constexpr int kWarps = 8;
-constexpr int kThreads = kWarps * 32;
-constexpr int kSteps = kDecodeChunkK / 32;        // mma k-steps per chunk
-constexpr int kXPitch = kDecodeChunkK + 8;        // x row pitch in shared memory (16 B pad: no ldmatrix conflicts)
-constexpr uint8_t kFillCode = 0 | 1 << 2;         // metadata code of an all-zero (padding) group
+constexpr int kSteps = kDecodeChunkK / 32;                        // mma k-steps per chunk
+constexpr int kGroupTiles = static_cast<int>(kDecodeGroupTiles);  // row tiles per block
+constexpr int kXPitch = kDecodeChunkK + 8;   // x row pitch in shared memory (16 B pad: no ldmatrix conflicts)
+constexpr uint8_t kFillCode = 0 | 1 << 2;    // metadata code of an all-zero (padding) group
+constexpr uint32_t kValuesBytes = kGroupTiles * kSteps * 32 * 16;  // one (group, chunk): 16 KB
+constexpr uint32_t kMetaBytes = kGroupTiles * 16 * 16;             // 2 KB
 
 // ------------------------------------------------------------------------------------------------ packer -------
 // One thread per (row tile, chunk, lane): gathers that lane's four A fragments (and, for lanes 4g and 4g+1, its
@@ -53,13 +61,15 @@ struct CanonicalReader {
 
 __global__ void decode_pack_kernel(Sparse24DecodePackParams p, Sparse24DecodeShape s) {
   const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (index >= s.row_tiles * s.chunks * 32) return;
+  if (index >= s.groups * kGroupTiles * s.chunks * 32) return;
   const int lane = index % 32;
   const int64_t chunk = (index / 32) % s.chunks, tile = index / 32 / s.chunks;
+  const int64_t group = tile / kGroupTiles, tile_in_group = tile % kGroupTiles;
+  const int64_t block = (group * s.chunks + chunk) * kGroupTiles + tile_in_group;  // (group, chunk, tile) order
   const int g = lane / 4, q = lane % 4;
   const int64_t row0 = tile * kDecodeTileRows + g, row1 = row0 + 8;
   const CanonicalReader in{p.values, p.meta, p.m, p.k, sparse24::meta_bytes_per_row(p.k)};
-  uint4* values = static_cast<uint4*>(p.dvalues) + ((tile * s.chunks + chunk) * kSteps) * 32 + lane;
+  uint4* values = static_cast<uint4*>(p.dvalues) + block * kSteps * 32 + lane;
   uint32_t meta[kSteps];
   for (int step = 0; step < kSteps; ++step) {
     const int64_t first_group = (chunk * kSteps + step) * 8;  // 8 groups of 4 per k-step of 32
@@ -78,239 +88,273 @@ __global__ void decode_pack_kernel(Sparse24DecodePackParams p, Sparse24DecodeSha
     }
   }
   if (q < 2) {
-    uint4* dmeta = static_cast<uint4*>(p.dmeta) + (tile * s.chunks + chunk) * 16 + g * 2 + q;
+    uint4* dmeta = static_cast<uint4*>(p.dmeta) + block * 16 + g * 2 + q;
     *dmeta = make_uint4(meta[0], meta[1], meta[2], meta[3]);
   }
 }
 
 // ----------------------------------------------------------------------------------------------- matmul --------
-// ------------------------------------------------------------------- reading the canonical layout directly -----
-// With kCanonical the kernel reads the canonical layout (values [M, K/2], meta [M, K/8]; K % 128 == 0), so a layer
-// needs no second copy of its weight. It uses the freedom to number the 8 groups of an mma k-step in any order, as
-// long as A, its metadata and B agree: in k-step s of a chunk, slot j < 4 is the chunk's group 8j + 2s and slot
-// j + 4 is group 8j + 2s + 1. Then lane (g, q) finds all four of its A registers of all four k-steps in 32
-// contiguous bytes of row g and of row g + 8 (the groups 8q .. 8q + 7 of the chunk): four 16-byte loads per chunk,
-// as with the decode layout. x is staged into shared memory in slot order (8-byte copies), so the B fragments
-// are read exactly as in the decode-layout mode. The metadata registers are rebuilt from the canonical nibbles.
-__device__ __forceinline__ int canonical_group(int step, int slot) {
-  return slot < 4 ? 8 * slot + 2 * step : 8 * (slot - 4) + 2 * step + 1;
-}
+// kNTiles: 8-token column tiles (N <= 8 * kNTiles). Eight consumer warps share a stage: with N <= 16 each owns one
+// row tile and all tokens; with more tokens, each owns two row tiles (so every x fragment feeds two mma.sp: half
+// the shared-memory reads per weight byte) and half of the token tiles (so eight warps still issue in parallel).
+template <int kNTiles>
+struct DecodeConfig {
+  static constexpr int kTilesPerWarp = kNTiles >= 4 ? 2 : 1;
+  static constexpr int kTokenBlocks = kTilesPerWarp;                 // warps along the tokens
+  static constexpr int kNTilesPerWarp = kNTiles / kTokenBlocks;
+  static constexpr int kTileBlocks = kGroupTiles / kTilesPerWarp;   // warps along the rows
+  static constexpr int kConsumers = kTileBlocks * kTokenBlocks;     // 8
+  static constexpr int kThreads = (kConsumers + 1) * 32;             // + the producer warp
+  static constexpr int kStages = kNTiles >= 4 ? 3 : 4;               // 2 blocks per SM at any N
+  static constexpr int kXRows = kNTiles * 8;
+  static constexpr uint32_t kStageBytes = kValuesBytes + kMetaBytes + kXRows * kXPitch * 2;
+  static constexpr size_t kSmemBytes = size_t{kStages} * kStageBytes;
+  static_assert(kXRows * kGroupTiles * kDecodeTileRows * 4 <= kSmemBytes, "cluster reduction buffer");
+};
 
-// The 16-bit metadata of one row for k-step `step`: slots 0-3 (high = false) or 4-7 (high = true). m = the row's 16
-// canonical metadata bytes of the chunk; byte 4j + step holds groups 8j + 2 step (low nibble) and + 1 (high).
-__device__ __forceinline__ uint32_t canonical_meta16(const uint4& m, int step, bool high) {
-  const uint32_t sel = step | (step + 4) << 4;
-  const uint32_t v = (__byte_perm(m.x, m.y, sel) & 0xFFFFu) | __byte_perm(m.z, m.w, sel) << 16;  // byte j: w_j's
-  const uint32_t n = high ? v >> 4 : v;  // the wanted nibble of byte j now at bits 8j .. 8j + 3
-  return (n & 0xFu) | ((n >> 4) & 0xF0u) | ((n >> 8) & 0xF00u) | ((n >> 12) & 0xF000u);
-}
-
-// kNTiles: 8-token column tiles (N <= 8 * kNTiles); kTilesPerWarp: 16-row tiles each warp streams at once, which
-// share every B fragment (one ldmatrix feeds kTilesPerWarp mma.sp) and one x stage per 128 * kTilesPerWarp rows.
-// kCanonical: read the canonical layout (above) instead of the decode layout.
-template <typename T, int kNTiles, int kTilesPerWarp, bool kCanonical>
-__global__ void __launch_bounds__(kThreads) decode_mm_kernel(Sparse24DecodeParams p, Sparse24DecodeShape s) {
-  constexpr int kXRows = kNTiles * 8;
-  constexpr int kRowsPerBlock = kWarps * kTilesPerWarp * kDecodeTileRows;
-  extern __shared__ uint4 smem[];
-  T* xs = reinterpret_cast<T*>(smem);  // [2][kXRows][kXPitch]
+// kBulk: the producer's weight copies are sm_90 bulk copies (else cp.async). Split-K partials are summed across a
+// thread block cluster through distributed shared memory when p.cluster_reduce (sm_90: the splits of a row group
+// are one cluster), otherwise through the global workspace by the last block of a group.
+template <typename T, int kNTiles, bool kBulk>
+__global__ void __launch_bounds__(DecodeConfig<kNTiles>::kThreads)
+    decode_mm_kernel(Sparse24DecodeParams p, Sparse24DecodeShape s) {
+  using C = DecodeConfig<kNTiles>;
+  constexpr int kGroupRows = kGroupTiles * kDecodeTileRows;
+  extern __shared__ __align__(128) unsigned char smem[];  // [stage]{values, meta, x [kXRows][kXPitch]}
+  __shared__ uint64_t full[C::kStages], empty[C::kStages];
   __shared__ int is_last_block;
+  auto stage_values = [&](int st) { return reinterpret_cast<uint4*>(smem + st * C::kStageBytes); };
+  auto stage_meta = [&](int st) { return reinterpret_cast<uint4*>(smem + st * C::kStageBytes + kValuesBytes); };
+  auto stage_x = [&](int st) { return reinterpret_cast<T*>(smem + st * C::kStageBytes + kValuesBytes + kMetaBytes); };
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t group = blockIdx.y, split = blockIdx.x;
-  const int64_t first_tile = (group * kWarps + warp) * kTilesPerWarp;
-  bool has_tile[kTilesPerWarp];
-#pragma unroll
-  for (int t = 0; t < kTilesPerWarp; ++t) has_tile[t] = first_tile + t < s.row_tiles;
   const int64_t c_begin = split * s.chunks / p.splits, c_end = (split + 1) * s.chunks / p.splits;
-  const T* x = static_cast<const T*>(p.x);
-  const uint4* wv = static_cast<const uint4*>(p.dvalues) + first_tile * s.chunks * kSteps * 32 + lane;
-  const uint4* wm = static_cast<const uint4*>(p.dmeta) + first_tile * s.chunks * 16 + (lane / 4) * 2 + lane % 4;
-  const bool meta_lane = lane % 4 < 2;
-
-  auto stage_x = [&](int64_t chunk, int buf) {
-    if constexpr (kCanonical) {  // one 8-byte copy per group, into its slot's place (K % 128 == 0: no tail)
-      for (int v = threadIdx.x; v < kXRows * (kDecodeChunkK / 4); v += kThreads) {
-        const int row = v / (kDecodeChunkK / 4), slot_index = v % (kDecodeChunkK / 4);  // step * 8 + slot
-        const int64_t k = chunk * kDecodeChunkK + 4 * canonical_group(slot_index / 8, slot_index % 8);
-        const bool inside = row < p.n;
-        ptx::cp_async_8(xs + (buf * kXRows + row) * kXPitch + slot_index * 4, inside ? x + row * p.x_ld + k : x,
-                        inside ? 8 : 0);
-      }
-    } else {
-      for (int v = threadIdx.x; v < kXRows * (kDecodeChunkK / 8); v += kThreads) {
-        const int row = v / (kDecodeChunkK / 8), col = (v % (kDecodeChunkK / 8)) * 8;
-        const int64_t k = chunk * kDecodeChunkK + col;
-        const bool inside = row < p.n && k < p.k;  // k % 8 == 0: a vector is wholly inside or outside
-        ptx::cp_async_16(xs + (buf * kXRows + row) * kXPitch + col, inside ? x + row * p.x_ld + k : x,
-                         inside ? 16 : 0);
-      }
+  const int count = static_cast<int>(c_end - c_begin);
+  if (threadIdx.x == 0) {
+    for (int st = 0; st < C::kStages; ++st) {
+      ptx::mbar_init(&full[st], 32 + (kBulk ? 1 : 0));  // each producer lane's cp.async arrival (+ the expect_tx)
+      ptx::mbar_init(&empty[st], C::kConsumers);
     }
-    ptx::cp_async_commit();
-  };
-  auto load_w = [&](int64_t chunk, uint4 (&a)[kTilesPerWarp][kSteps], uint4 (&meta)[kTilesPerWarp]) {
-    if constexpr (kCanonical) {
-      const uint4* values = static_cast<const uint4*>(p.dvalues);  // rows of K / 16 uint4
-      const uint4* metas = static_cast<const uint4*>(p.dmeta);     // rows of K / 128 uint4
-      const int64_t vrow = p.k / 16, mrow = p.k / 128;
-      const int g = lane / 4, q = lane % 4;
-      const uint4 zero = make_uint4(0, 0, 0, 0), fill = make_uint4(0x44444444u, 0x44444444u, 0x44444444u, 0x44444444u);
-#pragma unroll
-      for (int t = 0; t < kTilesPerWarp; ++t) {
-        if (!has_tile[t]) continue;
-        const int64_t r0 = (first_tile + t) * kDecodeTileRows + g, r1 = r0 + 8;  // rows past M: zeros, valid codes
-        const uint4* v0 = values + r0 * vrow + chunk * 8 + q * 2;
-        const uint4* v1 = values + r1 * vrow + chunk * 8 + q * 2;
-        const uint4 a0 = r0 < p.m ? ptx::load_streaming(v0) : zero, b0 = r0 < p.m ? ptx::load_streaming(v0 + 1) : zero;
-        const uint4 a1 = r1 < p.m ? ptx::load_streaming(v1) : zero, b1 = r1 < p.m ? ptx::load_streaming(v1 + 1) : zero;
-        // words 2s, 2s + 1 of a row's 8 are slots q, q + 4 of step s; registers: (g, q) (g+8, q) (g, q+4) (g+8, q+4)
-        a[t][0] = make_uint4(a0.x, a1.x, a0.y, a1.y);
-        a[t][1] = make_uint4(a0.z, a1.z, a0.w, a1.w);
-        a[t][2] = make_uint4(b0.x, b1.x, b0.y, b1.y);
-        a[t][3] = make_uint4(b0.z, b1.z, b0.w, b1.w);
-        if (meta_lane) {  // lane 4g: slots 0-3, lane 4g + 1: slots 4-7; rows g (low 16 bits) and g + 8 (high)
-          const uint4 m0 = r0 < p.m ? ptx::load_streaming(metas + r0 * mrow + chunk) : fill;
-          const uint4 m1 = r1 < p.m ? ptx::load_streaming(metas + r1 * mrow + chunk) : fill;
-          uint32_t r[kSteps];
-#pragma unroll
-          for (int step = 0; step < kSteps; ++step)
-            r[step] = canonical_meta16(m0, step, q == 1) | canonical_meta16(m1, step, q == 1) << 16;
-          meta[t] = make_uint4(r[0], r[1], r[2], r[3]);
-        } else {
-          meta[t] = zero;
-        }
-      }
-    } else {
-#pragma unroll
-      for (int t = 0; t < kTilesPerWarp; ++t) {
-        if (!has_tile[t]) continue;
-        const int64_t base = t * s.chunks + chunk;  // tiles are consecutive in the layout
-#pragma unroll
-        for (int step = 0; step < kSteps; ++step) a[t][step] = ptx::load_streaming(wv + (base * kSteps + step) * 32);
-        meta[t] = meta_lane ? ptx::load_streaming(wm + base * 16) : make_uint4(0, 0, 0, 0);
-      }
-    }
-  };
-
-  float acc[kTilesPerWarp][kNTiles][4] = {};
-  uint4 a_cur[kTilesPerWarp][kSteps], a_next[kTilesPerWarp][kSteps], m_cur[kTilesPerWarp], m_next[kTilesPerWarp];
-  if (c_begin < c_end) {
-    stage_x(c_begin, 0);
-    load_w(c_begin, a_cur, m_cur);
+    ptx::mbar_init_fence();
   }
-  for (int64_t c = c_begin; c < c_end; ++c) {
-    const int buf = (c - c_begin) & 1;
-    const bool more = c + 1 < c_end;
-    if (more) {
-      stage_x(c + 1, buf ^ 1);  // buf ^ 1 was last read before the previous iteration's closing barrier
-      load_w(c + 1, a_next, m_next);
-      ptx::cp_async_wait<1>();
-    } else {
-      ptx::cp_async_wait<0>();
+  __syncthreads();
+
+  // Consumer warp -> its row tiles (first_tile + t) and token tiles (first_ntile + j) within the group.
+  const int first_tile = (warp % C::kTileBlocks) * C::kTilesPerWarp;
+  const int first_ntile = (warp / C::kTileBlocks) * C::kNTilesPerWarp;
+  float acc[C::kTilesPerWarp][C::kNTilesPerWarp][4] = {};
+  if (warp == C::kConsumers) {
+    // ---- producer
+    const T* x = static_cast<const T*>(p.x);
+    const unsigned char* wv = static_cast<const unsigned char*>(p.dvalues);
+    const unsigned char* wm = static_cast<const unsigned char*>(p.dmeta);
+    for (int i = 0; i < count; ++i) {
+      const int st = i % C::kStages;
+      if (i >= C::kStages) ptx::mbar_wait(&empty[st], (i / C::kStages - 1) & 1);
+      const int64_t block = group * s.chunks + c_begin + i;
+      if constexpr (kBulk) {
+        if (lane == 0) {
+          ptx::mbar_arrive_expect_tx(&full[st], kValuesBytes + kMetaBytes);
+          ptx::bulk_copy_g2s(stage_values(st), wv + block * kValuesBytes, kValuesBytes, &full[st]);
+          ptx::bulk_copy_g2s(stage_meta(st), wm + block * kMetaBytes, kMetaBytes, &full[st]);
+        }
+      } else {
+        for (int v = lane; v < static_cast<int>(kValuesBytes / 16); v += 32)
+          ptx::cp_async_16(stage_values(st) + v, wv + block * kValuesBytes + v * 16, 16);
+        for (int v = lane; v < static_cast<int>(kMetaBytes / 16); v += 32)
+          ptx::cp_async_16(stage_meta(st) + v, wm + block * kMetaBytes + v * 16, 16);
+      }
+      T* xs = stage_x(st);
+      for (int v = lane; v < C::kXRows * (kDecodeChunkK / 8); v += 32) {
+        const int row = v / (kDecodeChunkK / 8), col = (v % (kDecodeChunkK / 8)) * 8;
+        const int64_t k = (c_begin + i) * kDecodeChunkK + col;
+        const bool inside = row < p.n && k < p.k;  // k % 8 == 0: a vector is wholly inside or outside
+        ptx::cp_async_16(xs + row * kXPitch + col, inside ? x + row * p.x_ld + k : x, inside ? 16 : 0);
+      }
+      ptx::cp_async_mbar_arrive(&full[st]);
     }
-    __syncthreads();
-    if (has_tile[0]) {
+  } else if (first_ntile * 8 < p.n) {  // (a warp whose tokens are all padding has nothing to compute)
+    // ---- consumers
+    const bool meta_lane = lane % 4 < 2;
+    const int meta_index = (lane / 4) * 2 + lane % 4;
+    for (int i = 0; i < count; ++i) {
+      const int st = i % C::kStages;
+      ptx::mbar_wait(&full[st], (i / C::kStages) & 1);
+      const uint4* va = stage_values(st);
+      const uint4* ma = stage_meta(st);
+      const T* xs = stage_x(st);
+      uint4 meta[C::kTilesPerWarp];
+#pragma unroll
+      for (int t = 0; t < C::kTilesPerWarp; ++t)
+        meta[t] = meta_lane ? ma[(first_tile + t) * 16 + meta_index] : make_uint4(0, 0, 0, 0);
 #pragma unroll
       for (int step = 0; step < kSteps; ++step) {
+        uint4 a[C::kTilesPerWarp];
 #pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) {
-          uint32_t b[4];  // x rows nt*8 .. +7, columns step*32 .. +31: matrix j covers columns 8j .. 8j+7
-          ptx::ldmatrix_x4(b, xs + (buf * kXRows + nt * 8 + lane % 8) * kXPitch + step * 32 + (lane / 8) * 8);
+        for (int t = 0; t < C::kTilesPerWarp; ++t) a[t] = va[((first_tile + t) * kSteps + step) * 32 + lane];
 #pragma unroll
-          for (int t = 0; t < kTilesPerWarp; ++t) {
-            const uint32_t meta = step == 0 ? m_cur[t].x : step == 1 ? m_cur[t].y : step == 2 ? m_cur[t].z : m_cur[t].w;
-            if (has_tile[t]) ptx::mma_sp_16832<T>(acc[t][nt], a_cur[t][step], b, meta);
+        for (int j = 0; j < C::kNTilesPerWarp; ++j) {
+          uint32_t b[4];  // x rows (first_ntile + j) * 8 .. +7, columns step*32 .. +31: matrix i covers 8i .. 8i+7
+          ptx::ldmatrix_x4(b, xs + ((first_ntile + j) * 8 + lane % 8) * kXPitch + step * 32 + (lane / 8) * 8);
+#pragma unroll
+          for (int t = 0; t < C::kTilesPerWarp; ++t) {
+            const uint32_t m = step == 0 ? meta[t].x : step == 1 ? meta[t].y : step == 2 ? meta[t].z : meta[t].w;
+            ptx::mma_sp_16832<T>(acc[t][j], a[t], b, m);
           }
         }
       }
+      __syncwarp();
+      if (lane == 0) ptx::mbar_arrive(&empty[st]);
     }
-    __syncthreads();
-    if (more) {
-#pragma unroll
-      for (int t = 0; t < kTilesPerWarp; ++t) {
-#pragma unroll
-        for (int step = 0; step < kSteps; ++step) a_cur[t][step] = a_next[t][step];
-        m_cur[t] = m_next[t];
-      }
+  } else {
+    for (int i = 0; i < count; ++i) {  // still releases every stage (the producer waits for all consumers)
+      ptx::mbar_wait(&full[i % C::kStages], (i / C::kStages) & 1);
+      __syncwarp();
+      if (lane == 0) ptx::mbar_arrive(&empty[i % C::kStages]);
     }
   }
 
-  // Accumulator fragment: acc[t][nt][i] is W row g (+8 for i >= 2) of tile t times token nt*8 + 2q (+1 for odd i).
+  // Accumulator fragment: acc[t][j][i] is W row g (+8 for i >= 2) of tile first_tile + t times token
+  // (first_ntile + j) * 8 + 2q (+1 for odd i). `emit` hands each valid (row in group, token, value) to `f`.
   const int g = lane / 4, q = lane % 4;
+  auto emit = [&](auto&& f) {
+    if (warp >= C::kConsumers) return;
+#pragma unroll
+    for (int t = 0; t < C::kTilesPerWarp; ++t)
+#pragma unroll
+      for (int j = 0; j < C::kNTilesPerWarp; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int r = (first_tile + t) * kDecodeTileRows + g + (i >= 2 ? 8 : 0);
+          const int n = (first_ntile + j) * 8 + 2 * q + (i & 1);
+          if (n < p.n) f(r, n, acc[t][j][i]);
+        }
+  };
   const T* bias = static_cast<const T*>(p.bias);
   T* y = static_cast<T*>(p.y);
-  const int64_t mp = s.row_tiles * kDecodeTileRows;
-  float* partials = static_cast<float*>(p.workspace);
-#pragma unroll
-  for (int t = 0; t < kTilesPerWarp; ++t) {
-    if (!has_tile[t]) continue;
-#pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int64_t m = (first_tile + t) * kDecodeTileRows + g + (i >= 2 ? 8 : 0), n = nt * 8 + 2 * q + (i & 1);
-        if (n >= p.n) continue;
-        if (p.splits == 1) {
-          if (m < p.m) y[n * p.y_ld + m] = from_float<T>(acc[t][nt][i] + bias_at(bias, m));
-        } else {
-          partials[(split * p.n + n) * mp + m] = acc[t][nt][i];
-        }
+  const int64_t row0 = group * kGroupRows;
+  if (p.splits == 1) {
+    emit([&](int r, int n, float v) {
+      if (row0 + r < p.m) y[n * p.y_ld + row0 + r] = from_float<T>(v + bias_at(bias, row0 + r));
+    });
+    return;
+  }
+  // Split-K. Either way each output is the sum of the splits' partials in split order (deterministic), four rows
+  // per thread with every split's loads in flight together.
+  auto reduce_quads = [&](int quad_begin, int quad_end, auto&& load_quad) {
+    constexpr int kQuads = kGroupRows / 4;
+    for (int idx = quad_begin + threadIdx.x; idx < quad_end; idx += C::kThreads) {
+      const int n = idx / kQuads, r = (idx % kQuads) * 4;
+      if (row0 + r >= p.m) continue;
+      float sum[4] = {};
+#pragma unroll 8
+      for (int sp = 0; sp < p.splits; ++sp) {
+        const float4 v = load_quad(sp, n, r);
+        sum[0] += v.x, sum[1] += v.y, sum[2] += v.z, sum[3] += v.w;
       }
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (row0 + r + j < p.m) y[n * p.y_ld + row0 + r + j] = from_float<T>(sum[j] + bias_at(bias, row0 + r + j));
+    }
+  };
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  {
+    if (p.cluster_reduce) {
+      // Each block leaves its partials [N][128 rows] in its own shared memory (the stages are free once every
+      // warp is past the loop); after a cluster barrier, block `split` sums its share of the outputs by reading
+      // all the blocks' partials through distributed shared memory; a second barrier keeps every block's
+      // shared memory alive until all reads are done.
+      float* red = reinterpret_cast<float*>(smem);
+      __syncthreads();
+      emit([&](int r, int n, float v) { red[n * kGroupRows + r] = v; });
+      asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+      const int quads = static_cast<int>(p.n) * (kGroupRows / 4), share = (quads + p.splits - 1) / p.splits;
+      const uint32_t red_addr = ptx::smem_addr(red);
+      reduce_quads(static_cast<int>(split) * share, min(quads, static_cast<int>(split + 1) * share),
+                   [&](int sp, int n, int r) {
+                     uint32_t peer;
+                     asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
+                                  : "=r"(peer) : "r"(red_addr + (n * kGroupRows + r) * 4), "r"(sp));
+                     float4 v;
+                     asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                                  : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(peer) : "memory");
+                     return v;
+                   });
+      asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+      return;
     }
   }
-  if (p.splits == 1) return;
-
-  // Split-K: the last block of this row group to arrive sums every split's partials, in split order.
-  int* counters = p.counters;
+#endif
+  // Through the workspace: fp32 partials [split][N][rows of the padded weight]; the last block of this row group
+  // to arrive (a counter per group) sums them.
+  const int64_t mp = s.groups * kGroupRows;
+  float* partials = static_cast<float*>(p.workspace);
+  emit([&](int r, int n, float v) { partials[(split * p.n + n) * mp + row0 + r] = v; });
   __threadfence();
   __syncthreads();
-  if (threadIdx.x == 0) is_last_block = atomicAdd(&counters[group], 1) == p.splits - 1;
+  if (threadIdx.x == 0) is_last_block = atomicAdd(&p.counters[group], 1) == p.splits - 1;
   __syncthreads();
   if (!is_last_block) return;
   __threadfence();
-  const int64_t row0 = group * kRowsPerBlock;
-  for (int64_t idx = threadIdx.x; idx < p.n * kRowsPerBlock; idx += kThreads) {
-    const int64_t n = idx / kRowsPerBlock, m = row0 + idx % kRowsPerBlock;
-    if (m >= p.m) continue;
-    float sum = 0.0f;
-    for (int sp = 0; sp < p.splits; ++sp) sum += __ldcg(partials + (sp * p.n + n) * mp + m);
-    y[n * p.y_ld + m] = from_float<T>(sum + bias_at(bias, m));
+  reduce_quads(0, static_cast<int>(p.n) * (kGroupRows / 4), [&](int sp, int n, int r) {
+    return __ldcg(reinterpret_cast<const float4*>(partials + (sp * p.n + n) * mp + row0 + r));
+  });
+  if (threadIdx.x == 0) p.counters[group] = 0;  // leaves the counters zeroed for the next launch
+}
+
+template <typename T, int kNTiles, bool kBulk>
+cudaError_t launch_config(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, cudaStream_t stream) {
+  using C = DecodeConfig<kNTiles>;
+  constexpr auto kernel = decode_mm_kernel<T, kNTiles, kBulk>;
+  const cudaError_t err = allow_dynamic_smem<kernel>(C::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  const dim3 grid(p.splits, static_cast<unsigned>(s.groups));
+  if (!p.cluster_reduce) {
+    kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, s);
+    return cudaGetLastError();
   }
-  if (threadIdx.x == 0) counters[group] = 0;  // leaves the counters zeroed for the next launch
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = dim3(C::kThreads);
+  config.dynamicSmemBytes = C::kSmemBytes;
+  config.stream = stream;
+  cudaLaunchAttribute cluster = {};
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = static_cast<unsigned>(p.splits);
+  cluster.val.clusterDim.y = 1;
+  cluster.val.clusterDim.z = 1;
+  config.attrs = &cluster;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, p, s);
 }
 
-template <int kNTiles>
-constexpr size_t smem_bytes() {
-  return 2 * kNTiles * 8 * kXPitch * 2;
-}
-
-int64_t rows_per_block(int tiles_per_warp) { return int64_t{kWarps} * tiles_per_warp * kDecodeTileRows; }
-
-int64_t row_groups(const Sparse24DecodeShape& s, int tiles_per_warp) {
-  return (s.row_tiles + kWarps * tiles_per_warp - 1) / (kWarps * tiles_per_warp);
-}
-
-template <typename T, int kNTiles, int kTilesPerWarp>
-cudaError_t launch_tiles(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, cudaStream_t stream) {
-  const dim3 grid(p.splits, static_cast<unsigned>(row_groups(s, kTilesPerWarp)));
-  if (p.canonical)
-    decode_mm_kernel<T, kNTiles, kTilesPerWarp, true><<<grid, kThreads, smem_bytes<kNTiles>(), stream>>>(p, s);
-  else
-    decode_mm_kernel<T, kNTiles, kTilesPerWarp, false><<<grid, kThreads, smem_bytes<kNTiles>(), stream>>>(p, s);
-  return cudaGetLastError();
-}
-
-template <typename T, int kTilesPerWarp>
+template <typename T, bool kBulk>
 cudaError_t launch_n(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, cudaStream_t stream) {
-  if (p.n <= 8) return launch_tiles<T, 1, kTilesPerWarp>(p, s, stream);
-  if (p.n <= 16) return launch_tiles<T, 2, kTilesPerWarp>(p, s, stream);
-  if (p.n <= 32) return launch_tiles<T, 4, kTilesPerWarp>(p, s, stream);
-  return launch_tiles<T, 8, kTilesPerWarp>(p, s, stream);
+  if (p.n <= 8) return launch_config<T, 1, kBulk>(p, s, stream);
+  if (p.n <= 16) return launch_config<T, 2, kBulk>(p, s, stream);
+  if (p.n <= 32) return launch_config<T, 4, kBulk>(p, s, stream);
+  return launch_config<T, 8, kBulk>(p, s, stream);
 }
 
 template <typename T>
-cudaError_t launch(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, cudaStream_t stream) {
-  return p.tiles_per_warp == 2 ? launch_n<T, 2>(p, s, stream) : launch_n<T, 1>(p, s, stream);
+cudaError_t launch(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, bool bulk, cudaStream_t stream) {
+  return bulk ? launch_n<T, true>(p, s, stream) : launch_n<T, false>(p, s, stream);
+}
+
+// How a launch of n tokens runs on the current device: bulk copies or cp.async, and whether split-K partials
+// meet in a cluster. kAuto on sm_90: bulk copies up to 32 tokens (at 64 the cp.async loader measured faster on
+// the H100), cluster sums; kCpAsync is the sm_80 path as a whole (so an sm_90 GPU can test it).
+struct LaunchChoice {
+  bool valid, bulk, cluster;
+};
+
+LaunchChoice choose(DecodeLoader loader, int64_t n, int splits) {
+  const bool sm90 = current_device_major() >= 9;
+  LaunchChoice c{loader != DecodeLoader::kBulk || sm90, false, false};
+  c.bulk = loader == DecodeLoader::kBulk || (loader == DecodeLoader::kAuto && sm90 && n <= 32);
+  c.cluster = sm90 && loader != DecodeLoader::kCpAsync && splits > 1 && splits <= 8;
+  return c;
 }
 
 }  // namespace
@@ -319,7 +363,7 @@ cudaError_t sparse24_decode_pack(const Sparse24DecodePackParams& p, cudaStream_t
   if (p.m < 0 || p.k < 0 || p.k % sparse24::kGroup != 0 || p.meta_layout < 0 || p.meta_layout > 1)
     return cudaErrorInvalidValue;
   const Sparse24DecodeShape s = sparse24_decode_shape(p.m, p.k);
-  const int64_t threads = s.row_tiles * s.chunks * 32;
+  const int64_t threads = s.row_tiles() * s.chunks * 32;
   if (threads == 0) return cudaSuccess;
   const int64_t blocks = (threads + 255) / 256;
   if (blocks > INT_MAX) return cudaErrorInvalidValue;
@@ -327,49 +371,45 @@ cudaError_t sparse24_decode_pack(const Sparse24DecodePackParams& p, cudaStream_t
   return cudaGetLastError();
 }
 
-int sparse24_decode_splits(int64_t m, int64_t n, int64_t k, int num_sms, int tiles_per_warp) {
+int sparse24_decode_splits(int64_t m, int64_t n, int64_t k, int num_sms) {
+  (void)n;
+  // Split K only as far as needed to give ~0.7 blocks per SM: each split adds partials to sum and a tail, and
+  // the pipeline keeps enough bytes in flight per block (measured on the H100: one split is best from ~96 row
+  // groups up, 3-8 on 4096-row layers).
   const Sparse24DecodeShape s = sparse24_decode_shape(m, k);
-  const int64_t groups = row_groups(s, tiles_per_warp), rows = rows_per_block(tiles_per_warp);
-  // ~2 resident blocks per SM with one tile per warp (<= 126 registers), ~1 with two.
-  const int64_t slots = static_cast<int64_t>(std::max(num_sms, 1)) * (tiles_per_warp == 2 ? 1 : 2);
-  // Time ~ waves x chunks per block, plus the split-K partials' round trip (fp32, N x rows per block); the
-  // smallest split at the best estimate wins.
-  int best = 1;
-  double best_cost = 0;
-  for (int splits = 1; splits <= std::min<int64_t>(s.chunks, 32); ++splits) {
-    const double waves = static_cast<double>((groups * splits + slots - 1) / slots);
-    const double chunk_bytes = rows * kDecodeChunkK * 1.125;
-    const double reduce_bytes = splits > 1 ? 2.0 * std::min<int64_t>(n, kDecodeMaxTokens) * rows * 4 : 0;
-    const double cost = waves * ((s.chunks + splits - 1) / splits * chunk_bytes + reduce_bytes);
-    if (splits == 1 || cost < best_cost * 0.98) best = splits, best_cost = cost;
-  }
-  return best;
+  const int64_t wanted = (static_cast<int64_t>(std::max(num_sms, 1)) * 7 + 9) / 10;
+  int64_t splits = (wanted + std::max<int64_t>(s.groups, 1) - 1) / std::max<int64_t>(s.groups, 1);
+  splits = std::min<int64_t>({splits, std::max<int64_t>(s.chunks, 1), 8});  // 8: the portable cluster size
+  return static_cast<int>(std::max<int64_t>(splits, 1));
 }
 
-size_t sparse24_decode_workspace_bytes(int64_t m, int64_t n, int64_t k, int splits, int tiles_per_warp) {
-  if (splits <= 1) return 0;
+size_t sparse24_decode_workspace_bytes(int64_t m, int64_t n, int64_t k, int splits, DecodeLoader loader) {
+  if (splits <= 1 || choose(loader, n, splits).cluster) return 0;  // no split, or partials summed in a cluster
   const Sparse24DecodeShape s = sparse24_decode_shape(m, k);
   const int64_t tokens = std::min<int64_t>(n, kDecodeMaxTokens);
-  return static_cast<size_t>(splits) * tokens * s.row_tiles * kDecodeTileRows * sizeof(float) +
-         static_cast<size_t>(row_groups(s, tiles_per_warp)) * sizeof(int);
+  return static_cast<size_t>(splits) * tokens * s.row_tiles() * kDecodeTileRows * sizeof(float) +
+         static_cast<size_t>(s.groups) * sizeof(int);
 }
 
 cudaError_t sparse24_decode_mm(const Sparse24DecodeParams& p, cudaStream_t stream) {
   const Sparse24DecodeShape s = sparse24_decode_shape(p.m, p.k);
-  if (p.m < 0 || p.n < 0 || p.k < 0 || p.k % 8 != 0 || p.x_ld % 8 != 0 || p.splits < 1 ||
-      p.splits > std::max<int64_t>(s.chunks, 1) || (p.tiles_per_warp != 1 && p.tiles_per_warp != 2) ||
-      row_groups(s, p.tiles_per_warp) > 65535 ||
-      (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) || (p.canonical && p.k % kDecodeChunkK != 0) ||
-      reinterpret_cast<uintptr_t>(p.x) % 16 != 0 || (p.splits > 1 && p.workspace == nullptr))
+  const auto misaligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 != 0; };
+  const LaunchChoice choice = choose(p.loader, 0, p.splits);  // (the loader is chosen per slice of tokens below)
+  const size_t workspace = sparse24_decode_workspace_bytes(p.m, p.n, p.k, p.splits, p.loader);
+  if (!choice.valid || p.m < 0 || p.n < 0 || p.k < 0 || p.k % 8 != 0 || p.x_ld % 8 != 0 || p.splits < 1 ||
+      p.splits > std::max<int64_t>(s.chunks, 1) || s.groups > 65535 ||
+      (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) || misaligned(p.x) || misaligned(p.dvalues) ||
+      misaligned(p.dmeta) || (workspace > 0 && p.workspace == nullptr))
     return cudaErrorInvalidValue;
   if (p.m == 0 || p.n == 0) return cudaSuccess;
   Sparse24DecodeParams q = p;
-  if (p.splits > 1) {
+  q.cluster_reduce = choice.cluster;
+  q.counters = nullptr;
+  if (workspace > 0) {
     // The counters sit after the partials of 64 tokens, the most one launch holds. They start at zero, and the
     // last block of each group leaves them zeroed again (also for the next slice of a larger N).
-    const size_t bytes = sparse24_decode_workspace_bytes(p.m, p.n, p.k, p.splits, p.tiles_per_warp);
-    const size_t counters = row_groups(s, p.tiles_per_warp) * sizeof(int);
-    q.counters = reinterpret_cast<int*>(static_cast<char*>(p.workspace) + bytes - counters);
+    const size_t counters = s.groups * sizeof(int);
+    q.counters = reinterpret_cast<int*>(static_cast<char*>(p.workspace) + workspace - counters);
     cudaError_t err = cudaMemsetAsync(q.counters, 0, counters, stream);
     if (err != cudaSuccess) return err;
   }
@@ -380,8 +420,9 @@ cudaError_t sparse24_decode_mm(const Sparse24DecodeParams& p, cudaStream_t strea
     slice.n = std::min<int64_t>(kDecodeMaxTokens, p.n - n0);
     slice.x = static_cast<const char*>(p.x) + n0 * p.x_ld * elem;
     slice.y = static_cast<char*>(p.y) + n0 * p.y_ld * elem;
-    const cudaError_t err = p.dtype == DType::kFloat16 ? launch<__half>(slice, s, stream)
-                                                       : launch<__nv_bfloat16>(slice, s, stream);
+    const bool bulk = choose(p.loader, slice.n, p.splits).bulk;
+    const cudaError_t err = p.dtype == DType::kFloat16 ? launch<__half>(slice, s, bulk, stream)
+                                                       : launch<__nv_bfloat16>(slice, s, bulk, stream);
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;

@@ -1,8 +1,8 @@
 // Device self-test of the 2:4 decode kernel, torch-free (builds in seconds with nvcc alone, for a quick device
 // run): for each problem, a random 2:4 weight in the canonical layout (small integers, so every result is exact),
-// y = x W^T + bias computed by the kernel reading (a) the decode layout made by sparse24_decode_pack and (b) the
-// canonical layout directly, both compared bit for bit with a host reference; then both timed (CUDA events, L2
-// flushed by reading a large buffer before each rep, median). Exit status 1 on any mismatch.
+// packed into the decode layout by sparse24_decode_pack, and y = x W^T + bias computed by the kernel with each of
+// its loaders (sm_90 bulk copies, cp.async), both compared bit for bit with a host reference; then both timed
+// (CUDA events, L2 flushed by reading a large buffer before each rep, median). Exit status 1 on any mismatch.
 //
 //   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Icsrc \
 //        csrc/kernels/sparse24/sparse24_decode_selftest.cu csrc/kernels/sparse24/sparse24_decode_kernel.cu -o t && ./t
@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -70,6 +71,49 @@ __global__ void read_all(const float4* p, size_t n, float* sink) {  // evicts L2
   if (acc == 12345.f) *sink = acc;
 }
 
+// Median µs of `launch` over `reps` (0 if reps is 0), CUDA events around it, L2 flushed before each rep.
+template <typename Launch>
+float median_us(Launch&& launch, const float4* flush, size_t flush_n, float* sink, int reps) {
+  std::vector<float> times;
+  cudaEvent_t start, stop;
+  CHECK(cudaEventCreate(&start));
+  CHECK(cudaEventCreate(&stop));
+  for (int i = 0; i < reps; ++i) {
+    read_all<<<1024, 256>>>(flush, flush_n, sink);
+    CHECK(cudaEventRecord(start));
+    launch();
+    CHECK(cudaEventRecord(stop));
+    CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    CHECK(cudaEventElapsedTime(&ms, start, stop));
+    times.push_back(ms * 1000.f);
+  }
+  CHECK(cudaEventDestroy(start));
+  CHECK(cudaEventDestroy(stop));
+  if (times.empty()) return 0.f;
+  std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
+  return times[times.size() / 2];
+}
+
+__global__ void read_floor(const uint4* p, size_t n, uint32_t* sink) {  // reads n vectors once: the copy floor
+  uint32_t acc = 0;
+  for (size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x) acc ^= p[i].x;
+  if (acc == 0x12345u) *sink = acc;
+}
+
+// Median µs to read `bytes` from memory once (L2 flushed before each rep): what any kernel of that size costs.
+float time_read(size_t bytes, const float4* flush, size_t flush_n, float* sink, int reps) {
+  int sms = 0;
+  CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  uint4* buf = nullptr;
+  CHECK(cudaMalloc(&buf, bytes));
+  CHECK(cudaMemset(buf, 0, bytes));
+  const float us = median_us([&] { read_floor<<<sms * 4, 512>>>(buf, bytes / 16, reinterpret_cast<uint32_t*>(sink)); },
+                             flush, flush_n, sink, reps);
+  CHECK(cudaFree(buf));
+  return us;
+}
+
 struct Problem {
   int64_t m, k, n;
   DType dtype;
@@ -108,9 +152,9 @@ Weight random_weight(int64_t m, int64_t k, DType t, std::mt19937& rng) {
   return w;
 }
 
-// Runs the kernel on one layout; returns the median µs over `reps` (0: just once, untimed) and fills y.
-float run(const Problem& pr, bool canonical, const void* wv, const void* wm, const void* x, const void* bias, void* y,
-          const float4* flush, size_t flush_n, float* sink, int reps) {
+// Runs the kernel with one loader; returns the median µs over `reps` (0: just once, untimed) and fills y.
+float run(const Problem& pr, spmm::kernels::DecodeLoader loader, const void* wv, const void* wm, const void* x,
+          const void* bias, void* y, const float4* flush, size_t flush_n, float* sink, int reps, int splits = 0) {
   int sms = 0;
   CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   spmm::kernels::Sparse24DecodeParams p{};
@@ -124,36 +168,18 @@ float run(const Problem& pr, bool canonical, const void* wv, const void* wm, con
   p.m = pr.m;
   p.n = pr.n;
   p.k = pr.k;
-  p.tiles_per_warp = 1;
-  p.splits = spmm::kernels::sparse24_decode_splits(pr.m, pr.n, pr.k, sms, 1);
+  p.splits = splits > 0 ? splits : spmm::kernels::sparse24_decode_splits(pr.m, pr.n, pr.k, sms);
   p.dtype = pr.dtype;
-  p.canonical = canonical;
+  p.loader = loader;
   void* ws = nullptr;
-  const size_t ws_bytes = spmm::kernels::sparse24_decode_workspace_bytes(pr.m, pr.n, pr.k, p.splits, 1);
+  const size_t ws_bytes = spmm::kernels::sparse24_decode_workspace_bytes(pr.m, pr.n, pr.k, p.splits, loader);
   if (ws_bytes) CHECK(cudaMalloc(&ws, ws_bytes));
   p.workspace = ws;
   CHECK(spmm::kernels::sparse24_decode_mm(p, 0));
   CHECK(cudaDeviceSynchronize());
-  std::vector<float> times;
-  cudaEvent_t start, stop;
-  CHECK(cudaEventCreate(&start));
-  CHECK(cudaEventCreate(&stop));
-  for (int i = 0; i < reps; ++i) {
-    read_all<<<1024, 256>>>(flush, flush_n, sink);
-    CHECK(cudaEventRecord(start));
-    CHECK(spmm::kernels::sparse24_decode_mm(p, 0));
-    CHECK(cudaEventRecord(stop));
-    CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    CHECK(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(ms * 1000.f);
-  }
-  CHECK(cudaEventDestroy(start));
-  CHECK(cudaEventDestroy(stop));
+  const float us = median_us([&] { CHECK(spmm::kernels::sparse24_decode_mm(p, 0)); }, flush, flush_n, sink, reps);
   if (ws) CHECK(cudaFree(ws));
-  if (times.empty()) return 0.f;
-  std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
-  return times[times.size() / 2];
+  return us;
 }
 
 }  // namespace
@@ -162,10 +188,14 @@ int main() {
   const Problem problems[] = {
       {64, 256, 8, DType::kFloat16, false},      {300, 1024, 7, DType::kFloat16, false},
       {300, 1024, 7, DType::kBFloat16, false},   {1000, 512, 64, DType::kBFloat16, false},
-      {4096, 4096, 1, DType::kFloat16, true},    {4096, 4096, 16, DType::kFloat16, true},
-      {4096, 4096, 64, DType::kFloat16, true},   {22016, 4096, 1, DType::kFloat16, true},
-      {22016, 4096, 16, DType::kFloat16, true},  {4096, 11008, 8, DType::kFloat16, true},
       {4096, 11008, 33, DType::kBFloat16, false}, {257, 640, 100, DType::kFloat16, false},
+      {136, 72, 3, DType::kFloat16, false},      {4096, 4096, 1, DType::kFloat16, true},
+      {4096, 4096, 8, DType::kFloat16, true},    {4096, 4096, 16, DType::kFloat16, true},
+      {4096, 4096, 32, DType::kFloat16, true},   {4096, 4096, 64, DType::kFloat16, true},
+      {12288, 4096, 16, DType::kFloat16, true},  {22016, 4096, 1, DType::kFloat16, true},
+      {22016, 4096, 16, DType::kFloat16, true},  {22016, 4096, 64, DType::kFloat16, true},
+      {4096, 11008, 8, DType::kFloat16, true},   {8192, 28672, 1, DType::kFloat16, true},
+      {8192, 28672, 16, DType::kBFloat16, true},
   };
   const size_t flush_n = (size_t{256} << 20) / sizeof(float4);
   float4* flush = nullptr;
@@ -176,8 +206,13 @@ int main() {
   std::mt19937 rng(1234);
   bool all_ok = true;
   std::printf("%6s %6s %4s %5s | %-9s %-9s | %10s %10s  (median us, L2 flushed; GB/s of the 1.125 B/elem bytes)\n",
-              "M", "K", "N", "dtype", "decode", "canonical", "decode", "canonical");
+              "M", "K", "N", "dtype", "bulk", "cp.async", "bulk", "cp.async");
+  const char* only = std::getenv("SPMM_SELFTEST_ONLY");  // e.g. "4096x4096x1": just that problem
   for (const Problem& pr : problems) {
+    char name[64];
+    std::snprintf(name, sizeof(name), "%lldx%lldx%lld", static_cast<long long>(pr.m), static_cast<long long>(pr.k),
+                  static_cast<long long>(pr.n));
+    if (only && std::strcmp(only, name) != 0) continue;
     const Weight w = random_weight(pr.m, pr.k, pr.dtype, rng);
     std::uniform_int_distribution<int> xd(-2, 2);
     std::vector<uint16_t> x(pr.n * pr.k), bias(pr.m);
@@ -207,30 +242,43 @@ int main() {
     const int reps = pr.timed ? 30 : 0;
     float us[2];
     bool ok[2];
-    for (int canonical = 0; canonical < 2; ++canonical) {
+    const spmm::kernels::DecodeLoader loaders[2] = {spmm::kernels::DecodeLoader::kBulk,
+                                                    spmm::kernels::DecodeLoader::kCpAsync};
+    for (int l = 0; l < 2; ++l) {
       CHECK(cudaMemset(dy, 0xFF, pr.n * pr.m * 2));
-      us[canonical] = run(pr, canonical, canonical ? static_cast<void*>(dvalues_canon) : dvalues,
-                          canonical ? static_cast<void*>(dmeta_canon) : dmeta, dx, dbias, dy, flush, flush_n, sink,
-                          reps);
+      us[l] = run(pr, loaders[l], dvalues, dmeta, dx, dbias, dy, flush, flush_n, sink, reps);
       std::vector<uint16_t> y(pr.n * pr.m);
       CHECK(cudaMemcpy(y.data(), dy, y.size() * 2, cudaMemcpyDeviceToHost));
       size_t bad = 0, first = 0;
       for (size_t i = 0; i < y.size(); ++i)
         if (y[i] != expected[i] && bad++ == 0) first = i;
-      ok[canonical] = bad == 0;
+      ok[l] = bad == 0;
       if (bad)
-        std::printf("  MISMATCH (%s): %zu of %zu, first at n=%zu m=%zu: got %g, want %g\n",
-                    canonical ? "canonical" : "decode", bad, y.size(), first / pr.m, first % pr.m,
-                    from_bits(y[first], pr.dtype), from_bits(expected[first], pr.dtype));
-      all_ok = all_ok && ok[canonical];
+        std::printf("  MISMATCH (%s): %zu of %zu, first at n=%zu m=%zu: got %g, want %g\n", l ? "cp.async" : "bulk",
+                    bad, y.size(), first / pr.m, first % pr.m, from_bits(y[first], pr.dtype),
+                    from_bits(expected[first], pr.dtype));
+      all_ok = all_ok && ok[l];
     }
     const double bytes = 1.125 * pr.m * pr.k;
     std::printf("%6lld %6lld %4lld %5s | %-9s %-9s", static_cast<long long>(pr.m), static_cast<long long>(pr.k),
                 static_cast<long long>(pr.n), pr.dtype == DType::kFloat16 ? "fp16" : "bf16",
                 ok[0] ? "exact" : "WRONG", ok[1] ? "exact" : "WRONG");
-    if (pr.timed)
-      std::printf(" | %7.1f us %7.1f us  (%4.0f / %4.0f GB/s)", us[0], us[1], bytes / us[0] / 1e3, bytes / us[1] / 1e3);
+    if (pr.timed) {
+      const float floor = time_read(static_cast<size_t>(shape.values_bytes() + shape.meta_bytes()), flush, flush_n,
+                                    sink, reps);
+      std::printf(" | %7.1f us %7.1f us  (%4.0f / %4.0f GB/s)  read floor %5.1f us", us[0], us[1], bytes / us[0] / 1e3,
+                  bytes / us[1] / 1e3, floor);
+    }
     std::printf("\n");
+    if (pr.timed && std::getenv("SPMM_SELFTEST_SWEEP")) {  // time every split-K factor (bulk loader)
+      int sms = 0;
+      CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+      std::printf("      splits (heuristic %d):", spmm::kernels::sparse24_decode_splits(pr.m, pr.n, pr.k, sms));
+      for (int sp : {1, 2, 3, 4, 6, 8, 12, 16, 24, 32})
+        if (sp <= shape.chunks)
+          std::printf(" %d:%.1f", sp, run(pr, loaders[0], dvalues, dmeta, dx, dbias, dy, flush, flush_n, sink, 15, sp));
+      std::printf("\n");
+    }
     for (void* ptr : {static_cast<void*>(dvalues_canon), static_cast<void*>(dmeta_canon), static_cast<void*>(dx),
                       static_cast<void*>(dbias), dvalues, dmeta, dy})
       CHECK(cudaFree(ptr));

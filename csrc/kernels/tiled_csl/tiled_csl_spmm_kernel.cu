@@ -20,6 +20,7 @@
 #include <climits>
 
 #include "kernels/common/epilogue.cuh"
+#include "kernels/common/launch.h"
 #include "kernels/common/ptx.cuh"
 #include "kernels/tiled_csl/tiled_csl_spmm.h"
 
@@ -302,19 +303,9 @@ constexpr auto kernel_of() {
   return tiled_csl_mm_kernel<T, kTileM, kNTiles>;
 }
 
-// Over 48 KB of dynamic shared memory must be opted into, once per device.
 template <typename T, int kTileM, int kNTiles>
 cudaError_t allow_smem() {
-  static std::atomic<uint64_t> done_devices{0};
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
-  if (bit != 0 && (done_devices.load(std::memory_order_relaxed) & bit)) return cudaSuccess;
-  err = cudaFuncSetAttribute(kernel_of<T, kTileM, kNTiles>(), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(smem_bytes<kTileM, kNTiles>()));
-  if (err == cudaSuccess) done_devices.fetch_or(bit, std::memory_order_relaxed);
-  return err;
+  return allow_dynamic_smem<kernel_of<T, kTileM, kNTiles>()>(smem_bytes<kTileM, kNTiles>());
 }
 
 // Resident blocks per SM of a configuration (for the split heuristic); 1 if the query fails.

@@ -19,8 +19,8 @@ def _refresh_after_load(module: "Sparse24Linear", _incompatible_keys) -> None:
 class Sparse24Linear(SparseLinear):
     """y = x @ W.T + b with W 2:4 sparse (in_features % 4 == 0). Buffers: values, meta (canonical layout, saved),
     bias; on CUDA also the kernels' layouts, rebuilt from the canonical one whenever the layer moves or loads a
-    state dict (not saved): dvalues, dmeta for the decode kernel (N <= 64 tokens), and on Hopper prefill_a,
-    prefill_e for the CUTLASS GEMM (N > 64). Each layout holds as many bytes as the canonical one; pass
+    state dict (not saved): dvalues, dmeta for the decode kernel (N <= 32 tokens), and on Hopper prefill_a,
+    prefill_e for the CUTLASS GEMM (N > 32). Each layout holds as many bytes as the canonical one; pass
     prefill_kernel=False (or call use_prefill_kernel(False)) to skip the Hopper one and its memory: prefill then
     runs the decode kernel 64 tokens at a time.
     Edit the weight through load_state_dict, not in place."""
