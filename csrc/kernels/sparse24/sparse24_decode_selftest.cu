@@ -1,7 +1,8 @@
 // Device self-test of the 2:4 decode kernel, torch-free (builds in seconds with nvcc alone, for a quick device
 // run): for each problem, a random 2:4 weight in the canonical layout (small integers, so every result is exact),
 // packed into the decode layout by sparse24_decode_pack, and y = x W^T + bias computed by the kernel with each of
-// its loaders (sm_90 bulk copies, cp.async), both compared bit for bit with a host reference; then both timed
+// its loaders (sm_90 bulk copies, cp.async, and the experimental wgmma.sp consumers), each compared bit for bit
+// with a host reference; then each timed
 // (CUDA events, L2 flushed by reading a large buffer before each rep, median). Exit status 1 on any mismatch.
 //
 //   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Icsrc \
@@ -205,8 +206,8 @@ int main() {
   CHECK(cudaMalloc(&sink, sizeof(float)));
   std::mt19937 rng(1234);
   bool all_ok = true;
-  std::printf("%6s %6s %4s %5s | %-9s %-9s | %10s %10s  (median us, L2 flushed; GB/s of the 1.125 B/elem bytes)\n",
-              "M", "K", "N", "dtype", "bulk", "cp.async", "bulk", "cp.async");
+  std::printf("%6s %6s %4s %5s | %-8s %-8s %-8s | %10s %10s %10s  (median us, L2 flushed)\n", "M", "K", "N", "dtype",
+              "bulk", "cp.async", "wgmma", "bulk", "cp.async", "wgmma");
   const char* only = std::getenv("SPMM_SELFTEST_ONLY");  // e.g. "4096x4096x1": just that problem
   for (const Problem& pr : problems) {
     char name[64];
@@ -240,11 +241,13 @@ int main() {
     spmm::kernels::Sparse24DecodePackParams pk{dvalues_canon, dmeta_canon, dvalues, dmeta, pr.m, pr.k, 0};
     CHECK(spmm::kernels::sparse24_decode_pack(pk, 0));
     const int reps = pr.timed ? 30 : 0;
-    float us[2];
-    bool ok[2];
-    const spmm::kernels::DecodeLoader loaders[2] = {spmm::kernels::DecodeLoader::kBulk,
-                                                    spmm::kernels::DecodeLoader::kCpAsync};
-    for (int l = 0; l < 2; ++l) {
+    constexpr int kLoaders = 3;
+    const char* names[kLoaders] = {"bulk", "cp.async", "wgmma"};
+    float us[kLoaders];
+    bool ok[kLoaders];
+    const spmm::kernels::DecodeLoader loaders[kLoaders] = {
+        spmm::kernels::DecodeLoader::kBulk, spmm::kernels::DecodeLoader::kCpAsync, spmm::kernels::DecodeLoader::kWgmma};
+    for (int l = 0; l < kLoaders; ++l) {
       CHECK(cudaMemset(dy, 0xFF, pr.n * pr.m * 2));
       us[l] = run(pr, loaders[l], dvalues, dmeta, dx, dbias, dy, flush, flush_n, sink, reps);
       std::vector<uint16_t> y(pr.n * pr.m);
@@ -254,20 +257,19 @@ int main() {
         if (y[i] != expected[i] && bad++ == 0) first = i;
       ok[l] = bad == 0;
       if (bad)
-        std::printf("  MISMATCH (%s): %zu of %zu, first at n=%zu m=%zu: got %g, want %g\n", l ? "cp.async" : "bulk",
-                    bad, y.size(), first / pr.m, first % pr.m, from_bits(y[first], pr.dtype),
-                    from_bits(expected[first], pr.dtype));
+        std::printf("  MISMATCH (%s): %zu of %zu, first at n=%zu m=%zu: got %g, want %g\n", names[l], bad, y.size(),
+                    first / pr.m, first % pr.m, from_bits(y[first], pr.dtype), from_bits(expected[first], pr.dtype));
       all_ok = all_ok && ok[l];
     }
     const double bytes = 1.125 * pr.m * pr.k;
-    std::printf("%6lld %6lld %4lld %5s | %-9s %-9s", static_cast<long long>(pr.m), static_cast<long long>(pr.k),
+    std::printf("%6lld %6lld %4lld %5s | %-8s %-8s %-8s", static_cast<long long>(pr.m), static_cast<long long>(pr.k),
                 static_cast<long long>(pr.n), pr.dtype == DType::kFloat16 ? "fp16" : "bf16",
-                ok[0] ? "exact" : "WRONG", ok[1] ? "exact" : "WRONG");
+                ok[0] ? "exact" : "WRONG", ok[1] ? "exact" : "WRONG", ok[2] ? "exact" : "WRONG");
     if (pr.timed) {
       const float floor = time_read(static_cast<size_t>(shape.values_bytes() + shape.meta_bytes()), flush, flush_n,
                                     sink, reps);
-      std::printf(" | %7.1f us %7.1f us  (%4.0f / %4.0f GB/s)  read floor %5.1f us", us[0], us[1], bytes / us[0] / 1e3,
-                  bytes / us[1] / 1e3, floor);
+      std::printf(" | %7.1f us %7.1f us %7.1f us  (bulk %4.0f GB/s)  read floor %5.1f us", us[0], us[1], us[2],
+                  bytes / us[0] / 1e3, floor);
     }
     std::printf("\n");
     if (pr.timed && std::getenv("SPMM_SELFTEST_SWEEP")) {  // time every split-K factor (bulk loader)
