@@ -20,18 +20,11 @@
 #include <random>
 #include <vector>
 
+#include "kernels/common/selftest.cuh"
 #include "kernels/sparse24/sparse24_sm90_gemm.h"
 
 using namespace spmm::kernels;
 
-#define CHECK_CUDA(expr)                                                                        \
-  do {                                                                                          \
-    const cudaError_t err_ = (expr);                                                            \
-    if (err_ != cudaSuccess) {                                                                  \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(err_)); \
-      std::exit(2);                                                                             \
-    }                                                                                           \
-  } while (0)
 
 namespace {
 
@@ -118,13 +111,13 @@ std::vector<uint16_t> random_ints(size_t count, int lo, int hi, std::mt19937& rn
 
 struct DeviceBuffer {
   void* ptr = nullptr;
-  explicit DeviceBuffer(size_t bytes) { CHECK_CUDA(cudaMalloc(&ptr, std::max<size_t>(bytes, 16))); }
+  explicit DeviceBuffer(size_t bytes) { CHECK(cudaMalloc(&ptr, std::max<size_t>(bytes, 16))); }
   ~DeviceBuffer() { cudaFree(ptr); }
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   template <class V>
   void upload(const std::vector<V>& host) {
-    CHECK_CUDA(cudaMemcpy(ptr, host.data(), host.size() * sizeof(V), cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpy(ptr, host.data(), host.size() * sizeof(V), cudaMemcpyHostToDevice));
   }
 };
 
@@ -164,17 +157,17 @@ void run_case(const Case& c, DType dtype, const char* dtype_name, bool time_it, 
   d_bias.upload(bias);
   const T* bias_ptr = c.bias ? static_cast<const T*>(d_bias.ptr) : nullptr;
 
-  CHECK_CUDA(cudaMemset(d_ref.ptr, 0xFF, size_t(y_rows) * y_ld * 2));
+  CHECK(cudaMemset(d_ref.ptr, 0xFF, size_t(y_rows) * y_ld * 2));
   const dim3 grid((c.m + 15) / 16, (c.n + 15) / 16);
   reference_gemm<T><<<grid, dim3(16, 16)>>>(static_cast<const T*>(d_w.ptr), static_cast<const T*>(d_x.ptr), x_ld,
                                             bias_ptr, static_cast<T*>(d_ref.ptr), y_ld, c.m, c.n, c.k);
-  CHECK_CUDA(cudaGetLastError());
+  CHECK(cudaGetLastError());
   std::vector<uint16_t> ref(size_t(y_rows) * y_ld);
-  CHECK_CUDA(cudaMemcpy(ref.data(), d_ref.ptr, ref.size() * 2, cudaMemcpyDeviceToHost));
+  CHECK(cudaMemcpy(ref.data(), d_ref.ptr, ref.size() * 2, cudaMemcpyDeviceToHost));
 
   char what[256];
   size_t a_bytes = 0, e_bytes = 0;
-  CHECK_CUDA(sparse24_sm90_compressed_sizes(c.m, c.k, dtype, &a_bytes, &e_bytes));
+  CHECK(sparse24_sm90_compressed_sizes(c.m, c.k, dtype, &a_bytes, &e_bytes));
   DeviceBuffer d_a(a_bytes), d_e(e_bytes);
   Sparse24Sm90CompressParams cp{d_w.ptr, c.k, d_a.ptr, d_e.ptr, c.m, c.k, dtype};
   const cudaError_t compress_status = sparse24_sm90_compress(cp, nullptr);
@@ -187,9 +180,9 @@ void run_case(const Case& c, DType dtype, const char* dtype_name, bool time_it, 
   for (int ci = 0; ci < kSparse24Sm90NumConfigs; ++ci) {
     const auto config = static_cast<Sparse24Sm90Config>(ci);
     size_t ws_bytes = 0;
-    CHECK_CUDA(sparse24_sm90_workspace_bytes(c.m, c.n, c.k, dtype, config, &ws_bytes));
+    CHECK(sparse24_sm90_workspace_bytes(c.m, c.n, c.k, dtype, config, &ws_bytes));
     DeviceBuffer d_ws(ws_bytes);
-    CHECK_CUDA(cudaMemset(d_y.ptr, 0xFF, size_t(y_rows) * y_ld * 2));
+    CHECK(cudaMemset(d_y.ptr, 0xFF, size_t(y_rows) * y_ld * 2));
     Sparse24Sm90GemmParams p{};
     p.a = d_a.ptr;
     p.e = d_e.ptr;
@@ -210,7 +203,7 @@ void run_case(const Case& c, DType dtype, const char* dtype_name, bool time_it, 
     std::vector<uint16_t> y(size_t(y_rows) * y_ld);
     int64_t bad = 0, first_n = -1, first_m = -1;
     if (status == cudaSuccess) {
-      CHECK_CUDA(cudaMemcpy(y.data(), d_y.ptr, y.size() * 2, cudaMemcpyDeviceToHost));
+      CHECK(cudaMemcpy(y.data(), d_y.ptr, y.size() * 2, cudaMemcpyDeviceToHost));
       for (int64_t r = 0; r < y_rows; ++r) {
         for (int64_t col = 0; col < y_ld; ++col) {
           const size_t i = size_t(r) * y_ld + col;
@@ -234,16 +227,16 @@ void run_case(const Case& c, DType dtype, const char* dtype_name, bool time_it, 
 
     if (time_it && status == cudaSuccess) {  // indicative only: no L2 flush, default stream
       cudaEvent_t start, stop;
-      CHECK_CUDA(cudaEventCreate(&start));
-      CHECK_CUDA(cudaEventCreate(&stop));
+      CHECK(cudaEventCreate(&start));
+      CHECK(cudaEventCreate(&stop));
       constexpr int kReps = 20;
       std::vector<float> ms(kReps);
       for (int r = 0; r < kReps; ++r) {
-        CHECK_CUDA(cudaEventRecord(start));
-        CHECK_CUDA(sparse24_sm90_gemm(p, config, nullptr));
-        CHECK_CUDA(cudaEventRecord(stop));
-        CHECK_CUDA(cudaEventSynchronize(stop));
-        CHECK_CUDA(cudaEventElapsedTime(&ms[r], start, stop));
+        CHECK(cudaEventRecord(start));
+        CHECK(sparse24_sm90_gemm(p, config, nullptr));
+        CHECK(cudaEventRecord(stop));
+        CHECK(cudaEventSynchronize(stop));
+        CHECK(cudaEventElapsedTime(&ms[r], start, stop));
       }
       std::sort(ms.begin(), ms.end());
       const double us = ms[kReps / 2] * 1e3;
@@ -297,7 +290,7 @@ void run_rejections() {
 int main(int argc, char** argv) {
   const bool time_it = argc > 1 && std::strcmp(argv[1], "--time") == 0;
   cudaDeviceProp prop;
-  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  CHECK(cudaGetDeviceProperties(&prop, 0));
   if (prop.major != 9 || prop.minor != 0) {
     std::printf("SKIP: %s is sm_%d%d; the kernels are sm_90a only\n", prop.name, prop.major, prop.minor);
     return 2;

@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <climits>
 
 #include "kernels/tiled_csl/tiled_csl_spmm.h"
@@ -172,7 +173,42 @@ struct FillLaunch {
   }
 };
 
+// ------------------------------------------------------------------------------------------ word layout --------
+// The kernel's shared tile keeps rows of 64 elements with 16-byte chunk c of row r at c ^ (r % 8): for an in-tile
+// location r * 64 + c8 * 8 + j that is the location with bits 3-5 XOR-ed by bits 6-8.
+__device__ __forceinline__ uint32_t swizzled(uint32_t location) { return location ^ ((location >> 3) & 0x38u); }
+
+__global__ void padded_counts_kernel(TiledCSLWordsParams p) {  // scratch[t + 1] = tile t's run rounded up to 4
+  for (int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; t < p.tiles; t += int64_t{gridDim.x} * blockDim.x)
+    p.scratch[t + 1] = (static_cast<int64_t>(p.tile_offsets[t + 1]) - p.tile_offsets[t] + 3) / 4 * 4;
+}
+
+__global__ void __launch_bounds__(kThreads) words_fill_kernel(TiledCSLWordsParams p) {  // one block per tile
+  const int64_t t = blockIdx.x, begin = p.tile_offsets[t], count = p.tile_offsets[t + 1] - begin;
+  const int64_t out = p.scratch[t], padded = p.scratch[t + 1] - out;
+  const uint32_t scratch_slot = static_cast<uint32_t>(p.tile_m * 64);  // one past the tile
+  for (int64_t e = threadIdx.x; e < padded; e += kThreads)
+    p.words[out + e] = e < count ? swizzled(static_cast<uint16_t>(p.locations[begin + e])) << 16 | p.values[begin + e]
+                                 : scratch_slot << 16;
+  if (threadIdx.x == 0) p.word_offsets[t] = static_cast<int32_t>(out);
+  if (threadIdx.x == 0 && t == p.tiles - 1) p.word_offsets[p.tiles] = static_cast<int32_t>(p.scratch[p.tiles]);
+}
+
 }  // namespace
+
+cudaError_t tiled_csl_to_words(const TiledCSLWordsParams& p, cudaStream_t stream) {
+  if (p.tiles < 0 || p.tiles > INT_MAX || (p.tile_m != 256 && p.tile_m != 128) || p.scratch == nullptr ||
+      p.word_offsets == nullptr || (p.tiles > 0 && (p.tile_offsets == nullptr || p.words == nullptr)))
+    return cudaErrorInvalidValue;
+  if (p.tiles == 0) return cudaMemsetAsync(p.word_offsets, 0, sizeof(int32_t), stream);
+  padded_counts_kernel<<<static_cast<unsigned>(std::min<int64_t>((p.tiles + 255) / 256, 1024)), 256, 0, stream>>>(p);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  scan_kernel<<<1, kScanThreads, 0, stream>>>(p.scratch, p.tiles);  // scratch[0] = 0, running sums
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  words_fill_kernel<<<static_cast<unsigned>(p.tiles), kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
 
 cudaError_t tiled_csl_pack_count(const TiledCSLPackParams& p, cudaStream_t stream) {
   if (!valid(p) || (tile_count(p) > 0 && p.dense == nullptr)) return cudaErrorInvalidValue;

@@ -74,4 +74,29 @@ struct TiledCSLPackParams {
 cudaError_t tiled_csl_pack_count(const TiledCSLPackParams& p, cudaStream_t stream);
 cudaError_t tiled_csl_pack_fill(const TiledCSLPackParams& p, cudaStream_t stream);
 
+// ------------------------------------------------------------------------------------- word layout (v2) -----------
+// The same pairs as one 32-bit word each, made for the kernel's scatter: (the element's swizzled offset in the
+// kernel's shared-memory tile) << 16 | (the value's 16 bits). Each tile's run is padded to a multiple of 4 words
+// (whole 16-byte loads, no partial granules) with words aimed at a scratch slot past the tile. So a pair costs
+// the kernel a shift, a clamp and a 16-bit store, instead of extracting two 16-bit fields, checking run bounds and
+// computing the swizzle. Bytes stay 4 per pair (+ at most 12 per tile).
+inline int64_t tiled_csl_words_capacity(int64_t nnz, int64_t tiles) { return nnz + 3 * tiles; }
+
+struct TiledCSLWordsParams {
+  const uint16_t* values;        // the Tiled-CSL stream (fp16/bf16 bits), as tiled_csl_mm takes it
+  const int16_t* locations;
+  const int32_t* tile_offsets;   // [tiles + 1]
+  int64_t tiles, tile_m;         // tile_k = 64; tile_m 256 or 128
+  int64_t* scratch;              // [tiles + 1]
+  uint32_t* words;               // [tiled_csl_words_capacity(nnz, tiles)]
+  int32_t* word_offsets;         // [tiles + 1]
+};
+
+cudaError_t tiled_csl_to_words(const TiledCSLWordsParams& p, cudaStream_t stream);
+
+// y = x W^T (+ bias) from the word layout (experimental: written without a device run, reached only from the
+// self-test until it passes there). As tiled_csl_mm, with values = the words, tile_offsets = the word offsets,
+// nnz = the words readable (a multiple of 4); locations unused.
+cudaError_t tiled_csl_mm_words(const TiledCSLMMParams& p, cudaStream_t stream);
+
 }  // namespace spmm::kernels

@@ -123,14 +123,89 @@ __device__ __forceinline__ void zero_fill(uint16_t* tile) {
   for (int i = threadIdx.x; i < kTileM * kTileK / 8; i += kThreads) t[i] = make_uint4(0, 0, 0, 0);
 }
 
+// ------------------------------------------------------------------------- reading the word layout (v2) ------
+// Same roles as Run / Stream / Batch above for the word layout of tiled_csl_spmm.h: runs are whole 16-byte
+// granules of 4 words, each word (swizzled offset << 16 | value). Offsets past the tile (the padding, or a corrupt
+// stream) land in the scratch slot after it: never a fault.
+constexpr int kWordGranules = 4;                              // 16 pairs per thread per batch, as above
+constexpr int kWordBatchGranules = kWordGranules * kThreads;
+
+struct WordRun {
+  int begin, end;  // words, clamped to [0, n_words]
+  __device__ WordRun(int first, int last, int n_words) {
+    begin = min(max(first, 0), n_words);
+    end = min(max(last, begin), n_words);
+  }
+  __device__ int first_granule() const { return begin / 4; }
+  __device__ int end_granule() const { return (end + 3) / 4; }  // n_words % 4 == 0: stays inside
+  __device__ int batches() const { return (end_granule() - first_granule() + kWordBatchGranules - 1) / kWordBatchGranules; }
+};
+
+struct WordStream {
+  const uint4* words;
+  int n_words;
+};
+
+struct WordBatch {
+  uint4 words[kWordGranules];
+};
+
+__device__ __forceinline__ void load_batch(WordBatch& batch, const WordStream& s, const WordRun& run, int b) {
+  const int g0 = run.first_granule() + b * kWordBatchGranules + threadIdx.x, g_end = run.end_granule();
+#pragma unroll
+  for (int i = 0; i < kWordGranules; ++i)
+    if (g0 + i * kThreads < g_end) batch.words[i] = ptx::load_streaming(s.words + g0 + i * kThreads);
+}
+
+template <int kTileM>
+__device__ __forceinline__ void scatter_batch(const WordBatch& batch, uint16_t* tile, const WordRun& run, int b) {
+  const int g0 = run.first_granule() + b * kWordBatchGranules + threadIdx.x, g_end = run.end_granule();
+#pragma unroll
+  for (int i = 0; i < kWordGranules; ++i) {
+    if (g0 + i * kThreads >= g_end) continue;
+    const uint32_t w[4] = {batch.words[i].x, batch.words[i].y, batch.words[i].z, batch.words[i].w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) tile[min(w[j] >> 16, static_cast<uint32_t>(kTileM * kTileK))] = static_cast<uint16_t>(w[j]);
+  }
+}
+
+// The pair source of a kernel instantiation: the Tiled-CSL stream itself, or its word layout.
+template <bool kWords>
+struct Pairs {
+  using RunT = Run;
+  using StreamT = Stream;
+  using BatchT = Batch;
+  __device__ static const int32_t* offsets(const TiledCSLMMParams& p) { return p.tile_offsets; }
+  __device__ static Stream stream(const TiledCSLMMParams& p) {
+    return {static_cast<const uint4*>(p.values), reinterpret_cast<const uint4*>(p.locations), static_cast<int>(p.nnz)};
+  }
+  __device__ static int limit(const TiledCSLMMParams& p) { return static_cast<int>(p.nnz); }
+  static constexpr int kScratch = 0;  // elements after each shared tile
+};
+
+template <>
+struct Pairs<true> {  // (tiled_csl_mm_words: values = the words, tile_offsets = word offsets, nnz = words)
+  using RunT = WordRun;
+  using StreamT = WordStream;
+  using BatchT = WordBatch;
+  __device__ static const int32_t* offsets(const TiledCSLMMParams& p) { return p.tile_offsets; }
+  __device__ static WordStream stream(const TiledCSLMMParams& p) {
+    return {static_cast<const uint4*>(p.values), static_cast<int>(p.nnz)};
+  }
+  __device__ static int limit(const TiledCSLMMParams& p) { return static_cast<int>(p.nnz); }
+  static constexpr int kScratch = 8;  // the scratch slot (kept at 16 bytes so the next tile stays aligned)
+};
+
 // ----------------------------------------------------------------------------------------------- matmul ------
 // kTileM: rows per tile (256 or 128); kNTiles: 8-token column tiles (N <= 8 * kNTiles).
-template <typename T, int kTileM, int kNTiles>
+// kWords: read the word layout instead of the stream (experimental).
+template <typename T, int kTileM, int kNTiles, bool kWords>
 __global__ void __launch_bounds__(kThreads, kNTiles == 1 ? 3 : 2)
     tiled_csl_mm_kernel(TiledCSLMMParams p, int col_tiles) {
+  using P = Pairs<kWords>;
   constexpr int kMTiles = kTileM / (kWarps * 16);  // m16 tiles per warp
   constexpr int kXRows = kNTiles * 8;
-  constexpr int kTileElems = kTileM * kTileK;
+  constexpr int kTileElems = kTileM * kTileK + P::kScratch;  // per shared tile buffer
   extern __shared__ uint4 smem[];
   uint16_t* wtiles = reinterpret_cast<uint16_t*>(smem);           // [2][kTileM][64], swizzled
   T* xs = reinterpret_cast<T*>(wtiles + 2 * kTileElems);           // [2][kXRows][64], swizzled
@@ -140,9 +215,9 @@ __global__ void __launch_bounds__(kThreads, kNTiles == 1 ? 3 : 2)
   const int64_t row_tile = blockIdx.y, split = blockIdx.x;
   const int c_begin = static_cast<int>(split * col_tiles / p.splits);
   const int c_end = static_cast<int>((split + 1) * col_tiles / p.splits);
-  const int32_t* offsets = p.tile_offsets + row_tile * col_tiles;
-  const int nnz = static_cast<int>(p.nnz);
-  const Stream stream{static_cast<const uint4*>(p.values), reinterpret_cast<const uint4*>(p.locations), nnz};
+  const int32_t* offsets = P::offsets(p) + row_tile * col_tiles;
+  const int nnz = P::limit(p);
+  const typename P::StreamT stream = P::stream(p);
   const T* x = static_cast<const T*>(p.x);
 
   auto stage_x = [&](int c, int buf) {
@@ -209,16 +284,16 @@ __global__ void __launch_bounds__(kThreads, kNTiles == 1 ? 3 : 2)
     o_next = __ldg(offsets + c_begin + 1);
     if (c_begin + 1 < c_end) o_next2 = __ldg(offsets + c_begin + 2);
   }
-  Batch batch;
+  typename P::BatchT batch;
   zero_fill<kTileM>(wtiles);
   if (c_begin < c_end) {
-    load_batch(batch, stream, Run(o_cur, o_next, nnz), 0);
+    load_batch(batch, stream, typename P::RunT(o_cur, o_next, nnz), 0);
     stage_x(c_begin, 0);
   }
   for (int c = c_begin; c < c_end; ++c) {
     const int buf = (c - c_begin) & 1;
     const bool more = c + 1 < c_end;
-    const Run run(o_cur, o_next, nnz);
+    const typename P::RunT run(o_cur, o_next, nnz);
     uint16_t* tile = wtiles + buf * kTileElems;
     const int32_t o_next3 = c + 2 < c_end ? __ldg(offsets + c + 3) : 0;
     __syncthreads();  // `tile` is zero-filled; every warp is done with tile c-1 (x buffer buf ^ 1 is free)
@@ -228,7 +303,7 @@ __global__ void __launch_bounds__(kThreads, kNTiles == 1 ? 3 : 2)
       scatter_batch<kTileM>(batch, tile, run, b);
     }
     if (more) {
-      load_batch(batch, stream, Run(o_next, o_next2, nnz), 0);
+      load_batch(batch, stream, typename P::RunT(o_next, o_next2, nnz), 0);
       stage_x(c + 1, buf ^ 1);
       ptx::cp_async_wait<1>();
     } else {
@@ -293,19 +368,19 @@ __global__ void __launch_bounds__(kThreads, kNTiles == 1 ? 3 : 2)
 }
 
 // ----------------------------------------------------------------------------------------------- launch ------
-template <int kTileM, int kNTiles>
+template <int kTileM, int kNTiles, bool kWords = false>
 constexpr size_t smem_bytes() {
-  return (2 * kTileM * kTileK + 2 * kNTiles * 8 * kTileK) * 2;
+  return (2 * (kTileM * kTileK + Pairs<kWords>::kScratch) + 2 * kNTiles * 8 * kTileK) * 2;
 }
 
-template <typename T, int kTileM, int kNTiles>
+template <typename T, int kTileM, int kNTiles, bool kWords = false>
 constexpr auto kernel_of() {
-  return tiled_csl_mm_kernel<T, kTileM, kNTiles>;
+  return tiled_csl_mm_kernel<T, kTileM, kNTiles, kWords>;
 }
 
-template <typename T, int kTileM, int kNTiles>
+template <typename T, int kTileM, int kNTiles, bool kWords = false>
 cudaError_t allow_smem() {
-  return allow_dynamic_smem<kernel_of<T, kTileM, kNTiles>()>(smem_bytes<kTileM, kNTiles>());
+  return allow_dynamic_smem<kernel_of<T, kTileM, kNTiles, kWords>()>(smem_bytes<kTileM, kNTiles, kWords>());
 }
 
 // Resident blocks per SM of a configuration (for the split heuristic); 1 if the query fails.
@@ -333,27 +408,34 @@ int blocks_per_sm_for(int64_t n) {
   return blocks_per_sm<kTileM, 8>();
 }
 
-template <typename T, int kTileM, int kNTiles>
+template <typename T, int kTileM, int kNTiles, bool kWords>
 cudaError_t launch_tiles(const TiledCSLMMParams& p, int64_t row_tiles, int col_tiles, cudaStream_t stream) {
-  const cudaError_t err = allow_smem<T, kTileM, kNTiles>();
+  const cudaError_t err = allow_smem<T, kTileM, kNTiles, kWords>();
   if (err != cudaSuccess) return err;
   const dim3 grid(p.splits, static_cast<unsigned>(row_tiles));
-  tiled_csl_mm_kernel<T, kTileM, kNTiles><<<grid, kThreads, smem_bytes<kTileM, kNTiles>(), stream>>>(p, col_tiles);
+  tiled_csl_mm_kernel<T, kTileM, kNTiles, kWords>
+      <<<grid, kThreads, smem_bytes<kTileM, kNTiles, kWords>(), stream>>>(p, col_tiles);
   return cudaGetLastError();
 }
 
-template <typename T, int kTileM>
+template <typename T, int kTileM, bool kWords>
 cudaError_t launch_n(const TiledCSLMMParams& p, int64_t row_tiles, int col_tiles, cudaStream_t stream) {
-  if (p.n <= 8) return launch_tiles<T, kTileM, 1>(p, row_tiles, col_tiles, stream);
-  if (p.n <= 16) return launch_tiles<T, kTileM, 2>(p, row_tiles, col_tiles, stream);
-  if (p.n <= 32) return launch_tiles<T, kTileM, 4>(p, row_tiles, col_tiles, stream);
-  return launch_tiles<T, kTileM, 8>(p, row_tiles, col_tiles, stream);
+  if (p.n <= 8) return launch_tiles<T, kTileM, 1, kWords>(p, row_tiles, col_tiles, stream);
+  if (p.n <= 16) return launch_tiles<T, kTileM, 2, kWords>(p, row_tiles, col_tiles, stream);
+  if (p.n <= 32) return launch_tiles<T, kTileM, 4, kWords>(p, row_tiles, col_tiles, stream);
+  return launch_tiles<T, kTileM, 8, kWords>(p, row_tiles, col_tiles, stream);
+}
+
+template <typename T, bool kWords>
+cudaError_t launch_layout(const TiledCSLMMParams& p, int64_t row_tiles, int col_tiles, cudaStream_t stream) {
+  return p.tile_m == 256 ? launch_n<T, 256, kWords>(p, row_tiles, col_tiles, stream)
+                         : launch_n<T, 128, kWords>(p, row_tiles, col_tiles, stream);
 }
 
 template <typename T>
-cudaError_t launch(const TiledCSLMMParams& p, int64_t row_tiles, int col_tiles, cudaStream_t stream) {
-  return p.tile_m == 256 ? launch_n<T, 256>(p, row_tiles, col_tiles, stream)
-                         : launch_n<T, 128>(p, row_tiles, col_tiles, stream);
+cudaError_t launch(const TiledCSLMMParams& p, bool words, int64_t row_tiles, int col_tiles, cudaStream_t stream) {
+  return words ? launch_layout<T, true>(p, row_tiles, col_tiles, stream)
+               : launch_layout<T, false>(p, row_tiles, col_tiles, stream);
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -390,13 +472,15 @@ size_t tiled_csl_mm_workspace_bytes(int64_t m, int64_t n, int64_t tile_m, int sp
   return static_cast<size_t>(splits) * tokens * row_tiles * tile_m * sizeof(float) + row_tiles * sizeof(int);
 }
 
-cudaError_t tiled_csl_mm(const TiledCSLMMParams& p, cudaStream_t stream) {
+namespace {
+
+cudaError_t run_mm(const TiledCSLMMParams& p, bool words, cudaStream_t stream) {
   if (!tiled_csl_mm_supports(p.tile_m, kTiledCSLTileK) || p.m < 0 || p.n < 0 || p.k < 0 || p.nnz < 0) 
     return cudaErrorInvalidValue;
   const int64_t row_tiles = ceil_div(p.m, p.tile_m), col_tiles = ceil_div(p.k, kTiledCSLTileK);
   auto misaligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 != 0; };
   if (p.k % 8 != 0 || p.x_ld % 8 != 0 || (p.n > 1 && p.x_ld < p.k) || misaligned(p.x) || misaligned(p.values) ||
-      misaligned(p.locations) || p.splits < 1 || p.splits > std::max<int64_t>(col_tiles, 1) || row_tiles > 65535 ||
+      (!words && misaligned(p.locations)) || (words && p.nnz % 4 != 0) || p.splits < 1 || p.splits > std::max<int64_t>(col_tiles, 1) || row_tiles > 65535 ||
       (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) || (p.splits > 1 && p.workspace == nullptr) ||
       (row_tiles * col_tiles > 0 && p.tile_offsets == nullptr) || p.nnz > INT_MAX - 16 || col_tiles > INT_MAX)
     return cudaErrorInvalidValue;
@@ -420,11 +504,17 @@ cudaError_t tiled_csl_mm(const TiledCSLMMParams& p, cudaStream_t stream) {
     slice.x = static_cast<const char*>(p.x) + n0 * p.x_ld * elem;
     slice.y = static_cast<char*>(p.y) + n0 * p.y_ld * elem;
     const int ct = static_cast<int>(col_tiles);
-    const cudaError_t err = p.dtype == DType::kFloat16 ? launch<__half>(slice, row_tiles, ct, stream)
-                                                       : launch<__nv_bfloat16>(slice, row_tiles, ct, stream);
+    const cudaError_t err = p.dtype == DType::kFloat16 ? launch<__half>(slice, words, row_tiles, ct, stream)
+                                                       : launch<__nv_bfloat16>(slice, words, row_tiles, ct, stream);
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;
 }
+
+}  // namespace
+
+cudaError_t tiled_csl_mm(const TiledCSLMMParams& p, cudaStream_t stream) { return run_mm(p, false, stream); }
+
+cudaError_t tiled_csl_mm_words(const TiledCSLMMParams& p, cudaStream_t stream) { return run_mm(p, true, stream); }
 
 }  // namespace spmm::kernels
