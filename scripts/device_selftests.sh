@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The torch-free kernel self-tests on the GPU machine, built with nvcc alone (about a minute, no torch build):
+#   bash scripts/device_selftests.sh [decode|tiled_csl|all]   (default: all)
+# Each prints one line per problem (exact or WRONG per path, timings next to a plain read of the same bytes) and
+# exits non-zero on a mismatch; a hang (e.g. a bad mbarrier/wgmma protocol) is cut by the timeout. The output is
+# also saved under $OUT (or bench/out).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-bench/out}"
+mkdir -p "$out"
+what="${1:-all}"
+status=0
+build() {  # name, sources...
+  local name=$1
+  shift
+  nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Icsrc "$@" -o "/tmp/spmm_${name}_selftest"
+}
+check() {  # name, log file, seconds: runs the built program
+  timeout "$3" "/tmp/spmm_$1_selftest" 2>&1 | tee "$out/$2"
+  local rc=${PIPESTATUS[0]}
+  echo "$2: exit $rc"
+  [ "$rc" -eq 0 ] || status=1
+}
+case "$what" in decode|all)
+  if build decode csrc/kernels/sparse24/sparse24_decode_selftest.cu csrc/kernels/sparse24/sparse24_decode_kernel.cu; then
+    # the shipping loaders first, then the experimental wgmma consumers alone (a hang there loses nothing else)
+    SPMM_SELFTEST_LOADERS=bulk,cp.async check decode decode_selftest.txt 240
+    SPMM_SELFTEST_LOADERS=wgmma check decode decode_wgmma_selftest.txt 120
+  else
+    echo "decode selftest: build failed"; status=1
+  fi ;;
+esac
+case "$what" in tiled_csl|all)
+  if build tiled_csl csrc/kernels/tiled_csl/tiled_csl_selftest.cu csrc/kernels/tiled_csl/tiled_csl_spmm_kernel.cu \
+      csrc/kernels/tiled_csl/tiled_csl_pack_kernel.cu; then
+    check tiled_csl tiled_csl_selftest.txt 240
+  else
+    echo "tiled_csl selftest: build failed"; status=1
+  fi ;;
+esac
+exit $status
