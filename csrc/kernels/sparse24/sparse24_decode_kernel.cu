@@ -191,6 +191,7 @@ __global__ void __launch_bounds__(DecodeConfig<kNTiles, kWgmma>::kThreads)
     for (int i = 0; i < count; ++i) {
       const int st = i % C::kStages;
       ptx::mbar_wait(&full[st], (i / C::kStages) & 1);
+      __syncwarp();                       // (the .aligned wgmma instructions want the warp converged)
       wgmma::fence_proxy_async_shared();  // x landed through cp.async; the wgmma reads it through the async proxy
       const uint4* va = stage_values(st);
       uint4 a[kSteps];
