@@ -65,15 +65,27 @@ static __global__ void read_all(const float4* p, size_t n, float* sink) {  // ev
   if (acc == 12345.f) *sink = acc;
 }
 
+// The flush buffer and its sink: reading 256 MB evicts the 50 MB L2 before each timed rep.
+struct Flush {
+  float4* buffer = nullptr;
+  float* sink = nullptr;
+  size_t n = (size_t{256} << 20) / sizeof(float4);
+  Flush() {
+    CHECK(cudaMalloc(&buffer, n * sizeof(float4)));
+    CHECK(cudaMemset(buffer, 0, n * sizeof(float4)));
+    CHECK(cudaMalloc(&sink, sizeof(float)));
+  }
+};
+
 // Median µs of `launch` over `reps` (0 if reps is 0), CUDA events around it, L2 flushed before each rep.
 template <typename Launch>
-float median_us(Launch&& launch, const float4* flush, size_t flush_n, float* sink, int reps) {
+float median_us(Launch&& launch, const Flush& flush, int reps) {
   std::vector<float> times;
   cudaEvent_t start, stop;
   CHECK(cudaEventCreate(&start));
   CHECK(cudaEventCreate(&stop));
   for (int i = 0; i < reps; ++i) {
-    read_all<<<1024, 256>>>(flush, flush_n, sink);
+    read_all<<<1024, 256>>>(flush.buffer, flush.n, flush.sink);
     CHECK(cudaEventRecord(start));
     launch();
     CHECK(cudaEventRecord(stop));
@@ -96,14 +108,14 @@ static __global__ void read_floor(const uint4* p, size_t n, uint32_t* sink) {  /
 }
 
 // Median µs to read `bytes` from memory once (L2 flushed before each rep): what any kernel of that size costs.
-inline float time_read(size_t bytes, const float4* flush, size_t flush_n, float* sink, int reps) {
+inline float time_read(size_t bytes, const Flush& flush, int reps) {
   int sms = 0;
   CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   uint4* buf = nullptr;
   CHECK(cudaMalloc(&buf, bytes));
   CHECK(cudaMemset(buf, 0, bytes));
-  const float us = median_us([&] { read_floor<<<sms * 4, 512>>>(buf, bytes / 16, reinterpret_cast<uint32_t*>(sink)); },
-                             flush, flush_n, sink, reps);
+  const float us = median_us(
+      [&] { read_floor<<<sms * 4, 512>>>(buf, bytes / 16, reinterpret_cast<uint32_t*>(flush.sink)); }, flush, reps);
   CHECK(cudaFree(buf));
   return us;
 }
@@ -120,17 +132,5 @@ inline bool exact(const std::vector<uint16_t>& y, const std::vector<uint16_t>& e
                 from_bits(expected[first], t));
   return bad == 0;
 }
-
-// The flush buffer and its sink: reading 256 MB evicts the 50 MB L2 before each timed rep.
-struct Flush {
-  float4* buffer = nullptr;
-  float* sink = nullptr;
-  size_t n = (size_t{256} << 20) / sizeof(float4);
-  Flush() {
-    CHECK(cudaMalloc(&buffer, n * sizeof(float4)));
-    CHECK(cudaMemset(buffer, 0, n * sizeof(float4)));
-    CHECK(cudaMalloc(&sink, sizeof(float)));
-  }
-};
 
 }  // namespace spmm::selftest

@@ -67,7 +67,7 @@ Weight random_weight(int64_t m, int64_t k, DType t, std::mt19937& rng) {
 
 // Runs the kernel with one loader; returns the median µs over `reps` (0: just once, untimed) and fills y.
 float run(const Problem& pr, spmm::kernels::DecodeLoader loader, const void* wv, const void* wm, const void* x,
-          const void* bias, void* y, const float4* flush, size_t flush_n, float* sink, int reps, int splits = 0) {
+          const void* bias, void* y, const Flush& flush, int reps, int splits = 0) {
   int sms = 0;
   CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   spmm::kernels::Sparse24DecodeParams p{};
@@ -90,7 +90,7 @@ float run(const Problem& pr, spmm::kernels::DecodeLoader loader, const void* wv,
   p.workspace = ws;
   CHECK(spmm::kernels::sparse24_decode_mm(p, 0));
   CHECK(cudaDeviceSynchronize());
-  const float us = median_us([&] { CHECK(spmm::kernels::sparse24_decode_mm(p, 0)); }, flush, flush_n, sink, reps);
+  const float us = median_us([&] { CHECK(spmm::kernels::sparse24_decode_mm(p, 0)); }, flush, reps);
   if (ws) CHECK(cudaFree(ws));
   return us;
 }
@@ -119,12 +119,7 @@ int main() {
       {4096, 11008, 8, DType::kFloat16, true},   {8192, 28672, 1, DType::kFloat16, true},
       {8192, 28672, 16, DType::kBFloat16, true},
   };
-  const size_t flush_n = (size_t{256} << 20) / sizeof(float4);
-  float4* flush = nullptr;
-  float* sink = nullptr;
-  CHECK(cudaMalloc(&flush, flush_n * sizeof(float4)));
-  CHECK(cudaMemset(flush, 0, flush_n * sizeof(float4)));
-  CHECK(cudaMalloc(&sink, sizeof(float)));
+  const Flush flush;
   std::mt19937 rng(1234);
   bool all_ok = true;
   std::printf("%6s %6s %4s %5s | %-8s %-8s %-8s | %10s %10s %10s  (median us, L2 flushed)\n", "M", "K", "N", "dtype",
@@ -173,7 +168,7 @@ int main() {
       ok[l] = true;
       if (!wanted(names[l])) continue;
       CHECK(cudaMemset(dy, 0xFF, pr.n * pr.m * 2));
-      us[l] = run(pr, loaders[l], dvalues, dmeta, dx, dbias, dy, flush, flush_n, sink, reps);
+      us[l] = run(pr, loaders[l], dvalues, dmeta, dx, dbias, dy, flush, reps);
       std::vector<uint16_t> y(pr.n * pr.m);
       CHECK(cudaMemcpy(y.data(), dy, y.size() * 2, cudaMemcpyDeviceToHost));
       ok[l] = exact(y, expected, pr.m, pr.dtype, names[l]);
@@ -184,8 +179,7 @@ int main() {
                 static_cast<long long>(pr.n), pr.dtype == DType::kFloat16 ? "fp16" : "bf16",
                 verdict(names[0], ok[0]), verdict(names[1], ok[1]), verdict(names[2], ok[2]));
     if (pr.timed) {
-      const float floor = time_read(static_cast<size_t>(shape.values_bytes() + shape.meta_bytes()), flush, flush_n,
-                                    sink, reps);
+      const float floor = time_read(static_cast<size_t>(shape.values_bytes() + shape.meta_bytes()), flush, reps);
       std::printf(" | %7.1f us %7.1f us %7.1f us  (bulk %4.0f GB/s)  read floor %5.1f us", us[0], us[1], us[2],
                   bytes / us[0] / 1e3, floor);
     }
@@ -196,7 +190,7 @@ int main() {
       std::printf("      splits (heuristic %d):", spmm::kernels::sparse24_decode_splits(pr.m, pr.n, pr.k, sms));
       for (int sp : {1, 2, 3, 4, 6, 8, 12, 16, 24, 32})
         if (sp <= shape.chunks)
-          std::printf(" %d:%.1f", sp, run(pr, loaders[0], dvalues, dmeta, dx, dbias, dy, flush, flush_n, sink, 15, sp));
+          std::printf(" %d:%.1f", sp, run(pr, loaders[0], dvalues, dmeta, dx, dbias, dy, flush, 15, sp));
       std::printf("\n");
     }
     for (void* ptr : {static_cast<void*>(dvalues_canon), static_cast<void*>(dmeta_canon), static_cast<void*>(dx),

@@ -82,7 +82,7 @@ float run(const Problem& pr, bool words, const void* values, const int16_t* loca
   auto call = [&] { CHECK(words ? spmm::kernels::tiled_csl_mm_words(p, 0) : spmm::kernels::tiled_csl_mm(p, 0)); };
   call();
   CHECK(cudaDeviceSynchronize());
-  const float us = median_us(call, flush.buffer, flush.n, flush.sink, reps);
+  const float us = median_us(call, flush, reps);
   if (ws) CHECK(cudaFree(ws));
   return us;
 }
@@ -154,8 +154,7 @@ int main() {
                 static_cast<long long>(pr.k), static_cast<long long>(pr.n), static_cast<long long>(pr.tile_m),
                 pr.sparsity, pr.dtype == f16 ? "fp16" : "bf16", ok[0] ? "exact" : "WRONG", ok[1] ? "exact" : "WRONG");
     if (pr.timed) {
-      const float floor = time_read(static_cast<size_t>(nnz * 4 + (tiles + 1) * 4), flush.buffer, flush.n, flush.sink,
-                                    reps);
+      const float floor = time_read(static_cast<size_t>(nnz * 4 + (tiles + 1) * 4), flush, reps);
       std::printf(" | %6.1f us %6.1f us  read floor %5.1f us", us[0], us[1], floor);
     }
     std::printf("\n");
