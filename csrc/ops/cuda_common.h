@@ -30,6 +30,15 @@ inline void check_half_dtype(const char* op, const char* arg, const at::Tensor& 
                    "` must be float16 or bfloat16 for the CUDA 2:4 kernels, got ", t.scalar_type());
 }
 
+// Scratch memory a launch asks for, on x's device: nothing is allocated when it asks for none (a null pointer).
+struct KernelWorkspace {
+  at::Tensor bytes;
+  KernelWorkspace(const at::Tensor& x, size_t size) {
+    if (size > 0) bytes = at::empty({static_cast<int64_t>(size)}, x.options().dtype(at::kByte));
+  }
+  void* data() const { return bytes.defined() ? bytes.data_ptr() : nullptr; }
+};
+
 inline void check_cuda(const char* op, cudaError_t status) {
   TORCH_CHECK(status == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(status));
 }

@@ -88,9 +88,8 @@ at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalue
   p.splits = kernels::sparse24_decode_splits(m, n, k, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   p.dtype = kernel_dtype(x.scalar_type());
   const size_t ws = kernels::sparse24_decode_workspace_bytes(m, n, p.k, p.splits, p.loader);
-  at::Tensor workspace;  // none on sm_90 (split-K sums in a cluster): no allocation per call
-  if (ws > 0) workspace = at::empty({static_cast<int64_t>(ws)}, x.options().dtype(at::kByte));
-  p.workspace = ws > 0 ? workspace.data_ptr() : nullptr;
+  const KernelWorkspace workspace(x, ws);  // none on sm_90 (split-K sums in a cluster)
+  p.workspace = workspace.data();
   check_cuda(op, kernels::sparse24_decode_mm(p, at::cuda::getCurrentCUDAStream()));
   return with_leading_dims_of(y, x);
 }

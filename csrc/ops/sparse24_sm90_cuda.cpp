@@ -99,7 +99,7 @@ at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& a, const
       m, n, k, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   size_t ws_bytes = 0;
   check_sm90_status(op, kernels::sparse24_sm90_workspace_bytes(m, n, k, dtype, config, &ws_bytes));
-  at::Tensor workspace = at::empty({static_cast<int64_t>(ws_bytes)}, x.options().dtype(at::kByte));
+  const KernelWorkspace workspace(x, ws_bytes);
   kernels::Sparse24Sm90GemmParams p{};
   p.a = a.data_ptr();
   p.e = e.data_ptr();
@@ -112,7 +112,7 @@ at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& a, const
   p.n = n;
   p.k = k;
   p.dtype = dtype;
-  p.workspace = ws_bytes ? workspace.data_ptr() : nullptr;
+  p.workspace = workspace.data();
   p.workspace_bytes = ws_bytes;
   check_sm90_status(op, kernels::sparse24_sm90_gemm(p, config, at::cuda::getCurrentCUDAStream()));
   return with_leading_dims_of(y, x);

@@ -104,8 +104,8 @@ at::Tensor tiled_csl_mm_cuda(const at::Tensor& x, const at::Tensor& values, cons
   p.splits = kernels::tiled_csl_mm_splits(m, n, k, p.nnz, tile_m,
                                           at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   const size_t ws = kernels::tiled_csl_mm_workspace_bytes(m, n, tile_m, p.splits);
-  at::Tensor workspace = at::empty({static_cast<int64_t>(ws)}, x.options().dtype(at::kByte));
-  p.workspace = ws ? workspace.data_ptr() : nullptr;
+  const KernelWorkspace workspace(x, ws);
+  p.workspace = workspace.data();
   check_cuda(op, kernels::tiled_csl_mm(p, at::cuda::getCurrentCUDAStream()));
   return with_leading_dims_of(y, x);
 }
