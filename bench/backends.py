@@ -125,10 +125,20 @@ def _spmm_sparse24_sm90(c: Case) -> Prepared:
 TILE_M, TILE_K = 256, 64  # Flash-LLM's tile
 
 
-def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M) -> Prepared:
+def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, stream: bool = False) -> Prepared:
     ops = _ops()
     values, locations, offsets = _pack(ops.tiled_csl_compress, c.w, c.mask, tile_m, TILE_K)  # GPU packer on CUDA
     m = c.w.shape[0]
+    if not stream and ops.tiled_csl_words_supported(tile_m, TILE_K, c.w.device):
+        # What a model gets: TiledCSLLinear with the kernel's word layout made once.
+        from spmm.formats import TiledCSLWeight
+        from spmm.nn import TiledCSLLinear
+
+        layer = TiledCSLLinear.from_format(TiledCSLWeight(values, locations, offsets, tuple(c.w.shape), tile_m, TILE_K),
+                                           c.bias)
+        return Prepared(lambda x: lambda: layer(x), _nbytes(layer.words, layer.word_offsets))
+    if stream and not (c.w.is_cuda and ops.has_cuda_kernel("tiled_csl_mm")):
+        raise NotImplementedError("the stream kernel needs a CUDA build")
 
     def bind(x: Tensor) -> Callable[[], Tensor]:
         return lambda: ops.tiled_csl_mm(x, values, locations, offsets, m, tile_m, TILE_K, c.bias)
@@ -155,6 +165,8 @@ SPMM_SPARSE24_SM90 = Backend("spmm_sm90", _spmm_sparse24_sm90, cuda_only=True)
 # The decode kernel with the sm_80 loader (cp.async, split-K through global memory), run on whatever GPU this is.
 SPMM_SPARSE24_CP_ASYNC = Backend("spmm_cp_async", _spmm_sparse24_cp_async, cuda_only=True)
 SPMM_TILED_CSL = Backend("spmm", _spmm_tiled_csl)
+# The kernel reading the Tiled-CSL stream itself (what the functional op runs on CUDA), next to the layer's words.
+SPMM_TILED_CSL_STREAM = Backend("spmm_stream", lambda c: _spmm_tiled_csl(c, stream=True), cuda_only=True)
 # 128-row tiles: twice the row tiles, so fewer K splits and partials for the same SM fill; a tuning comparison.
 SPMM_TILED_CSL_TM128 = Backend("spmm_tm128", lambda c: _spmm_tiled_csl(c, tile_m=128), cuda_only=True)
 SPMM_SPENSE = Backend("spmm", _spmm_spense)

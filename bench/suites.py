@@ -31,7 +31,8 @@ SUITES: Dict[str, Suite] = {
         Suite("sparse24", "sparse24_mm", lambda l, dt, dev, _: P.sparse24_case(l, dt, dev),
               [B.TORCH_SEMI_STRUCTURED, B.CUSPARSELT, B.SPMM_SPARSE24, B.SPMM_SPARSE24_SM90,
                B.SPMM_SPARSE24_CP_ASYNC], None),
-        Suite("tiled_csl", "tiled_csl_mm", P.tiled_csl_case, [B.SPMM_TILED_CSL, B.SPMM_TILED_CSL_TM128], 0.8),
+        Suite("tiled_csl", "tiled_csl_mm", P.tiled_csl_case, [B.SPMM_TILED_CSL, B.SPMM_TILED_CSL_STREAM, B.SPMM_TILED_CSL_TM128],
+              0.8),
         Suite("spense", "spense_mm", P.spense_case, [B.SPMM_SPENSE], 0.25),
     ]
 }

@@ -46,8 +46,20 @@ def int_case(m, k, n, dtype, sparsity, seed, nonzero=False):
     return w.to(dtype), mask, x, bias
 
 
-def mm(x, packed, m, bias=None, tile=(256, 64)):
+def stream_mm(x, packed, m, bias=None, tile=(256, 64)):
     return ops.tiled_csl_mm(x, *packed, m, *tile, bias)
+
+
+def words_mm(x, packed, m, bias=None, tile=(256, 64)):
+    """The same product through the word layout (what TiledCSLLinear runs on CUDA), made from the same stream."""
+    words, word_offsets = ops.tiled_csl_words(*packed, *tile)
+    return ops.tiled_csl_mm_words(x, words, word_offsets, m, tile[0], bias)
+
+
+@pytest.fixture(params=["stream", "words"])
+def mm(request):
+    """Every matmul test runs on both of the kernel's pair sources."""
+    return stream_mm if request.param == "stream" else words_mm
 
 
 def test_has_cuda_kernels():
@@ -129,7 +141,7 @@ def test_gpu_packer_rejects_bad_input():
 @pytest.mark.parametrize("n", TOKENS)
 @pytest.mark.parametrize("sparsity", SPARSITIES)
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_exact_integer_inputs(dtype, mk, n, sparsity, with_bias):
+def test_exact_integer_inputs(dtype, mk, n, sparsity, with_bias, mm):
     w, mask, x, bias = int_case(*mk, n, dtype, sparsity, hash((mk, n, sparsity)) % 1000)
     b = bias if with_bias else None
     y = mm(x, ops.tiled_csl_compress(w, mask), mk[0], b)
@@ -141,7 +153,7 @@ def test_exact_integer_inputs(dtype, mk, n, sparsity, with_bias):
 @pytest.mark.parametrize("mk", BIG_SHAPES, ids=name)
 @pytest.mark.parametrize("n", [1, 8, 33, 64, 65])
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.8, 0.9, 0.99])
-def test_exact_real_layer_shapes(dtype, mk, n, sparsity):
+def test_exact_real_layer_shapes(dtype, mk, n, sparsity, mm):
     w, mask, x, bias = int_case(*mk, n, dtype, sparsity, hash((mk, n, sparsity, 1)) % 1000)
     y = mm(x, ops.tiled_csl_compress(w, mask), mk[0], bias)
     assert torch.equal(y, reference(x, w, mask, bias))
@@ -151,7 +163,7 @@ def test_exact_real_layer_shapes(dtype, mk, n, sparsity):
 @pytest.mark.parametrize("mk", [(264, 1040), (4096, 4096), (300, 72)], ids=name)
 @pytest.mark.parametrize("n", [1, 8, 33, 64, 65])
 @pytest.mark.parametrize("sparsity", [0.0, 0.8, 1.0])
-def test_exact_128_row_tiles(dtype, mk, n, sparsity):
+def test_exact_128_row_tiles(dtype, mk, n, sparsity, mm):
     w, mask, x, bias = int_case(*mk, n, dtype, sparsity, hash((mk, n, sparsity, 2)) % 1000)
     y = mm(x, ops.tiled_csl_compress(w, mask, 128, 64), mk[0], bias, tile=(128, 64))
     assert torch.equal(y, reference(x, w, mask, bias))
@@ -159,7 +171,7 @@ def test_exact_128_row_tiles(dtype, mk, n, sparsity):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=name)
 @pytest.mark.parametrize("n", [1, 8, 64])
-def test_fully_dense_tiles_empty_rows_and_empty_tiles(dtype, n):
+def test_fully_dense_tiles_empty_rows_and_empty_tiles(dtype, n, mm):
     """Tiles of every density in one weight: fully dense (16384 pairs: four batches of the kernel's loads), just
     over and under one batch (4096 pairs), empty rows, empty tiles, single pairs at tile corners."""
     m, k = 1024, 640  # 4 x 10 tiles of 256 x 64
@@ -187,7 +199,7 @@ def test_fully_dense_tiles_empty_rows_and_empty_tiles(dtype, n):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=name)
-def test_fully_dense_weight(dtype):
+def test_fully_dense_weight(dtype, mm):
     w, _, x, bias = int_case(2048, 2048, 16, dtype, 0.0, 13, nonzero=True)
     keep = torch.ones_like(w, dtype=torch.bool)
     packed = ops.tiled_csl_compress(w, keep)
@@ -197,7 +209,7 @@ def test_fully_dense_weight(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=name)
 @pytest.mark.parametrize("k", [1, 5, 13, 1043])
-def test_k_not_a_multiple_of_8(dtype, k):
+def test_k_not_a_multiple_of_8(dtype, k, mm):
     """x is zero-padded to a multiple of 8 columns; the weight has no pairs there."""
     w, mask, x, bias = int_case(200, k, 9, dtype, 0.5, k)
     assert torch.equal(mm(x, ops.tiled_csl_compress(w, mask), 200, bias), reference(x, w, mask, bias))
@@ -205,7 +217,7 @@ def test_k_not_a_multiple_of_8(dtype, k):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=name)
 @pytest.mark.parametrize("n", [1, 33, 200])
-def test_real_values_within_twice_dense_error_and_deterministic(dtype, n):
+def test_real_values_within_twice_dense_error_and_deterministic(dtype, n, mm):
     g = cuda_gen(5)
     w = torch.randn(4096, 4096, generator=g, device="cuda").to(dtype)
     mask = torch.rand(4096, 4096, generator=g, device="cuda") < 0.2
@@ -219,7 +231,7 @@ def test_real_values_within_twice_dense_error_and_deterministic(dtype, n):
     assert torch.equal(y, mm(x, packed, 4096))  # split-K sums in a fixed order
 
 
-def test_leading_dims_strided_and_misaligned_inputs():
+def test_leading_dims_strided_and_misaligned_inputs(mm):
     w, mask, x, bias = int_case(300, 520, 12, torch.float16, 0.7, 3)
     packed = ops.tiled_csl_compress(w, mask)
     expected = reference(x, w, mask, bias)
@@ -240,7 +252,7 @@ def test_leading_dims_strided_and_misaligned_inputs():
 
 
 @pytest.mark.parametrize("n,m,k", [(0, 300, 520), (5, 0, 520), (5, 300, 0), (1, 300, 0)])
-def test_empty_tensors(n, m, k):
+def test_empty_tensors(n, m, k, mm):
     w = torch.ones(m, k, device="cuda", dtype=torch.float16)
     x = torch.ones(n, k, device="cuda", dtype=torch.float16)
     bias = torch.arange(m, device="cuda").half()
@@ -249,7 +261,7 @@ def test_empty_tensors(n, m, k):
     assert y.numel() == 0 or y.data_ptr() != bias.data_ptr()
 
 
-def test_cuda_graph_capture():
+def test_cuda_graph_capture(mm):
     w, mask, x, bias = int_case(1024, 2048, 8, torch.float16, 0.8, 7)
     packed = ops.tiled_csl_compress(w, mask)
     static_x = x.clone()
@@ -306,4 +318,112 @@ def test_rejects_bad_input():
     with pytest.raises(NotImplementedError, match=r"`tile_m` = 16, `tile_k` = 32"):
         ops.tiled_csl_mm(x, *small, 300, 16, 32)
     with pytest.raises(NotImplementedError, match=r"tile_m"):
-        mm(x, ops.tiled_csl_compress(w, mask, 256, 128), 300, tile=(256, 128))
+        stream_mm(x, ops.tiled_csl_compress(w, mask, 256, 128), 300, tile=(256, 128))
+
+
+# ------------------------------------------------------------------------------------------- word layout --------
+def unswizzle(offset):
+    """The kernel's shared tile keeps 16-byte chunk c of row r at c ^ (r % 8); the inverse on an in-tile offset."""
+    return offset ^ ((offset >> 3) & 0x38)
+
+
+@pytest.mark.parametrize("tile_m", [256, 128])
+def test_word_layout_holds_each_tiles_pairs_padded_to_16_bytes(tile_m):
+    w, mask, _, _ = int_case(600, 330, 1, torch.float16, 0.7, 21)
+    values, locations, offsets = ops.tiled_csl_compress(w, mask, tile_m, 64)
+    words, word_offsets = ops.tiled_csl_words(values, locations, offsets, tile_m, 64)
+    assert words.dtype == torch.float16 and words.shape[1] == 2 and words.shape[0] % 4 == 0
+    bits = words.view(torch.int16).cpu().numpy().view("uint16").astype("int64")  # [capacity, 2]: value, offset
+    v_bits = values.view(torch.int16).cpu().numpy().view("uint16").astype("int64")
+    locs, offs, woffs = locations.cpu().numpy().view("uint16"), offsets.cpu().tolist(), word_offsets.cpu().tolist()
+    assert woffs[0] == 0
+    for t in range(len(offs) - 1):
+        count, padded = offs[t + 1] - offs[t], woffs[t + 1] - woffs[t]
+        assert padded == -(-count // 4) * 4
+        run = bits[woffs[t]:woffs[t + 1]]
+        assert (run[:count, 0] == v_bits[offs[t]:offs[t + 1]]).all()
+        assert (unswizzle(run[:count, 1]) == locs[offs[t]:offs[t + 1]]).all()
+        assert (run[count:, 1] == tile_m * 64).all()  # padding aims at the scratch slot past the tile
+
+
+def test_word_layout_misaligned_words_are_copied():
+    w, mask, x, bias = int_case(300, 520, 5, torch.float16, 0.7, 22)
+    words, word_offsets = ops.tiled_csl_words(*ops.tiled_csl_compress(w, mask), 256, 64)
+    shifted = torch.cat([words[:1], words])[1:]  # starts 4 bytes into its buffer
+    assert shifted.data_ptr() % 16 != 0
+    y = ops.tiled_csl_mm_words(x, shifted, word_offsets, 300, 256, bias)
+    assert torch.equal(y, reference(x, w, mask, bias))
+
+
+def test_word_layout_opcheck():
+    w, mask, x, bias = int_case(300, 200, 5, torch.float16, 0.6, 23)
+    packed = ops.tiled_csl_compress(w, mask)
+    words, word_offsets = ops.tiled_csl_words(*packed, 256, 64)
+    torch.library.opcheck(torch.ops.spmm._tiled_csl_mm_words, (x, words, word_offsets, 300, 256, bias))
+    torch.library.opcheck(torch.ops.spmm._tiled_csl_words, (*packed, 256, 64))
+
+
+def test_word_layout_rejects_bad_input():
+    w, mask, x, bias = int_case(300, 200, 4, torch.float16, 0.5, 24)
+    packed = ops.tiled_csl_compress(w, mask)
+    words, word_offsets = ops.tiled_csl_words(*packed, 256, 64)
+    with pytest.raises(TypeError, match=r"`words` must be BFloat16"):  # the weight's dtype must be x's
+        ops.tiled_csl_mm_words(x.bfloat16(), words, word_offsets, 300, 256)
+    with pytest.raises(ValueError, match=r"`word_offsets` must have 13 entries for a 600 x 200 weight"):
+        ops.tiled_csl_mm_words(x, words, word_offsets, 600, 256)
+    with pytest.raises(ValueError, match=r"`words` must be \[4j, 2\]"):
+        ops.tiled_csl_mm_words(x, words[:-1], word_offsets, 300, 256)
+    with pytest.raises(NotImplementedError, match=r"`tile_m` = 64"):
+        ops.tiled_csl_mm_words(x, words, word_offsets, 300, 64)
+    with pytest.raises(ValueError, match=r"`bias` must have out_features = 300 elements"):
+        ops.tiled_csl_mm_words(x, words, word_offsets, 300, 256, bias[:7])
+    with pytest.raises(ValueError, match=r"`words` is on cpu but `x` is on cuda"):
+        ops.tiled_csl_mm_words(x, words.cpu(), word_offsets, 300, 256)
+    with pytest.raises(TypeError, match=r"`values` must be float16 or bfloat16"):
+        ops.tiled_csl_words(packed[0].float(), *packed[1:], 256, 64)
+    with pytest.raises(ValueError, match=r"`locations` must have one entry per value"):
+        ops.tiled_csl_words(packed[0], packed[1][1:], packed[2], 256, 64)
+
+
+def test_layer_keeps_the_word_layout_in_step_with_its_weight():
+    """The layer's words follow every change of its weight: made on CUDA, dropped on CPU, rebuilt on a dtype change
+    and on load_state_dict of a weight with another nnz."""
+    g = torch.Generator().manual_seed(25)
+    linear = torch.nn.Linear(520, 300, dtype=torch.half)
+    layer = spmm.nn.TiledCSLLinear.from_dense(linear, spmm.pruning.magnitude_mask(linear.weight, 0.8))
+    assert layer.words is None  # on CPU: the stream op
+    layer = layer.cuda()
+    assert layer.words is not None and layer.words.is_cuda and "words" not in layer.state_dict()
+    x = torch.randn(7, 520, generator=g).half().cuda()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), layer.to_dense_linear()(x), rtol=2e-3, atol=2e-3)
+        other = torch.nn.Linear(520, 300, dtype=torch.half)
+        fresh = spmm.nn.TiledCSLLinear.from_dense(other, spmm.pruning.magnitude_mask(other.weight, 0.5)).cuda()
+        layer.load_state_dict(fresh.state_dict())
+        assert layer.values.numel() == fresh.values.numel() and torch.equal(layer.words, fresh.words)
+        torch.testing.assert_close(layer(x), fresh.to_dense_linear()(x), rtol=2e-3, atol=2e-3)
+        layer = layer.bfloat16()
+        assert layer.words.dtype == torch.bfloat16
+        torch.testing.assert_close(layer(x.bfloat16()), layer.to_dense_linear()(x.bfloat16()), rtol=2e-2, atol=2e-2)
+        assert layer.cpu().words is None
+
+
+def test_layer_graph_capture_and_compile():
+    w, mask, x, bias = int_case(1024, 2048, 8, torch.float16, 0.8, 26)
+    linear = torch.nn.Linear(2048, 1024, dtype=torch.half, device="cuda")
+    with torch.no_grad():
+        linear.weight.copy_(w)
+        linear.bias.copy_(bias)
+    layer = spmm.nn.TiledCSLLinear.from_dense(linear, mask)
+    expected = reference(x, w, mask, bias)
+    with torch.no_grad():
+        static_x = x.clone()
+        layer(static_x)  # warm-up outside capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = layer(static_x)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, expected)
+        compiled = torch.compile(layer, fullgraph=True)
+        assert torch.equal(compiled(x), expected)

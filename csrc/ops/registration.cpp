@@ -18,6 +18,10 @@ TORCH_LIBRARY(spmm, m) {
   // its matmul.
   m.def("_sparse24_sm90_pack(Tensor values, Tensor meta) -> (Tensor a, Tensor e)");
   m.def("_sparse24_sm90_mm(Tensor x, Tensor a, Tensor e, int out_features, Tensor? bias) -> Tensor");
+  // Internal (CUDA): the Tiled-CSL kernel's word layout (one 32-bit word per pair, runs padded to 16 bytes),
+  // made from the stream, and its matmul.
+  m.def("_tiled_csl_words(Tensor values, Tensor locations, Tensor tile_offsets, int tile_m, int tile_k) -> (Tensor words, Tensor word_offsets)");
+  m.def("_tiled_csl_mm_words(Tensor x, Tensor words, Tensor word_offsets, int out_features, int tile_m, Tensor? bias) -> Tensor");
   // Spense: dense row block + 2:4 row block, output rows placed by row_index (dense rows first). CPU.
   m.def("spense_mm(Tensor x, Tensor dense_weight, Tensor values, Tensor meta, Tensor row_index, Tensor? bias) -> Tensor");
 }

@@ -64,35 +64,25 @@ at::Tensor aligned16(const at::Tensor& t) {
   return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone();  // clone: fresh, aligned
 }
 
-at::Tensor tiled_csl_mm_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& locations,
-                             const at::Tensor& tile_offsets, int64_t out_features, int64_t tile_m, int64_t tile_k,
-                             const std::optional<at::Tensor>& bias) {
-  constexpr const char* op = "spmm::tiled_csl_mm";
-  check_tiled_csl_mm_args(op, x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias);
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, op,
-                   ": `x` must be float16 or bfloat16 for the CUDA Tiled-CSL kernel, got ", x.scalar_type());
-  TORCH_CHECK_NOT_IMPLEMENTED(kernels::tiled_csl_mm_supports(tile_m, tile_k), op,
-                              ": the CUDA kernel takes tiles of tile_m x tile_k = 256 x 64 or 128 x 64, got ",
-                              "`tile_m` = ", tile_m, ", `tile_k` = ", tile_k, "; pack the weight with one of those");
-  const int64_t k = x.size(-1), n = leading_rows(x), m = out_features;
-  const c10::cuda::CUDAGuard guard(x.device());
-  if (n == 0 || m == 0 || k == 0) {  // nothing to stream: y is the bias (or zeros)
-    // clone: a fresh tensor even where the expanded bias is already contiguous (the output must not alias it)
-    at::Tensor y = bias.has_value() ? bias->unsqueeze(0).expand({n, m}).clone(at::MemoryFormat::Contiguous)
-                                    : at::zeros({n, m}, x.options());
-    return with_leading_dims_of(y, x);
-  }
+// y for an empty product: the bias (or zeros), as a fresh tensor shaped like x's leading dims.
+at::Tensor empty_product(const at::Tensor& x, int64_t n, int64_t m, const std::optional<at::Tensor>& bias) {
+  // clone: a fresh tensor even where the expanded bias is already contiguous (the output must not alias it)
+  at::Tensor y = bias.has_value() ? bias->unsqueeze(0).expand({n, m}).clone(at::MemoryFormat::Contiguous)
+                                  : at::zeros({n, m}, x.options());
+  return with_leading_dims_of(y, x);
+}
+
+// Runs one of the kernel's two pair sources (the stream, or its word layout) once p's pair fields are set:
+// fills in x, bias, y and the split-K plan, allocates the workspace and launches.
+template <typename Launch>
+at::Tensor launch_tiled_csl(const char* op, kernels::TiledCSLMMParams p, const at::Tensor& x, int64_t m,
+                            int64_t tile_m, const std::optional<at::Tensor>& bias, Launch launch) {
+  const int64_t k = x.size(-1), n = leading_rows(x);
   const at::Tensor xk = kernel_ready_activation(x, n, k);
-  const at::Tensor vals = aligned16(values), locs = aligned16(locations);
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   at::Tensor y = at::empty({n, m}, x.options());
-  kernels::TiledCSLMMParams p{};
   p.x = xk.data_ptr();
   p.x_ld = xk.stride(0);
-  p.values = vals.data_ptr();
-  p.locations = locs.data_ptr<int16_t>();
-  p.tile_offsets = tile_offsets.data_ptr<int32_t>();
-  p.nnz = values.numel();
   p.bias = bias.has_value() ? b.data_ptr() : nullptr;
   p.y = y.data_ptr();
   p.y_ld = m;
@@ -103,11 +93,103 @@ at::Tensor tiled_csl_mm_cuda(const at::Tensor& x, const at::Tensor& values, cons
   p.dtype = kernel_dtype(x.scalar_type());
   p.splits = kernels::tiled_csl_mm_splits(m, n, k, p.nnz, tile_m,
                                           at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
-  const size_t ws = kernels::tiled_csl_mm_workspace_bytes(m, n, tile_m, p.splits);
-  const KernelWorkspace workspace(x, ws);
+  const KernelWorkspace workspace(x, kernels::tiled_csl_mm_workspace_bytes(m, n, tile_m, p.splits));
   p.workspace = workspace.data();
-  check_cuda(op, kernels::tiled_csl_mm(p, at::cuda::getCurrentCUDAStream()));
+  check_cuda(op, launch(p, at::cuda::getCurrentCUDAStream()));
   return with_leading_dims_of(y, x);
+}
+
+void check_kernel_tile(const char* op, int64_t tile_m, int64_t tile_k) {
+  TORCH_CHECK_NOT_IMPLEMENTED(kernels::tiled_csl_mm_supports(tile_m, tile_k), op,
+                              ": the CUDA kernel takes tiles of tile_m x tile_k = 256 x 64 or 128 x 64, got ",
+                              "`tile_m` = ", tile_m, ", `tile_k` = ", tile_k, "; pack the weight with one of those");
+}
+
+at::Tensor tiled_csl_mm_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& locations,
+                             const at::Tensor& tile_offsets, int64_t out_features, int64_t tile_m, int64_t tile_k,
+                             const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "spmm::tiled_csl_mm";
+  check_tiled_csl_mm_args(op, x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias);
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, op,
+                   ": `x` must be float16 or bfloat16 for the CUDA Tiled-CSL kernel, got ", x.scalar_type());
+  check_kernel_tile(op, tile_m, tile_k);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t n = leading_rows(x);
+  if (n == 0 || out_features == 0 || x.size(-1) == 0) return empty_product(x, n, out_features, bias);
+  const at::Tensor vals = aligned16(values), locs = aligned16(locations);
+  kernels::TiledCSLMMParams p{};
+  p.values = vals.data_ptr();
+  p.locations = locs.data_ptr<int16_t>();
+  p.tile_offsets = tile_offsets.data_ptr<int32_t>();
+  p.nnz = values.numel();
+  return launch_tiled_csl(op, p, x, out_features, tile_m, bias, kernels::tiled_csl_mm);
+}
+
+// ------------------------------------------------------------------------------------------- word layout --------
+// The stream -> the kernel's word layout (tiled_csl_spmm.h): words [capacity, 2] of the weight's dtype (element 0
+// of a row = the value, element 1 = its swizzled shared-tile offset; the dtype says how to read the values),
+// capacity = nnz + 3 per tile rounded up to 4 rows; word_offsets int32 [tiles + 1]. Made once per weight.
+std::tuple<at::Tensor, at::Tensor> tiled_csl_words_cuda(const at::Tensor& values, const at::Tensor& locations,
+                                                        const at::Tensor& tile_offsets, int64_t tile_m,
+                                                        int64_t tile_k) {
+  constexpr const char* op = "spmm::_tiled_csl_words";
+  check_dim(op, "values", values, 1);
+  check_half_dtype(op, "values", values);
+  check_kernel_tile(op, tile_m, tile_k);
+  check_dim(op, "locations", locations, 1);
+  check_dim(op, "tile_offsets", tile_offsets, 1);
+  check_dtype(op, "locations", locations, at::kShort);
+  check_dtype(op, "tile_offsets", tile_offsets, at::kInt);
+  for (auto [name, t] : {std::pair{"locations", &locations}, {"tile_offsets", &tile_offsets}})
+    check_same_device(op, name, *t, values);
+  TORCH_CHECK_VALUE(locations.numel() == values.numel(), op, ": `locations` must have one entry per value (",
+                    values.numel(), "), got ", locations.numel());
+  TORCH_CHECK_VALUE(tile_offsets.numel() >= 1, op, ": `tile_offsets` must have tiles + 1 >= 1 entries");
+  const c10::cuda::CUDAGuard guard(values.device());
+  const int64_t tiles = tile_offsets.numel() - 1;
+  const int64_t capacity = std::max<int64_t>(ceil_div(kernels::tiled_csl_words_capacity(values.numel(), tiles), 4) * 4, 4);
+  check_nnz_fits(op, capacity);
+  const at::Tensor vals = values.contiguous(), locs = locations.contiguous(), offs = tile_offsets.contiguous();
+  at::Tensor words = at::zeros({capacity, 2}, values.options());  // zeros: the rows past the last run are read too
+  at::Tensor word_offsets = at::empty({tiles + 1}, values.options().dtype(at::kInt));
+  at::Tensor scratch = at::empty({tiles + 1}, values.options().dtype(at::kLong));
+  const kernels::TiledCSLWordsParams p{static_cast<const uint16_t*>(vals.data_ptr()), locs.data_ptr<int16_t>(),
+                                       offs.data_ptr<int32_t>(), tiles, tile_m, scratch.data_ptr<int64_t>(),
+                                       static_cast<uint32_t*>(words.data_ptr()), word_offsets.data_ptr<int32_t>()};
+  check_cuda(op, kernels::tiled_csl_to_words(p, at::cuda::getCurrentCUDAStream()));
+  return {words, word_offsets};
+}
+
+at::Tensor tiled_csl_mm_words_cuda(const at::Tensor& x, const at::Tensor& words, const at::Tensor& word_offsets,
+                                   int64_t out_features, int64_t tile_m, const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "spmm::_tiled_csl_mm_words";
+  check_activation(op, x);
+  check_half_dtype(op, "x", x);
+  check_kernel_tile(op, tile_m, kernels::kTiledCSLTileK);
+  TORCH_CHECK_VALUE(out_features >= 0, op, ": `out_features` must be >= 0, got ", out_features);
+  check_dim(op, "words", words, 2);
+  check_dim(op, "word_offsets", word_offsets, 1);
+  check_dtype(op, "words", words, x.scalar_type());
+  check_dtype(op, "word_offsets", word_offsets, at::kInt);
+  for (auto [name, t] : {std::pair{"words", &words}, {"word_offsets", &word_offsets}}) {
+    check_contiguous(op, name, *t);
+    check_same_device(op, name, *t, x);
+  }
+  TORCH_CHECK_VALUE(words.size(1) == 2 && words.size(0) % 4 == 0 && words.size(0) > 0, op,
+                    ": `words` must be [4j, 2] (from _tiled_csl_words), got ", words.sizes());
+  const int64_t k = x.size(-1), tiles = tile_count(out_features, k, tile_m, kernels::kTiledCSLTileK);
+  TORCH_CHECK_VALUE(word_offsets.numel() == tiles + 1, op, ": `word_offsets` must have ", tiles + 1, " entries for a ",
+                    out_features, " x ", k, " weight in ", tile_m, " x 64 tiles, got ", word_offsets.numel());
+  check_bias(op, bias, x, out_features);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t n = leading_rows(x);
+  if (n == 0 || out_features == 0 || k == 0) return empty_product(x, n, out_features, bias);
+  const at::Tensor w = aligned16(words);
+  kernels::TiledCSLMMParams p{};
+  p.values = w.data_ptr();
+  p.tile_offsets = word_offsets.data_ptr<int32_t>();
+  p.nnz = words.size(0);
+  return launch_tiled_csl(op, p, x, out_features, tile_m, bias, kernels::tiled_csl_mm_words);
 }
 
 }  // namespace
@@ -115,6 +197,8 @@ at::Tensor tiled_csl_mm_cuda(const at::Tensor& x, const at::Tensor& values, cons
 TORCH_LIBRARY_IMPL(spmm, CUDA, m) {
   m.impl("tiled_csl_compress", &tiled_csl_compress_cuda);
   m.impl("tiled_csl_mm", &tiled_csl_mm_cuda);
+  m.impl("_tiled_csl_words", &tiled_csl_words_cuda);
+  m.impl("_tiled_csl_mm_words", &tiled_csl_mm_words_cuda);
 }
 
 }  // namespace spmm::ops

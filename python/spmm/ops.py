@@ -138,6 +138,27 @@ def tiled_csl_mm(
     return _ops.tiled_csl_mm(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias)
 
 
+def tiled_csl_words(
+    values: Tensor, locations: Tensor, tile_offsets: Tensor, tile_m: int, tile_k: int
+) -> Tuple[Tensor, Tensor]:
+    """Tiled-CSL stream -> the CUDA kernel's word layout: (words [capacity, 2] of the weight's dtype, word_offsets
+    int32 [tiles + 1]); one 32-bit word per pair (value, swizzled offset in the kernel's shared tile), each tile's
+    run padded to 16 bytes. CUDA only; made once per weight (TiledCSLLinear caches it)."""
+    return _ops._tiled_csl_words(values, locations, tile_offsets, tile_m, tile_k)
+
+
+def tiled_csl_mm_words(
+    x: Tensor, words: Tensor, word_offsets: Tensor, out_features: int, tile_m: int, bias: Optional[Tensor] = None
+) -> Tensor:
+    """y = x @ W.T (+ bias) with W [out_features, K] in the word layout of tiled_csl_words (tile_k = 64)."""
+    return _ops._tiled_csl_mm_words(x, words, word_offsets, out_features, tile_m, bias)
+
+
+def tiled_csl_words_supported(tile_m: int, tile_k: int, device: torch.device) -> bool:
+    """Whether this build has the word-layout kernel for these tiles on `device`."""
+    return device.type == "cuda" and has_cuda_kernel("_tiled_csl_mm_words") and tile_k == 64 and tile_m in (128, 256)
+
+
 # --------------------------------------------------------------------------------------------- Spense ------------
 def spense_mm(
     x: Tensor,
@@ -202,6 +223,18 @@ def _tiled_csl_compress_fake(dense, mask, tile_m, tile_k):
 
 @torch.library.register_fake("spmm::tiled_csl_mm")
 def _tiled_csl_mm_fake(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias):
+    return x.new_empty(*x.shape[:-1], out_features)
+
+
+@torch.library.register_fake("spmm::_tiled_csl_words")
+def _tiled_csl_words_fake(values, locations, tile_offsets, tile_m, tile_k):
+    tiles = tile_offsets.shape[0] - 1
+    capacity = max(-(-(values.shape[0] + 3 * tiles) // 4) * 4, 4)
+    return values.new_empty(capacity, 2), tile_offsets.new_empty(tiles + 1)
+
+
+@torch.library.register_fake("spmm::_tiled_csl_mm_words")
+def _tiled_csl_mm_words_fake(x, words, word_offsets, out_features, tile_m, bias):
     return x.new_empty(*x.shape[:-1], out_features)
 
 

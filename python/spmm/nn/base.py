@@ -8,10 +8,16 @@ import torch
 from torch import Tensor, nn
 
 
+def _refresh_after_load(module: "SparseLinear", _incompatible_keys) -> None:
+    module._refresh_kernel_layout()  # a module-level function, so whole layers still pickle (torch.save(model))
+
+
 class SparseLinear(nn.Module):
     """Base of the drop-in nn.Linear replacements. Subclasses set `format_cls`, build placeholders in __init__,
     and implement `weight_format`, `forward` and `kwargs_of`. Everything is a buffer (inference only), so
-    .to()/.cuda()/.half() and state_dict work; bias stays under the key "bias" as in nn.Linear."""
+    .to()/.cuda()/.half() and state_dict work; bias stays under the key "bias" as in nn.Linear. A subclass whose
+    GPU kernel wants its own copy of the weight builds it in `_refresh_kernel_layout` (non-persistent buffers),
+    which runs whenever the format is set, the layer moves or changes dtype, or loads a state dict."""
 
     format_cls: Any = None
     resizable_buffers: tuple = ()  # buffers whose length follows the loaded state dict (nnz, dense/sparse split)
@@ -20,11 +26,21 @@ class SparseLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("bias", torch.zeros(out_features, device=device, dtype=dtype) if bias else None)
+        self.register_load_state_dict_post_hook(_refresh_after_load)
 
     # ---- formats in and out
     def _set_format(self, fmt) -> None:
         for name, tensor in fmt.tensors().items():
             self.register_buffer(name, tensor)
+        self._refresh_kernel_layout()
+
+    def _refresh_kernel_layout(self) -> None:
+        """Rebuild the kernel layouts from the saved format (none by default)."""
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._refresh_kernel_layout()
+        return self
 
     @classmethod
     def from_format(cls, fmt, bias: Optional[Tensor] = None) -> "SparseLinear":

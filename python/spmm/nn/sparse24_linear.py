@@ -12,10 +12,6 @@ from .base import SparseLinear
 _DECODE_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def _refresh_after_load(module: "Sparse24Linear", _incompatible_keys) -> None:
-    module._refresh_kernel_layout()  # a module-level function, so whole layers still pickle (torch.save(model))
-
-
 class Sparse24Linear(SparseLinear):
     """y = x @ W.T + b with W 2:4 sparse (in_features % 4 == 0). Buffers: values, meta (canonical layout, saved),
     bias; on CUDA also the kernels' layouts, rebuilt from the canonical one whenever the layer moves or loads a
@@ -33,24 +29,14 @@ class Sparse24Linear(SparseLinear):
         self.prefill_kernel = prefill_kernel
         super().__init__(in_features, out_features, bias, device, dtype)
         self._set_format(Sparse24Weight.empty((out_features, in_features), dtype=dtype, device=device))
-        self.register_load_state_dict_post_hook(_refresh_after_load)
 
     @property
     def weight_format(self) -> Sparse24Weight:
         return Sparse24Weight(self.values, self.meta, (self.out_features, self.in_features))
 
-    def _set_format(self, fmt) -> None:
-        super()._set_format(fmt)
-        self._refresh_kernel_layout()
-
     def use_prefill_kernel(self, enabled: bool) -> "Sparse24Linear":
         """Keep (True) or drop (False) the Hopper prefill GEMM's copy of the weight; returns self."""
         self.prefill_kernel = bool(enabled)
-        self._refresh_kernel_layout()
-        return self
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
         self._refresh_kernel_layout()
         return self
 

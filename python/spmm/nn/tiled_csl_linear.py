@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .. import ops
 from ..formats import TiledCSLWeight
 from .base import SparseLinear
 
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+
 
 class TiledCSLLinear(SparseLinear):
-    """y = x @ W.T + b with W in Tiled-CSL. Buffers: values, locations, tile_offsets, bias. A fresh layer holds
-    nnz = 0 and takes the nnz of the state dict it loads."""
+    """y = x @ W.T + b with W in Tiled-CSL. Buffers: values, locations, tile_offsets (the stream, saved), bias; on
+    CUDA also the kernel's word layout (words, word_offsets: 4 bytes per nonzero like the stream, not saved), rebuilt
+    whenever the layer moves or loads a state dict. A fresh layer holds nnz = 0 and takes the nnz of the state dict
+    it loads. Edit the weight through load_state_dict, not in place."""
 
     format_cls = TiledCSLWeight
     resizable_buffers = ("values", "locations")
@@ -31,7 +36,17 @@ class TiledCSLLinear(SparseLinear):
         return TiledCSLWeight(self.values, self.locations, self.tile_offsets, (self.out_features, self.in_features),
                               self.tile_m, self.tile_k)
 
+    def _refresh_kernel_layout(self) -> None:
+        layout = (None, None)
+        if self.values.dtype in _KERNEL_DTYPES and ops.tiled_csl_words_supported(self.tile_m, self.tile_k,
+                                                                                 self.values.device):
+            layout = ops.tiled_csl_words(self.values, self.locations, self.tile_offsets, self.tile_m, self.tile_k)
+        self.register_buffer("words", layout[0], persistent=False)
+        self.register_buffer("word_offsets", layout[1], persistent=False)
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.words is not None and x.is_cuda:
+            return ops.tiled_csl_mm_words(x, self.words, self.word_offsets, self.out_features, self.tile_m, self.bias)
         return ops.tiled_csl_mm(x, self.values, self.locations, self.tile_offsets, self.out_features,
                                 self.tile_m, self.tile_k, self.bias)
 
