@@ -3,13 +3,15 @@
 // Tiled-CSL stream, y = x W^T + bias computed by the kernel from (a) the stream (tiled_csl_mm) and (b) its word
 // layout made on the GPU (tiled_csl_to_words + tiled_csl_mm_words), both compared bit for bit with a host
 // reference; then both timed (CUDA events, L2 flushed, median) next to a plain read of the stream's bytes.
-// Exit status 1 on any mismatch.
+// Exit status 1 on any mismatch. SPMM_SELFTEST_SPLIT_SWEEP=1 instead times the word layout on decode-sized layers
+// at every split-K factor (each result still checked), next to the heuristic's pick: the data to tune it.
 //
 //   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Icsrc csrc/kernels/tiled_csl/tiled_csl_selftest.cu \
 //        csrc/kernels/tiled_csl/tiled_csl_spmm_kernel.cu csrc/kernels/tiled_csl/tiled_csl_pack_kernel.cu -o t && ./t
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -56,7 +58,7 @@ Stream pack(const std::vector<float>& w, int64_t m, int64_t k, int64_t tile_m, D
 
 // Runs one layout; returns the median µs over `reps` (0: once, untimed) and fills y.
 float run(const Problem& pr, bool words, const void* values, const int16_t* locations, const int32_t* offsets,
-          int64_t count, const void* x, const void* bias, void* y, const Flush& flush, int reps) {
+          int64_t count, const void* x, const void* bias, void* y, const Flush& flush, int reps, int splits = 0) {
   int sms = 0;
   CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   spmm::kernels::TiledCSLMMParams p{};
@@ -74,7 +76,7 @@ float run(const Problem& pr, bool words, const void* values, const int16_t* loca
   p.k = pr.k;
   p.tile_m = pr.tile_m;
   p.dtype = pr.dtype;
-  p.splits = spmm::kernels::tiled_csl_mm_splits(pr.m, pr.n, pr.k, count, pr.tile_m, sms);
+  p.splits = splits > 0 ? splits : spmm::kernels::tiled_csl_mm_splits(pr.m, pr.n, pr.k, count, pr.tile_m, sms);
   void* ws = nullptr;
   const size_t ws_bytes = spmm::kernels::tiled_csl_mm_workspace_bytes(pr.m, pr.n, pr.tile_m, p.splits);
   if (ws_bytes) CHECK(cudaMalloc(&ws, ws_bytes));
@@ -91,12 +93,23 @@ float run(const Problem& pr, bool words, const void* values, const int16_t* loca
 
 int main() {
   const DType f16 = DType::kFloat16, bf16 = DType::kBFloat16;
-  const Problem problems[] = {
+  const char* sweep_env = std::getenv("SPMM_SELFTEST_SPLIT_SWEEP");
+  const bool sweep = sweep_env != nullptr && std::strcmp(sweep_env, "1") == 0;
+  std::vector<Problem> problems = {
       {64, 64, 1, 256, 0.5, f16, false},     {300, 200, 7, 128, 0.7, f16, false},   {300, 200, 7, 256, 0.7, bf16, false},
       {1000, 520, 33, 256, 0.0, f16, false}, {512, 256, 5, 256, 1.0, f16, false},   {257, 1000, 100, 128, 0.8, f16, false},
       {4096, 4096, 1, 256, 0.8, f16, true},  {4096, 4096, 16, 256, 0.8, f16, true}, {4096, 4096, 64, 256, 0.9, f16, true},
       {4096, 4096, 1, 256, 0.5, f16, true},  {22016, 4096, 1, 256, 0.8, f16, true}, {22016, 4096, 16, 256, 0.8, bf16, true},
   };
+  if (sweep) {
+    problems.clear();
+    for (const auto& [m, k] : std::vector<std::pair<int64_t, int64_t>>{{4096, 4096}, {12288, 4096}, {4096, 11008},
+                                                                       {22016, 4096}})
+      for (const int64_t n : {1, 16, 32, 64}) {
+        for (const int64_t tile_m : {256, 128}) problems.push_back({m, k, n, tile_m, 0.8, f16, true});
+        problems.push_back({m, k, n, 256, 0.5, f16, true});
+      }
+  }
   Flush flush;
   std::mt19937 rng(4321);
   bool all_ok = true;
@@ -112,7 +125,7 @@ int main() {
     for (size_t i = 0; i < x.size(); ++i) x[i] = to_bits(xf[i] = static_cast<float>(xd(rng)), pr.dtype);
     for (size_t i = 0; i < bias.size(); ++i) bias[i] = to_bits(bf[i] = static_cast<float>(xd(rng)), pr.dtype);
     std::vector<uint16_t> expected(pr.n * pr.m);
-    for (int64_t n = 0; n < pr.n; ++n)
+    for (int64_t n = 0; n < (sweep ? 0 : pr.n); ++n)  // the sweep checks each split against the first instead
       for (int64_t r = 0; r < pr.m; ++r) {
         double acc = bf[r];
         for (int64_t c = 0; c < pr.k; ++c) acc += static_cast<double>(xf[n * pr.k + c]) * w[r * pr.k + c];
@@ -138,6 +151,34 @@ int main() {
     CHECK(spmm::kernels::tiled_csl_to_words(wp, 0));
     void* dy = nullptr;
     CHECK(cudaMalloc(&dy, std::max<int64_t>(pr.n * pr.m, 1) * 2));
+    if (sweep) {  // the word layout at every split factor: "splits:us", the heuristic's pick marked with *
+      int sms = 0;
+      CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+      const int pick = spmm::kernels::tiled_csl_mm_splits(pr.m, pr.n, pr.k, capacity / 4 * 4, pr.tile_m, sms);
+      std::printf("%6lld %6lld %4lld %4lld %5.2f |", static_cast<long long>(pr.m), static_cast<long long>(pr.k),
+                  static_cast<long long>(pr.n), static_cast<long long>(pr.tile_m), pr.sparsity);
+      const int col_tiles = static_cast<int>((pr.k + 63) / 64);
+      std::vector<uint16_t> first;  // integer sums are exact: every split factor must give the same bits
+      for (const int splits : {1, 2, 3, 4, 6, 8, 12, 16, 24, 32}) {
+        if (splits > col_tiles) break;
+        CHECK(cudaMemset(dy, 0xFF, pr.n * pr.m * 2));
+        const float us = run(pr, true, d_words, nullptr, d_word_offsets, capacity / 4 * 4, dx, dbias, dy, flush, 20,
+                             splits);
+        std::vector<uint16_t> y(pr.n * pr.m);
+        CHECK(cudaMemcpy(y.data(), dy, y.size() * 2, cudaMemcpyDeviceToHost));
+        if (first.empty()) first = y;
+        const bool ok = exact(y, first, pr.m, pr.dtype, "words");
+        all_ok = all_ok && ok;
+        std::printf(" %d%s:%.1f%s", splits, splits == pick ? "*" : "", us, ok ? "" : "(WRONG)");
+      }
+      std::printf("\n");
+      std::fflush(stdout);
+      for (void* ptr : {static_cast<void*>(d_values), static_cast<void*>(d_locations), static_cast<void*>(d_offsets),
+                        static_cast<void*>(dx), static_cast<void*>(dbias), static_cast<void*>(d_words),
+                        static_cast<void*>(d_word_offsets), static_cast<void*>(d_scratch), dy})
+        CHECK(cudaFree(ptr));
+      continue;
+    }
     const int reps = pr.timed ? 30 : 0;
     float us[2];
     bool ok[2];
