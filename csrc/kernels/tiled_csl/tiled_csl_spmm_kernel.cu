@@ -448,22 +448,18 @@ int tiled_csl_mm_splits(int64_t m, int64_t n, int64_t k, int64_t nnz, int64_t ti
   const int64_t tokens = std::max<int64_t>(std::min(n, kTiledCSLMaxTokens), 1);
   const int per_sm = tile_m == 256 ? blocks_per_sm_for<256>(tokens) : blocks_per_sm_for<128>(tokens);
   const int64_t slots = static_cast<int64_t>(std::max(num_sms, 1)) * per_sm;
-  // Cost model in bytes one block streams, fitted to a sweep of every factor below on the H100 (word layout; 4 layer
-  // shapes x N = 1-64 x both tile heights x 50/80% sparse: the pick is 1.6% off the best on average, 15% at worst;
-  // bench/results/h100_tiled_csl_split_sweep.txt). Per K tile: its words (4 B each) plus a small floor for the
-  // shared-memory work; per block: a pipeline start and half its partials' write; at the end, the last block of a
-  // row tile reads every split's partials (weighed at a quarter); times the waves over `SMs x resident blocks`.
-  // Only the measured factors are candidates (the curve between them is bumpy with wave quantization).
-  constexpr int kCandidates[] = {1, 2, 3, 4, 6, 8, 12, 16, 24, 32};
-  const double tile = 4.0 * static_cast<double>(nnz) / static_cast<double>(row_tiles * col_tiles) + 2.0 * tile_m;
-  const double start = 4096.0, partial = 4.0 * static_cast<double>(tokens * tile_m);
+  // Cost model in bytes one block streams (to be tuned on the device): per K tile, its pairs (4 B each) plus a
+  // floor for the shared-memory work that does not shrink with sparsity (zero fill, dense mma); per block, a
+  // pipeline start (the first tile's latency) and its partials' write; at the end, the last block of a row tile
+  // reads every split's partials (from L2, but one block alone: weighed at an eighth).
+  const double tile = 4.0 * static_cast<double>(nnz) / static_cast<double>(row_tiles * col_tiles) + 8.0 * tile_m;
+  const double start = 16384.0, partial = 4.0 * static_cast<double>(tokens * tile_m);
   int best = 1;
   double best_cost = 0;
-  for (const int splits : kCandidates) {
-    if (splits > col_tiles) break;
+  for (int splits = 1; splits <= std::min<int64_t>(col_tiles, 64); ++splits) {
     const double waves = static_cast<double>(ceil_div(row_tiles * splits, slots));
-    const double block = static_cast<double>(ceil_div(col_tiles, splits)) * tile + start + (splits > 1 ? partial / 2 : 0);
-    const double tail = splits > 1 ? splits * partial / 4 : 0;
+    const double block = static_cast<double>(ceil_div(col_tiles, splits)) * tile + start + (splits > 1 ? partial : 0);
+    const double tail = splits > 1 ? splits * partial / 8 : 0;
     const double cost = waves * block + tail;
     if (splits == 1 || cost < best_cost * 0.98) best = splits, best_cost = cost;
   }
