@@ -8,7 +8,8 @@ export PYTHONUNBUFFERED=1
 out="${OUT:-bench/out}"
 what="${1:-tests}"
 bash scripts/device_build.sh 2>&1 | tail -2 || exit 1
-gpu_tests=(tests/test_cuda_sparse24_compress.py tests/test_cuda_sparse24_decode.py tests/test_cuda_sparse24_sm90.py tests/test_cuda_ops.py
+gpu_tests=(tests/test_cuda_sparse24_compress.py tests/test_cuda_sparse24_decode.py tests/test_cuda_sparse24_sm90.py
+           tests/test_cuda_sparse24_sm80.py tests/test_cuda_ops.py
            tests/test_cuda_tiled_csl.py tests/test_cuda_pruners.py tests/test_pruners.py)
 case "$what" in tests|all)
   python3 -m pytest -q -p no:cacheprovider --tb=line "${gpu_tests[@]}" 2>&1 | grep -E "passed|failed|FAILED|^E " | head -30 ;;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The torch-free kernel self-tests on the GPU machine, built with nvcc alone (about a minute, no torch build):
-#   bash scripts/device_selftests.sh [decode|tiled_csl|all]   (default: all)
+#   bash scripts/device_selftests.sh [decode|sm80|tiled_csl|all]   (default: all; .whl carried for sm80)
 # Each prints one line per problem (exact or WRONG per path, timings next to a plain read of the same bytes) and
 # exits non-zero on a mismatch; a hang (e.g. a bad mbarrier/wgmma protocol) is cut by the timeout. The output is
 # also saved under $OUT (or bench/out).
@@ -28,6 +28,16 @@ case "$what" in decode|all)
     SPMM_SELFTEST_LOADERS=wgmma check decode decode_wgmma_selftest.txt 120
   else
     echo "decode selftest: build failed"; status=1
+  fi ;;
+esac
+case "$what" in sm80|all)  # the Ampere GEMM (CUTLASS 2.x): the CUTLASS headers come from the carried wheel
+  cutlass_include=/tmp/spmm_cutlass/cutlass_library/source/include
+  [ -d "$cutlass_include" ] || python3 -c "import zipfile, glob; zipfile.ZipFile(sorted(glob.glob('.whl/nvidia_cutlass*.whl'))[-1]).extractall('/tmp/spmm_cutlass')"
+  if build sm80 --expt-relaxed-constexpr -I"$cutlass_include" csrc/kernels/sparse24/sparse24_sm80_selftest.cu \
+      csrc/kernels/sparse24/sparse24_sm80_gemm.cu csrc/kernels/sparse24/sparse24_sm80_pack_kernel.cu; then
+    check sm80 sm80_selftest.txt 120
+  else
+    echo "sm80 selftest: build failed"; status=1
   fi ;;
 esac
 case "$what" in tiled_csl|all)

@@ -147,8 +147,8 @@ def test_sparse24_layer_packs_on_gpu():
 @pytest.mark.parametrize("tokens", [(1,), (32,), (33,), (64,), (3, 100), (2048,)])
 @pytest.mark.parametrize("prefill_kernel", [True, False])
 def test_sparse24_layer_both_kernels(dtype, mk, tokens, prefill_kernel):
-    """Sparse24Linear runs the decode kernel up to 32 tokens and, on Hopper (where the shape allows), the CUTLASS
-    GEMM above; both exact on integer inputs."""
+    """Sparse24Linear runs the decode kernel up to 32 tokens and a CUTLASS GEMM above: the Hopper one where the
+    shape allows, else the Ampere one (on compute capability 8.x and 9.0); all exact on integer inputs."""
     w, mask, x, bias, ref = case(*mk, tokens, dtype, 2, random_24_mask)
     linear = torch.nn.Linear(mk[1], mk[0], dtype=dtype, device="cuda")
     with torch.no_grad():
@@ -156,9 +156,12 @@ def test_sparse24_layer_both_kernels(dtype, mk, tokens, prefill_kernel):
         linear.bias.copy_(bias)
     layer = spmm.nn.Sparse24Linear.from_dense(linear, mask).use_prefill_kernel(prefill_kernel)
     hopper = ops.sparse24_sm90_supported(*mk, torch.device("cuda"))
-    assert (layer.prefill_a is not None) == (hopper and prefill_kernel)
-    if torch.cuda.get_device_capability() == (9, 0) and mk[0] % 8 == 0 and prefill_kernel:
-        assert layer.prefill_a is not None  # never silently off on the GPU this path is for
+    ampere = ops.sparse24_sm80_supported(*mk, torch.device("cuda"))
+    assert (layer.prefill_a is not None) == ((hopper or ampere) and prefill_kernel)
+    if prefill_kernel and (hopper or ampere):
+        assert layer._prefill_gemm is (ops.sparse24_sm90_mm if hopper else ops.sparse24_sm80_mm)
+    if torch.cuda.get_device_capability() in ((8, 0), (9, 0)) and prefill_kernel:
+        assert layer.prefill_a is not None  # never silently off on the GPUs these paths are for
     with torch.no_grad():
         y = layer(x)
     assert y.shape == (*tokens, mk[0]) and torch.equal(y.float(), ref.to(dtype).float())

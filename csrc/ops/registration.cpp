@@ -18,6 +18,10 @@ TORCH_LIBRARY(spmm, m) {
   // its matmul.
   m.def("_sparse24_sm90_pack(Tensor values, Tensor meta) -> (Tensor a, Tensor e)");
   m.def("_sparse24_sm90_mm(Tensor x, Tensor a, Tensor e, int out_features, Tensor? bias) -> Tensor");
+  // Internal (CUDA, sm_80 / sm_90a): the Ampere prefill GEMM's weight layout (values padded to 32 x 64, CUTLASS 2.x's
+  // reordered metadata) and its matmul.
+  m.def("_sparse24_sm80_pack(Tensor values, Tensor meta) -> (Tensor a, Tensor e)");
+  m.def("_sparse24_sm80_mm(Tensor x, Tensor a, Tensor e, int out_features, Tensor? bias) -> Tensor");
   // Internal (CUDA): the Tiled-CSL kernel's word layout (one 32-bit word per pair, runs padded to 16 bytes),
   // made from the stream, and its matmul.
   m.def("_tiled_csl_words(Tensor values, Tensor locations, Tensor tile_offsets, int tile_m, int tile_k) -> (Tensor words, Tensor word_offsets)");

@@ -23,4 +23,13 @@ at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& a, const
                                  const std::optional<at::Tensor>& bias);
 #endif
 
+#if SPMM_HAS_SPARSE24_SM80
+// Ampere prefill GEMM (sparse24_sm80_cuda.cpp): spmm::_sparse24_sm80_pack / _sparse24_sm80_mm.
+// Whether it runs on the device of `like` (compute capability 8.x, or 9.0 where the sm_90a build of it exists).
+bool sparse24_sm80_usable(const at::Tensor& like);
+std::tuple<at::Tensor, at::Tensor> sparse24_sm80_pack_cuda(const at::Tensor& values, const at::Tensor& meta);
+at::Tensor sparse24_sm80_mm_cuda(const at::Tensor& x, const at::Tensor& a, const at::Tensor& e, int64_t out_features,
+                                 const std::optional<at::Tensor>& bias);
+#endif
+
 }  // namespace spmm::ops

@@ -1,6 +1,7 @@
 // spmm::sparse24_mm on CUDA, from the canonical layout: the kernel layout is packed for this one call (an extra pass
 // over the weight; Sparse24Linear caches its layouts instead). Decode-sized N takes the weight-streaming kernel;
-// prefill-sized N the Hopper CUTLASS GEMM where it can run, else the decode kernel over slices of 64 tokens.
+// prefill-sized N the Hopper CUTLASS GEMM where it can run, else the Ampere one (also on Hopper, for shapes the
+// Hopper GEMM does not take), else the decode kernel over slices of 64 tokens.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -20,11 +21,19 @@ at::Tensor sparse24_mm_cuda(const at::Tensor& x, const at::Tensor& values, const
   check_sparse24_weight(op, x, values, meta, x.size(-1));
   check_bias(op, bias, x, values.size(0));
   const int64_t m = values.size(0), k = x.size(-1);
+  // Above 32 tokens a GEMM (the Hopper one measured faster at N = 64 on every standard layer;
+  // spmm.ops.DECODE_MAX_TOKENS).
+  const bool prefill = leading_rows(x) > 32;
 #if SPMM_HAS_SPARSE24_SM90
-  // Above 32 tokens the Hopper GEMM (measured faster at N = 64 on every standard layer; spmm.ops.DECODE_MAX_TOKENS).
-  if (leading_rows(x) > 32 && sparse24_sm90_usable(x, m, k)) {
+  if (prefill && sparse24_sm90_usable(x, m, k)) {
     const auto [a, e] = sparse24_sm90_pack_cuda(values, meta);
     return sparse24_sm90_mm_cuda(x, a, e, m, bias);
+  }
+#endif
+#if SPMM_HAS_SPARSE24_SM80
+  if (prefill && m > 0 && k > 0 && sparse24_sm80_usable(x)) {
+    const auto [a, e] = sparse24_sm80_pack_cuda(values, meta);
+    return sparse24_sm80_mm_cuda(x, a, e, m, bias);
   }
 #endif
   const auto [dvalues, dmeta] = sparse24_decode_pack_cuda(values, meta, 0);

@@ -102,8 +102,29 @@ def sparse24_sm90_supported(out_features: int, in_features: int, device: torch.d
     )
 
 
-# Up to this many tokens the decode kernel runs; above it the Hopper GEMM, where there is one (the decode kernel
-# takes any N). Measured on the H100: at N = 64 the GEMM is faster on all 14 standard layers, at N = 32 the decode
+def sparse24_sm80_pack(values: Tensor, meta: Tensor) -> Tuple[Tensor, Tensor]:
+    """Canonical 2:4 layout -> the Ampere prefill GEMM's layout: values `a` [M to 32, K to 64 / 2] (zero padded) and
+    CUTLASS 2.x's reordered metadata `e` (int16). CUDA builds with the sm_80 kernel family only."""
+    return _ops._sparse24_sm80_pack(values, meta)
+
+
+def sparse24_sm80_supported(out_features: int, in_features: int, device: torch.device) -> bool:
+    """Whether the Ampere prefill GEMM runs a weight [out_features, in_features] on `device`: a build with the sm_80
+    kernel family and a GPU of compute capability 8.x (or 9.0, where the build has its sm_90a code)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not has_cuda_kernel("_sparse24_sm80_mm") or out_features <= 0 or in_features <= 0:
+        return False
+    major, minor = torch.cuda.get_device_capability(device)
+    return major == 8 or (major, minor) == (9, 0)
+
+
+def sparse24_sm80_mm(x: Tensor, a: Tensor, e: Tensor, out_features: int, bias: Optional[Tensor] = None) -> Tensor:
+    """y = x @ W.T (+ bias) on the Ampere prefill GEMM (CUTLASS 2.x mma.sp), W in the layout of sparse24_sm80_pack."""
+    return _ops._sparse24_sm80_mm(x, a, e, out_features, bias)
+
+
+# Up to this many tokens the decode kernel runs; above it a prefill GEMM (the Hopper one, else the Ampere one), where
+# there is one (the decode kernel takes any N). Measured on the H100: at N = 64 the GEMM is faster on all 14 standard layers, at N = 32 the decode
 # kernel is (median 1.16x vs 1.04x of dense). Same rule as csrc/ops/sparse24_mm_cuda.cpp.
 DECODE_MAX_TOKENS = 32
 
@@ -206,6 +227,18 @@ def _sparse24_sm90_pack_fake(values, meta):
 
 @torch.library.register_fake("spmm::_sparse24_sm90_mm")
 def _sparse24_sm90_mm_fake(x, a, e, out_features, bias):
+    return x.new_empty(*x.shape[:-1], out_features)
+
+
+@torch.library.register_fake("spmm::_sparse24_sm80_pack")
+def _sparse24_sm80_pack_fake(values, meta):
+    m, k = values.shape[0], values.shape[1] * 2
+    m_pad, k_pad = -(-m // 32) * 32, -(-k // 64) * 64
+    return values.new_empty(m_pad, k_pad // 2), values.new_empty(m_pad * k_pad // 16, dtype=torch.int16)
+
+
+@torch.library.register_fake("spmm::_sparse24_sm80_mm")
+def _sparse24_sm80_mm_fake(x, a, e, out_features, bias):
     return x.new_empty(*x.shape[:-1], out_features)
 
 

@@ -1,0 +1,115 @@
+// CUDA entries of the Ampere prefill 2:4 GEMM (CUTLASS 2.x, kernels/sparse24/sparse24_sm80_gemm.h): the canonical ->
+// sm80 layout pack and y = x W^T (+ bias) on it. Internal ops; built only with the sm80 kernel family (compiled for
+// sm_80 and, where requested, sm_90a, so Hopper runs it too).
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "ops/cuda_common.h"
+#include "ops/sparse24_common.h"
+#include "ops/sparse24_cuda_entries.h"
+
+#if SPMM_HAS_SPARSE24_SM80
+#include "kernels/sparse24/sparse24_sm80_gemm.h"
+
+namespace spmm::ops {
+namespace {
+
+void check_sm80_status(const char* op, cudaError_t status) {
+  TORCH_CHECK_NOT_IMPLEMENTED(status != cudaErrorNoKernelImageForDevice, op,
+                              ": the Ampere 2:4 GEMM needs a GPU of compute capability 8.x or 9.0");
+  check_cuda(op, status);
+}
+
+// x as the GEMM reads it: [round_up(n, 8), k_pad] rows, zero past n and past k, 16-byte aligned.
+at::Tensor padded_activation(const at::Tensor& x, int64_t n, int64_t k, int64_t k_pad) {
+  const int64_t n8 = (n + 7) / 8 * 8;
+  if (n8 == n && k_pad == k) return kernel_ready_activation(x, n, k);
+  at::Tensor padded = at::zeros({n8, k_pad}, x.options());
+  padded.narrow(0, 0, n).narrow(1, 0, k).copy_(x.reshape({n, k}));
+  return padded;
+}
+
+}  // namespace
+
+bool sparse24_sm80_usable(const at::Tensor& like) {
+  const cudaDeviceProp* props = at::cuda::getDeviceProperties(like.get_device());
+  return props->major == 8 || (props->major == 9 && props->minor == 0);
+}
+
+std::tuple<at::Tensor, at::Tensor> sparse24_sm80_pack_cuda(const at::Tensor& values, const at::Tensor& meta) {
+  constexpr const char* op = "spmm::_sparse24_sm80_pack";
+  check_half_dtype(op, "values", values);
+  check_canonical_layout(op, values, meta);
+  const int64_t m = values.size(0), k = values.size(1) * 2;
+  TORCH_CHECK_VALUE(m > 0 && k > 0, op, ": the weight must not be empty, got ", m, " x ", k);
+  const c10::cuda::CUDAGuard guard(values.device());
+  const int64_t m_pad = kernels::sparse24_sm80_padded_rows(m), k_pad = kernels::sparse24_sm80_padded_cols(k);
+  at::Tensor a = at::empty({m_pad, k_pad / 2}, values.options());
+  at::Tensor e = at::empty({kernels::sparse24_sm80_meta_elements(m, k)}, values.options().dtype(at::kShort));
+  kernels::Sparse24Sm80PackParams p{};
+  p.values = values.data_ptr();
+  p.values_ld = values.stride(0);
+  p.meta = meta.data_ptr<uint8_t>();
+  p.meta_ld = meta.stride(0);
+  p.m = m;
+  p.k = k;
+  p.a = a.data_ptr();
+  p.e = reinterpret_cast<uint16_t*>(e.data_ptr<int16_t>());
+  check_cuda(op, kernels::sparse24_sm80_pack(p, at::cuda::getCurrentCUDAStream()));
+  return {a, e};
+}
+
+at::Tensor sparse24_sm80_mm_cuda(const at::Tensor& x, const at::Tensor& a, const at::Tensor& e, int64_t out_features,
+                                 const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "spmm::_sparse24_sm80_mm";
+  check_activation(op, x);
+  check_half_dtype(op, "x", x);
+  check_dtype(op, "a", a, x.scalar_type());
+  check_dtype(op, "e", e, at::kShort);
+  check_dim(op, "a", a, 2);
+  check_dim(op, "e", e, 1);
+  for (auto [name, t] : {std::pair{"a", &a}, {"e", &e}}) {
+    check_contiguous(op, name, *t);
+    check_same_device(op, name, *t, x);
+  }
+  const int64_t k = x.size(-1), n = leading_rows(x), m = out_features;
+  TORCH_CHECK_VALUE(m > 0 && k > 0 && k % 4 == 0, op, ": needs out_features > 0 and in_features (the last dim of `x`)",
+                    " a positive multiple of 4, got ", m, " x ", k);
+  const int64_t k_pad = kernels::sparse24_sm80_padded_cols(k);
+  TORCH_CHECK_VALUE(a.size(0) == kernels::sparse24_sm80_padded_rows(m) && a.size(1) == k_pad / 2 &&
+                        e.numel() == kernels::sparse24_sm80_meta_elements(m, k),
+                    op, ": `a`/`e` do not hold the Ampere GEMM layout of a ", m, " x ", k,
+                    " weight; pack it with _sparse24_sm80_pack");
+  check_bias(op, bias, x, m);
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor y = at::empty({n, m}, x.options());
+  if (n == 0) return with_leading_dims_of(y, x);
+  const at::Tensor xk = padded_activation(x, n, k, k_pad);
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const KernelWorkspace workspace(x, kernels::sparse24_sm80_workspace_bytes(m, n));
+  kernels::Sparse24Sm80GemmParams p{};
+  p.a = a.data_ptr();
+  p.e = reinterpret_cast<const uint16_t*>(e.data_ptr<int16_t>());
+  p.x = xk.data_ptr();
+  p.x_ld = xk.stride(0);
+  p.bias = bias.has_value() ? b.data_ptr() : nullptr;
+  p.y = y.data_ptr();
+  p.y_ld = m;
+  p.m = m;
+  p.n = n;
+  p.k = k;
+  p.dtype = kernel_dtype(x.scalar_type());
+  p.workspace = workspace.data();
+  check_sm80_status(op, kernels::sparse24_sm80_gemm(p, at::cuda::getCurrentCUDAStream()));
+  return with_leading_dims_of(y, x);
+}
+
+TORCH_LIBRARY_IMPL(spmm, CUDA, m) {
+  m.impl("_sparse24_sm80_pack", &sparse24_sm80_pack_cuda);
+  m.impl("_sparse24_sm80_mm", &sparse24_sm80_mm_cuda);
+}
+
+}  // namespace spmm::ops
+#endif  // SPMM_HAS_SPARSE24_SM80
