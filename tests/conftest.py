@@ -63,6 +63,25 @@ def masked_reference(x, w, mask, bias=None):
     return (y + bias.float() if bias is not None else y).to(x.dtype)
 
 
+def assert_exact_on_leading_dims_strided_x_and_graph(mm, w, mask, x, bias):
+    """mm(x) = x @ W.T + bias for one packed weight: exact against masked_reference with x under leading dims,
+    with a column-strided x, and replayed from a CUDA graph after x changes in place. x: [N, K], N % 4 == 0."""
+    n, k = x.shape
+    expected = masked_reference(x, w, mask, bias)
+    assert torch.equal(mm(x.reshape(4, n // 4, k)), expected.reshape(4, n // 4, -1))
+    strided = torch.stack([x, x], dim=-1).reshape(n, 2 * k)[:, ::2]
+    assert not strided.is_contiguous() and torch.equal(mm(strided), expected)
+    static_x = x.clone()
+    mm(static_x)  # warm-up outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = mm(static_x)
+    static_x.copy_(-x)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, masked_reference(-x, w, mask, bias))
+
+
 def random_mask(m: int, k: int, density: float, g=None) -> torch.Tensor:
     return torch.rand(m, k, generator=g) < density
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import spmm
-from conftest import cuda_int_case as int_case, masked_reference as reference
+from conftest import assert_exact_on_leading_dims_strided_x_and_graph, cuda_int_case as int_case, masked_reference as reference
 from spmm import ops
 
 pytestmark = [
@@ -38,19 +38,8 @@ def test_exact_integer_inputs(dtype, mk, n, with_bias):
 def test_leading_dims_strided_x_and_graph_capture():
     w, mask, x, bias = int_case(512, 1024, 96, torch.float16, 3)
     a, e = packed(w, mask)
-    expected = reference(x, w, mask, bias)
-    assert torch.equal(ops.sparse24_sm90_mm(x.reshape(4, 24, 1024), a, e, 512, bias), expected.reshape(4, 24, 512))
-    strided = torch.stack([x, x], dim=-1).reshape(96, 2048)[:, ::2]
-    assert not strided.is_contiguous() and torch.equal(ops.sparse24_sm90_mm(strided, a, e, 512, bias), expected)
-    static_x = x.clone()
-    ops.sparse24_sm90_mm(static_x, a, e, 512, bias)  # warm-up outside capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = ops.sparse24_sm90_mm(static_x, a, e, 512, bias)
-    static_x.copy_(-x)
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, reference(-x, w, mask, bias))
+    assert_exact_on_leading_dims_strided_x_and_graph(lambda x_: ops.sparse24_sm90_mm(x_, a, e, 512, bias), w, mask, x,
+                                                     bias)
 
 
 def test_opcheck():

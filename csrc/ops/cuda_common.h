@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include "kernels/common/dtype.h"
+#include "ops/checks.h"
 
 namespace spmm::ops {
 
@@ -28,6 +29,22 @@ inline at::Tensor kernel_ready_activation(const at::Tensor& x, int64_t n, int64_
 inline void check_half_dtype(const char* op, const char* arg, const at::Tensor& t) {
   TORCH_CHECK_TYPE(t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16, op, ": `", arg,
                    "` must be float16 or bfloat16 for the CUDA 2:4 kernels, got ", t.scalar_type());
+}
+
+// x and a prefill GEMM's packed weight: a (values, x's dtype, a_dim dims) and e (metadata of e_dtype, 1-D), all
+// contiguous on x's device.
+inline void check_gemm_operands(const char* op, const at::Tensor& x, const at::Tensor& a, int64_t a_dim,
+                                const at::Tensor& e, at::ScalarType e_dtype) {
+  check_activation(op, x);
+  check_half_dtype(op, "x", x);
+  check_dtype(op, "a", a, x.scalar_type());
+  check_dtype(op, "e", e, e_dtype);
+  check_dim(op, "a", a, a_dim);
+  check_dim(op, "e", e, 1);
+  for (auto [name, t] : {std::pair{"a", &a}, {"e", &e}}) {
+    check_contiguous(op, name, *t);
+    check_same_device(op, name, *t, x);
+  }
 }
 
 // Scratch memory a launch asks for, on x's device: nothing is allocated when it asks for none (a null pointer).

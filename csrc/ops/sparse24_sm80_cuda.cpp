@@ -64,16 +64,7 @@ std::tuple<at::Tensor, at::Tensor> sparse24_sm80_pack_cuda(const at::Tensor& val
 at::Tensor sparse24_sm80_mm_cuda(const at::Tensor& x, const at::Tensor& a, const at::Tensor& e, int64_t out_features,
                                  const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "spmm::_sparse24_sm80_mm";
-  check_activation(op, x);
-  check_half_dtype(op, "x", x);
-  check_dtype(op, "a", a, x.scalar_type());
-  check_dtype(op, "e", e, at::kShort);
-  check_dim(op, "a", a, 2);
-  check_dim(op, "e", e, 1);
-  for (auto [name, t] : {std::pair{"a", &a}, {"e", &e}}) {
-    check_contiguous(op, name, *t);
-    check_same_device(op, name, *t, x);
-  }
+  check_gemm_operands(op, x, a, 2, e, at::kShort);
   const int64_t k = x.size(-1), n = leading_rows(x), m = out_features;
   TORCH_CHECK_VALUE(m > 0 && k > 0 && k % 4 == 0, op, ": needs out_features > 0 and in_features (the last dim of `x`)",
                     " a positive multiple of 4, got ", m, " x ", k);

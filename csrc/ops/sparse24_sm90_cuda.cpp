@@ -73,15 +73,7 @@ std::tuple<at::Tensor, at::Tensor> sparse24_sm90_pack_cuda(const at::Tensor& val
 at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& a, const at::Tensor& e, int64_t out_features,
                                  const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "spmm::_sparse24_sm90_mm";
-  check_activation(op, x);
-  check_half_dtype(op, "x", x);
-  check_dtype(op, "a", a, x.scalar_type());
-  check_dtype(op, "e", e, at::kByte);
-  for (auto [name, t] : {std::pair{"a", &a}, {"e", &e}}) {
-    check_dim(op, name, *t, 1);
-    check_contiguous(op, name, *t);
-    check_same_device(op, name, *t, x);
-  }
+  check_gemm_operands(op, x, a, 1, e, at::kByte);
   const int64_t k = x.size(-1), n = leading_rows(x), m = out_features;
   check_sm90_shape(op, m, k);
   const kernels::DType dtype = kernel_dtype(x.scalar_type());
