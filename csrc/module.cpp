@@ -1,6 +1,8 @@
 // The Python module spmm._C, on the stable Python ABI: it only carries the op library (loading it runs the
-// TORCH_LIBRARY registrations) and says how it was built.
+// TORCH_LIBRARY registrations), says how it was built, and exports the kernel-choice rules spmm.ops uses.
 #include <Python.h>
+
+#include "kernels/sparse24/sparse24_dispatch_rules.h"
 
 static struct PyModuleDef spmm_module = {PyModuleDef_HEAD_INIT, "_C", "spmm native ops (registered as torch.ops.spmm)",
                                          -1, nullptr, nullptr, nullptr, nullptr, nullptr};
@@ -9,7 +11,10 @@ extern "C" PyMODINIT_FUNC PyInit__C(void) {
   PyObject* module = PyModule_Create(&spmm_module);
   if (module == nullptr) return nullptr;
   if (PyModule_AddIntConstant(module, "cuda_built", SPMM_WITH_CUDA) < 0 ||
-      PyModule_AddStringConstant(module, "cuda_archs", SPMM_CUDA_ARCHS) < 0) {
+      PyModule_AddStringConstant(module, "cuda_archs", SPMM_CUDA_ARCHS) < 0 ||
+      PyModule_AddIntConstant(module, "decode_max_tokens", spmm::kernels::kDispatchDecodeMaxTokens) < 0 ||
+      PyModule_AddIntConstant(module, "sm90_row_multiple", spmm::kernels::kSm90RowMultiple) < 0 ||
+      PyModule_AddIntConstant(module, "sm90_col_multiple", spmm::kernels::kSm90ColMultiple) < 0) {
     Py_DECREF(module);
     return nullptr;
   }

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "kernels/sparse24/sparse24_decode.h"
+#include "kernels/sparse24/sparse24_dispatch_rules.h"
 #include "ops/cuda_common.h"
 #include "ops/sparse24_common.h"
 #include "ops/sparse24_cuda_entries.h"
@@ -21,9 +22,7 @@ at::Tensor sparse24_mm_cuda(const at::Tensor& x, const at::Tensor& values, const
   check_sparse24_weight(op, x, values, meta, x.size(-1));
   check_bias(op, bias, x, values.size(0));
   const int64_t m = values.size(0), k = x.size(-1);
-  // Above 32 tokens a GEMM (the Hopper one measured faster at N = 64 on every standard layer;
-  // spmm.ops.DECODE_MAX_TOKENS).
-  const bool prefill = leading_rows(x) > 32;
+  const bool prefill = leading_rows(x) > kernels::kDispatchDecodeMaxTokens;  // above it a GEMM (sparse24_dispatch_rules.h)
 #if SPMM_HAS_SPARSE24_SM90
   if (prefill && sparse24_sm90_usable(x, m, k)) {
     const auto [a, e] = sparse24_sm90_pack_cuda(values, meta);

@@ -35,7 +35,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _C  # noqa: F401  (loads the library that registers the spmm:: ops)
+from . import _C  # loads the library that registers the spmm:: ops; exports the kernel-choice rules
 
 _ops = torch.ops.spmm
 
@@ -97,8 +97,8 @@ def sparse24_sm90_supported(out_features: int, in_features: int, device: torch.d
         and torch.cuda.get_device_capability(device) == (9, 0)
         and out_features > 0
         and in_features > 0
-        and out_features % 8 == 0
-        and in_features % 16 == 0
+        and out_features % _C.sm90_row_multiple == 0
+        and in_features % _C.sm90_col_multiple == 0
     )
 
 
@@ -124,9 +124,8 @@ def sparse24_sm80_mm(x: Tensor, a: Tensor, e: Tensor, out_features: int, bias: O
 
 
 # Up to this many tokens the decode kernel runs; above it a prefill GEMM (the Hopper one, else the Ampere one), where
-# there is one (the decode kernel takes any N). Measured on the H100: at N = 64 the GEMM is faster on all 14 standard layers, at N = 32 the decode
-# kernel is (median 1.16x vs 1.04x of dense). Same rule as csrc/ops/sparse24_mm_cuda.cpp.
-DECODE_MAX_TOKENS = 32
+# there is one (the decode kernel takes any N). The C++ rule itself (csrc/kernels/sparse24/sparse24_dispatch_rules.h).
+DECODE_MAX_TOKENS = _C.decode_max_tokens
 
 
 def sparse24_sm90_mm(x: Tensor, a: Tensor, e: Tensor, out_features: int, bias: Optional[Tensor] = None) -> Tensor:

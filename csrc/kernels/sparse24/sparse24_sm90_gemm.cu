@@ -2,6 +2,7 @@
 // dispatch and the config heuristic. No CUTLASS here: the kernels live in sparse24_sm90_gemm_{f16,bf16}.cu.
 #include <cstdint>
 
+#include "kernels/sparse24/sparse24_dispatch_rules.h"
 #include "kernels/sparse24/sparse24_sm90_gemm.h"
 
 namespace spmm::kernels {
@@ -34,7 +35,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 }  // namespace
 
 bool sparse24_sm90_weight_supported(int64_t m, int64_t k) {
-  return m > 0 && k > 0 && m % 8 == 0 && k % 16 == 0 && m <= kMaxDim && k <= kMaxDim;
+  return m > 0 && k > 0 && m % kSm90RowMultiple == 0 && k % kSm90ColMultiple == 0 && m <= kMaxDim && k <= kMaxDim;
 }
 
 cudaError_t sparse24_sm90_compressed_sizes(int64_t m, int64_t k, DType dtype, size_t* a_bytes, size_t* e_bytes) {
