@@ -1,7 +1,8 @@
 // Device self-test of the Tiled-CSL SpMM kernel, torch-free (nvcc alone; a quick device run): for each problem, a
 // random unstructured-sparse weight of small integers (so every result is exact) packed on the host into the
 // Tiled-CSL stream, y = x W^T + bias computed by the kernel from (a) the stream (tiled_csl_mm) and (b) its word
-// layout made on the GPU (tiled_csl_to_words + tiled_csl_mm_words), both compared bit for bit with a host
+// layout made on the GPU (tiled_csl_to_words + tiled_csl_mm_words) and (c) the same with two tiles of words in
+// flight (tiled_csl_mm_words_ahead2, experimental), each compared bit for bit with a host
 // reference; then both timed (CUDA events, L2 flushed, median) next to a plain read of the stream's bytes.
 // Exit status 1 on any mismatch. SPMM_SELFTEST_SPLIT_SWEEP=1 instead times the word layout on decode-sized layers
 // at every split-K factor (each result still checked), next to the heuristic's pick: the data to tune it.
@@ -57,7 +58,10 @@ Stream pack(const std::vector<float>& w, int64_t m, int64_t k, int64_t tile_m, D
 }
 
 // Runs one layout; returns the median µs over `reps` (0: once, untimed) and fills y.
-float run(const Problem& pr, bool words, const void* values, const int16_t* locations, const int32_t* offsets,
+enum class Path { kStream, kWords, kWordsAhead2 };
+constexpr const char* kPathNames[] = {"stream", "words", "ahead2"};
+
+float run(const Problem& pr, Path path, const void* values, const int16_t* locations, const int32_t* offsets,
           int64_t count, const void* x, const void* bias, void* y, const Flush& flush, int reps, int splits = 0) {
   int sms = 0;
   CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
@@ -81,7 +85,11 @@ float run(const Problem& pr, bool words, const void* values, const int16_t* loca
   const size_t ws_bytes = spmm::kernels::tiled_csl_mm_workspace_bytes(pr.m, pr.n, pr.tile_m, p.splits);
   if (ws_bytes) CHECK(cudaMalloc(&ws, ws_bytes));
   p.workspace = ws;
-  auto call = [&] { CHECK(words ? spmm::kernels::tiled_csl_mm_words(p, 0) : spmm::kernels::tiled_csl_mm(p, 0)); };
+  auto call = [&] {
+    CHECK(path == Path::kStream  ? spmm::kernels::tiled_csl_mm(p, 0)
+          : path == Path::kWords ? spmm::kernels::tiled_csl_mm_words(p, 0)
+                                 : spmm::kernels::tiled_csl_mm_words_ahead2(p, 0));
+  };
   call();
   CHECK(cudaDeviceSynchronize());
   const float us = median_us(call, flush, reps);
@@ -113,8 +121,8 @@ int main() {
   Flush flush;
   std::mt19937 rng(4321);
   bool all_ok = true;
-  std::printf("%6s %6s %4s %4s %5s %5s | %-7s %-7s | %9s %9s  (median us, L2 flushed)\n", "M", "K", "N", "tm", "spars",
-              "dtype", "stream", "words", "stream", "words");
+  std::printf("%6s %6s %4s %4s %5s %5s | %-7s %-7s %-7s | %9s %9s %9s  (median us, L2 flushed)\n", "M", "K", "N", "tm",
+              "spars", "dtype", "stream", "words", "ahead2", "stream", "words", "ahead2");
   for (const Problem& pr : problems) {
     std::uniform_real_distribution<double> u(0.0, 1.0);
     std::uniform_int_distribution<int> val(1, 2), sign(0, 1), xd(-2, 2);
@@ -162,8 +170,8 @@ int main() {
       for (const int splits : {1, 2, 3, 4, 6, 8, 12, 16, 24, 32}) {
         if (splits > col_tiles) break;
         CHECK(cudaMemset(dy, 0xFF, pr.n * pr.m * 2));
-        const float us = run(pr, true, d_words, nullptr, d_word_offsets, capacity / 4 * 4, dx, dbias, dy, flush, 20,
-                             splits);
+        const float us = run(pr, Path::kWords, d_words, nullptr, d_word_offsets, capacity / 4 * 4, dx, dbias, dy, flush,
+                             20, splits);
         std::vector<uint16_t> y(pr.n * pr.m);
         CHECK(cudaMemcpy(y.data(), dy, y.size() * 2, cudaMemcpyDeviceToHost));
         if (first.empty()) first = y;
@@ -180,23 +188,26 @@ int main() {
       continue;
     }
     const int reps = pr.timed ? 30 : 0;
-    float us[2];
-    bool ok[2];
-    for (int words = 0; words < 2; ++words) {
+    float us[3];
+    bool ok[3];
+    for (const Path path : {Path::kStream, Path::kWords, Path::kWordsAhead2}) {
+      const int i = static_cast<int>(path);
       CHECK(cudaMemset(dy, 0xFF, pr.n * pr.m * 2));
-      us[words] = words ? run(pr, true, d_words, nullptr, d_word_offsets, capacity / 4 * 4, dx, dbias, dy, flush, reps)
-                        : run(pr, false, d_values, d_locations, d_offsets, nnz, dx, dbias, dy, flush, reps);
+      us[i] = path == Path::kStream
+                  ? run(pr, path, d_values, d_locations, d_offsets, nnz, dx, dbias, dy, flush, reps)
+                  : run(pr, path, d_words, nullptr, d_word_offsets, capacity / 4 * 4, dx, dbias, dy, flush, reps);
       std::vector<uint16_t> y(pr.n * pr.m);
       CHECK(cudaMemcpy(y.data(), dy, y.size() * 2, cudaMemcpyDeviceToHost));
-      ok[words] = exact(y, expected, pr.m, pr.dtype, words ? "words" : "stream");
-      all_ok = all_ok && ok[words];
+      ok[i] = exact(y, expected, pr.m, pr.dtype, kPathNames[i]);
+      all_ok = all_ok && ok[i];
     }
-    std::printf("%6lld %6lld %4lld %4lld %5.2f %5s | %-7s %-7s", static_cast<long long>(pr.m),
+    std::printf("%6lld %6lld %4lld %4lld %5.2f %5s | %-7s %-7s %-7s", static_cast<long long>(pr.m),
                 static_cast<long long>(pr.k), static_cast<long long>(pr.n), static_cast<long long>(pr.tile_m),
-                pr.sparsity, pr.dtype == f16 ? "fp16" : "bf16", ok[0] ? "exact" : "WRONG", ok[1] ? "exact" : "WRONG");
+                pr.sparsity, pr.dtype == f16 ? "fp16" : "bf16", ok[0] ? "exact" : "WRONG", ok[1] ? "exact" : "WRONG",
+                ok[2] ? "exact" : "WRONG");
     if (pr.timed) {
       const float floor = time_read(static_cast<size_t>(nnz * 4 + (tiles + 1) * 4), flush, reps);
-      std::printf(" | %6.1f us %6.1f us  read floor %5.1f us", us[0], us[1], floor);
+      std::printf(" | %6.1f us %6.1f us %6.1f us  read floor %5.1f us", us[0], us[1], us[2], floor);
     }
     std::printf("\n");
     for (void* ptr : {static_cast<void*>(d_values), static_cast<void*>(d_locations), static_cast<void*>(d_offsets),
