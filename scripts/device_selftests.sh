@@ -25,6 +25,8 @@ case "$what" in decode|all)
   if build decode csrc/kernels/sparse24/sparse24_decode_selftest.cu csrc/kernels/sparse24/sparse24_decode_kernel.cu; then
     # the shipping loaders first, then the experimental wgmma consumers alone (a hang there loses nothing else)
     SPMM_SELFTEST_LOADERS=bulk,cp.async check decode decode_selftest.txt 240
+    # the experimental early launch (programmatic dependent launch), each checked call after a late writer of x
+    SPMM_SELFTEST_EARLY_LAUNCH=1 SPMM_SELFTEST_LOADERS=bulk,cp.async check decode decode_early_selftest.txt 240
     SPMM_SELFTEST_LOADERS=wgmma check decode decode_wgmma_selftest.txt 120
   else
     echo "decode selftest: build failed"; status=1

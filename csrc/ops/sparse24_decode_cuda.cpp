@@ -1,5 +1,8 @@
 // CUDA entries of the 2:4 decode kernel: the canonical -> decode layout pack, and y = x W^T (+ bias) on it.
 // Internal ops (leading underscore): layers call them on the layout they cache; users call spmm::sparse24_mm.
+#include <cstdlib>
+#include <string_view>
+
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -12,6 +15,16 @@
 
 namespace spmm::ops {
 namespace {
+
+// Experimental: SPMM_DECODE_EARLY_LAUNCH=1 launches the decode kernel with programmatic dependent launch (sm_90),
+// so its first weight stages stream while the previous kernel finishes. Read once; off by default until measured.
+bool early_launch_requested() {
+  static const bool requested = [] {
+    const char* value = std::getenv("SPMM_DECODE_EARLY_LAUNCH");
+    return value != nullptr && std::string_view(value) == "1";
+  }();
+  return requested;
+}
 
 kernels::DecodeLoader decode_loader(const char* op, c10::string_view loader) {
   if (loader == "auto") return kernels::DecodeLoader::kAuto;
@@ -85,6 +98,7 @@ at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalue
   p.n = n;
   p.k = xk.size(1);
   p.loader = decode_loader(op, loader);
+  p.early_launch = early_launch_requested();
   p.splits = kernels::sparse24_decode_splits(m, n, k, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   p.dtype = kernel_dtype(x.scalar_type());
   const size_t ws = kernels::sparse24_decode_workspace_bytes(m, n, p.k, p.splits, p.loader);

@@ -162,4 +162,13 @@ __device__ __forceinline__ void bulk_copy_g2s(void* smem_dst, const void* gmem_s
 #endif
 }
 
+// sm_90 programmatic dependent launch: waits until the grids this one depends on have completed and their memory is
+// visible (returns at once for a launch without the attribute). Before it a kernel may only read what no earlier
+// kernel writes (the weights) and must write no global memory. A no-op before sm_90.
+__device__ __forceinline__ void griddep_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
 }  // namespace spmm::kernels::ptx

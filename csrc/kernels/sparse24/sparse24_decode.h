@@ -74,6 +74,10 @@ struct Sparse24DecodeParams {
   DecodeLoader loader;  // see DecodeLoader
   int* counters;        // set by the launcher (inside the workspace); callers leave it null
   bool cluster_reduce;  // set by the launcher: split-K partials summed across a cluster (sm_90, splits <= 8)
+  // Experimental (sm_90; ignored before): launch with programmatic stream serialization, so the kernel may start
+  // while the previous kernel on the stream finishes; it streams its first weight stages at once and waits for the
+  // previous kernel (griddepcontrol.wait) before it reads x or writes anything.
+  bool early_launch;
 };
 
 // Split-K factor for (m, n, k) on a device with num_sms multiprocessors: enough blocks for every SM to stream.

@@ -119,7 +119,8 @@ struct DecodeConfig {
 // kBulk: the producer's weight copies are sm_90 bulk copies (else cp.async). Split-K partials are summed across a
 // thread block cluster through distributed shared memory when p.cluster_reduce (sm_90: the splits of a row group
 // are one cluster), otherwise through the global workspace by the last block of a group.
-template <typename T, int kNTiles, bool kBulk, bool kWgmma>
+// kEarly: p.early_launch (a template flag, so the default kernels' code is untouched by it).
+template <typename T, int kNTiles, bool kBulk, bool kWgmma, bool kEarly>
 __global__ void __launch_bounds__(DecodeConfig<kNTiles, kWgmma>::kThreads)
     decode_mm_kernel(Sparse24DecodeParams p, Sparse24DecodeShape s) {
   using C = DecodeConfig<kNTiles, kWgmma>;
@@ -153,9 +154,7 @@ __global__ void __launch_bounds__(DecodeConfig<kNTiles, kWgmma>::kThreads)
     const T* x = static_cast<const T*>(p.x);
     const unsigned char* wv = static_cast<const unsigned char*>(p.dvalues);
     const unsigned char* wm = static_cast<const unsigned char*>(p.dmeta);
-    for (int i = 0; i < count; ++i) {
-      const int st = i % C::kStages;
-      if (i >= C::kStages) ptx::mbar_wait(&empty[st], (i / C::kStages - 1) & 1);
+    auto load_weights = [&](int i, int st) {
       const int64_t block = group * s.chunks + c_begin + i;
       if constexpr (kBulk) {
         if (lane == 0) {
@@ -168,6 +167,18 @@ __global__ void __launch_bounds__(DecodeConfig<kNTiles, kWgmma>::kThreads)
           ptx::cp_async_16(stage_values(st) + v, wv + block * kValuesBytes + v * 16, 16);
         for (int v = lane; v < static_cast<int>(kMetaBytes / 16); v += 32)
           ptx::cp_async_16(stage_meta(st) + v, wm + block * kMetaBytes + v * 16, 16);
+      }
+    };
+    // Early launch: the first stages' weights (which no earlier kernel writes) are requested before waiting for
+    // the previous kernel; x only after.
+    const int early = kEarly ? min(C::kStages, count) : 0;
+    for (int i = 0; i < early; ++i) load_weights(i, i);
+    if constexpr (kEarly) ptx::griddep_wait();
+    for (int i = 0; i < count; ++i) {
+      const int st = i % C::kStages;
+      if (i >= early) {
+        if (i >= C::kStages) ptx::mbar_wait(&empty[st], (i / C::kStages - 1) & 1);
+        load_weights(i, st);
       }
       T* xs = stage_x(st);
       for (int v = lane; v < C::kXRows * (kDecodeChunkK / 8); v += 32) {
@@ -258,6 +269,8 @@ __global__ void __launch_bounds__(DecodeConfig<kNTiles, kWgmma>::kThreads)
     }
   }
 
+  if constexpr (kEarly) ptx::griddep_wait();  // every thread: no global write before the previous kernel is done
+
   // Accumulator fragment: acc[t][j][i] is W row g (+8 for i >= 2) of tile first_tile + t times token
   // (first_ntile + j) * 8 + 2q (+1 for odd i). `emit` hands each valid (row in group, token, value) to `f`.
   const int g = lane / 4, q = lane % 4;
@@ -346,14 +359,14 @@ __global__ void __launch_bounds__(DecodeConfig<kNTiles, kWgmma>::kThreads)
   if (threadIdx.x == 0) p.counters[group] = 0;  // leaves the counters zeroed for the next launch
 }
 
-template <typename T, int kNTiles, bool kBulk, bool kWgmma>
-cudaError_t launch_config(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, cudaStream_t stream) {
+template <typename T, int kNTiles, bool kBulk, bool kWgmma, bool kEarly>
+cudaError_t launch_kernel(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, cudaStream_t stream) {
   using C = DecodeConfig<kNTiles, kWgmma>;
-  constexpr auto kernel = decode_mm_kernel<T, kNTiles, kBulk, kWgmma>;
+  constexpr auto kernel = decode_mm_kernel<T, kNTiles, kBulk, kWgmma, kEarly>;
   const cudaError_t err = allow_dynamic_smem<kernel>(C::kSmemBytes);
   if (err != cudaSuccess) return err;
   const dim3 grid(p.splits, static_cast<unsigned>(s.groups));
-  if (!p.cluster_reduce) {
+  if (!p.cluster_reduce && !kEarly) {
     kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, s);
     return cudaGetLastError();
   }
@@ -362,14 +375,29 @@ cudaError_t launch_config(const Sparse24DecodeParams& p, const Sparse24DecodeSha
   config.blockDim = dim3(C::kThreads);
   config.dynamicSmemBytes = C::kSmemBytes;
   config.stream = stream;
-  cudaLaunchAttribute cluster = {};
-  cluster.id = cudaLaunchAttributeClusterDimension;
-  cluster.val.clusterDim.x = static_cast<unsigned>(p.splits);
-  cluster.val.clusterDim.y = 1;
-  cluster.val.clusterDim.z = 1;
-  config.attrs = &cluster;
-  config.numAttrs = 1;
+  cudaLaunchAttribute attrs[2] = {};
+  unsigned count = 0;
+  if (p.cluster_reduce) {
+    attrs[count].id = cudaLaunchAttributeClusterDimension;
+    attrs[count].val.clusterDim.x = static_cast<unsigned>(p.splits);
+    attrs[count].val.clusterDim.y = 1;
+    attrs[count].val.clusterDim.z = 1;
+    ++count;
+  }
+  if (kEarly) {
+    attrs[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[count].val.programmaticStreamSerializationAllowed = 1;
+    ++count;
+  }
+  config.attrs = attrs;
+  config.numAttrs = count;
   return cudaLaunchKernelEx(&config, kernel, p, s);
+}
+
+template <typename T, int kNTiles, bool kBulk, bool kWgmma>
+cudaError_t launch_config(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, cudaStream_t stream) {
+  return p.early_launch ? launch_kernel<T, kNTiles, kBulk, kWgmma, true>(p, s, stream)
+                        : launch_kernel<T, kNTiles, kBulk, kWgmma, false>(p, s, stream);
 }
 
 template <typename T, bool kBulk, bool kWgmma>
@@ -450,6 +478,7 @@ cudaError_t sparse24_decode_mm(const Sparse24DecodeParams& p, cudaStream_t strea
   if (p.m == 0 || p.n == 0) return cudaSuccess;
   Sparse24DecodeParams q = p;
   q.cluster_reduce = choice.cluster;
+  q.early_launch = p.early_launch && current_device_major() >= 9;
   q.counters = nullptr;
   if (workspace > 0) {
     // The counters sit after the partials of 64 tokens, the most one launch holds. They start at zero, and the

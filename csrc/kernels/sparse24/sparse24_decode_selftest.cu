@@ -4,6 +4,8 @@
 // its loaders (sm_90 bulk copies, cp.async, and the experimental wgmma.sp consumers), each compared bit for bit
 // with a host reference; then each timed
 // (CUDA events, L2 flushed by reading a large buffer before each rep, median). Exit status 1 on any mismatch.
+// SPMM_SELFTEST_EARLY_LAUNCH=1 runs every launch with early_launch (programmatic dependent launch, sm_90), and
+// each checked call right after a kernel that writes x late: a kernel that read x before waiting would be wrong.
 //
 //   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Icsrc \
 //        csrc/kernels/sparse24/sparse24_decode_selftest.cu csrc/kernels/sparse24/sparse24_decode_kernel.cu -o t && ./t
@@ -65,6 +67,21 @@ Weight random_weight(int64_t m, int64_t k, DType t, std::mt19937& rng) {
   return w;
 }
 
+bool early_launch() {
+  const char* v = std::getenv("SPMM_SELFTEST_EARLY_LAUNCH");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
+// The kernel before an early-launched one: it writes x only after ~20 µs, so the decode kernel's early part
+// overlaps it and any read of x before griddepcontrol.wait would see the 0xFF poison.
+__global__ void late_copy(const uint16_t* src, uint16_t* dst, size_t n) {
+  const long long start = clock64();
+  while (clock64() - start < 40000) {
+  }
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x)
+    dst[i] = src[i];
+}
+
 // Runs the kernel with one loader; returns the median µs over `reps` (0: just once, untimed) and fills y.
 float run(const Problem& pr, spmm::kernels::DecodeLoader loader, const void* wv, const void* wm, const void* x,
           const void* bias, void* y, const Flush& flush, int reps, int splits = 0) {
@@ -88,7 +105,20 @@ float run(const Problem& pr, spmm::kernels::DecodeLoader loader, const void* wv,
   const size_t ws_bytes = spmm::kernels::sparse24_decode_workspace_bytes(pr.m, pr.n, pr.k, p.splits, loader);
   if (ws_bytes) CHECK(cudaMalloc(&ws, ws_bytes));
   p.workspace = ws;
-  CHECK(spmm::kernels::sparse24_decode_mm(p, 0));
+  p.early_launch = early_launch();
+  if (p.early_launch) {  // x poisoned, then rewritten late by the kernel just before
+    const size_t elems = static_cast<size_t>(pr.n * pr.k);
+    uint16_t* pristine = nullptr;
+    CHECK(cudaMalloc(&pristine, std::max<size_t>(elems, 1) * 2));
+    CHECK(cudaMemcpy(pristine, x, elems * 2, cudaMemcpyDeviceToDevice));
+    CHECK(cudaMemset(const_cast<void*>(x), 0xFF, elems * 2));
+    late_copy<<<64, 256>>>(pristine, static_cast<uint16_t*>(const_cast<void*>(x)), elems);
+    CHECK(spmm::kernels::sparse24_decode_mm(p, 0));
+    CHECK(cudaDeviceSynchronize());
+    CHECK(cudaFree(pristine));
+  } else {
+    CHECK(spmm::kernels::sparse24_decode_mm(p, 0));
+  }
   CHECK(cudaDeviceSynchronize());
   const float us = median_us([&] { CHECK(spmm::kernels::sparse24_decode_mm(p, 0)); }, flush, reps);
   if (ws) CHECK(cudaFree(ws));
