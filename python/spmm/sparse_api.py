@@ -24,8 +24,9 @@ from .pruning.sequential import sequential_stats
 class Sparse24Config:
     """2:4 sparsity, every layer at 50%. pruner: "magnitude", "wanda" or "sparsegpt" (the last two need
     calibration data: spmm.sparsify(..., calibration=...)), or any name registered with register_pruner.
-    prefill_kernel: on Hopper, also keep the CUTLASS prefill GEMM's layout of each weight (fast for N > 32 tokens,
-    0.56 of the dense bytes more); False saves that memory where prefill speed does not matter."""
+    prefill_kernel: on CUDA (Hopper, or Ampere-class GPUs), also keep a CUTLASS prefill GEMM's layout of each weight
+    (fast for N > 32 tokens, about 0.56 of the dense bytes more); False saves that memory where prefill speed does not
+    matter (prefill then runs the decode kernel 64 tokens at a time)."""
 
     pruner: str = "magnitude"
     prefill_kernel: bool = True
