@@ -366,3 +366,25 @@ def test_spense_mm_rejects_bad_input(packed):
         ops.spense_mm(x, torch.randn(2, 12), values, meta, row_index)
     with pytest.raises(TypeError, match=r"`dense_weight` must be Float"):
         ops.spense_mm(x, dense.half(), values, meta, row_index)
+
+
+def test_fake_kernels_of_the_cuda_only_layouts():
+    """The CUDA-only layout ops trace under torch.compile through their fakes; the shapes they promise (checked on
+    the GPU against the real ops by opcheck) follow the documented padding."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        values = torch.empty(300, 100, dtype=torch.float16)
+        meta = torch.empty(300, 25, dtype=torch.uint8)
+        a, e = torch.ops.spmm._sparse24_sm80_pack(values, meta)  # M to 32, K to 64; 16-bit meta per 16 columns
+        assert a.shape == (320, 128) and a.dtype == torch.float16
+        assert e.shape == (320 * 256 // 16,) and e.dtype == torch.int16
+        x = torch.empty(5, 7, 200, dtype=torch.float16)
+        assert torch.ops.spmm._sparse24_sm80_mm(x, a, e, 300, None).shape == (5, 7, 300)
+        stream = (torch.empty(1000, dtype=torch.bfloat16), torch.empty(1000, dtype=torch.int16),
+                  torch.empty(13, dtype=torch.int32))  # 12 tiles
+        words, word_offsets = torch.ops.spmm._tiled_csl_words(*stream, 256, 64)
+        assert words.shape == (1036, 2) and words.dtype == torch.bfloat16  # 1000 + 3 per tile, to a multiple of 4
+        assert word_offsets.shape == (13,) and word_offsets.dtype == torch.int32
+        y = torch.ops.spmm._tiled_csl_mm_words(x.bfloat16(), words, word_offsets, 300, 256, None)
+        assert y.shape == (5, 7, 300) and y.dtype == torch.bfloat16
