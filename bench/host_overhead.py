@@ -32,25 +32,17 @@ OUT = Path(__file__).with_name("out") / "host_overhead"
 LLAMA2_7B = [("qkv", 12288, 4096), ("o", 4096, 4096), ("gate_up", 22016, 4096), ("down", 4096, 11008)]
 
 
-def wall_us_per_call(fn, calls: int = 2000) -> float:
+def us_per_call(fn, calls: int, include_gpu: bool) -> float:
+    """Wall time per call of `calls` back-to-back calls: until the GPU has finished them all (include_gpu), or until
+    the host has issued them (a burst shorter than the launch queue: the host's own cost per call)."""
     for _ in range(50):
         fn()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(calls):
         fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / calls * 1e6
-
-
-def enqueue_us_per_call(fn, calls: int = 200) -> float:
-    """Host time per call while the GPU queue absorbs the launches (200 is well under the launch queue's depth)."""
-    for _ in range(50):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
+    if include_gpu:
+        torch.cuda.synchronize()
     t1 = time.perf_counter()
     torch.cuda.synchronize()
     return (t1 - t0) / calls * 1e6
@@ -77,8 +69,8 @@ def host_overhead(dtype) -> list:
                          x, sparse24.dvalues, sparse24.dmeta, m, bias)),
                      ("TiledCSLLinear", lambda: tcsl(x))]:
         with torch.no_grad():
-            enqueue = enqueue_us_per_call(fn)
-            host = wall_us_per_call(fn)
+            enqueue = us_per_call(fn, 200, include_gpu=False)  # 200: well under the launch queue's depth
+            host = us_per_call(fn, 2000, include_gpu=True)
             gpu = timer.time_us(timer.runner(fn, graph=True)[0])
         rows.append(dict(call=name, shape=f"{m}x{k}", tokens=1, host_enqueue_us_per_call=enqueue,
                          eager_wall_us_per_call=host, graph_gpu_us=gpu))
