@@ -9,6 +9,9 @@
 
 namespace spmm::kernels {
 
+// 16-byte alignment, what the kernels' vector and bulk loads need of every operand they are given.
+inline bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
+
 // Over 48 KB of dynamic shared memory must be opted into, once per kernel and device.
 template <auto kKernel>
 cudaError_t allow_dynamic_smem(size_t bytes) {

@@ -467,13 +467,12 @@ size_t sparse24_decode_workspace_bytes(int64_t m, int64_t n, int64_t k, int spli
 
 cudaError_t sparse24_decode_mm(const Sparse24DecodeParams& p, cudaStream_t stream) {
   const Sparse24DecodeShape s = sparse24_decode_shape(p.m, p.k);
-  const auto misaligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 != 0; };
   const LaunchChoice choice = choose(p.loader, 0, p.splits);  // (the loader is chosen per slice of tokens below)
   const size_t workspace = sparse24_decode_workspace_bytes(p.m, p.n, p.k, p.splits, p.loader);
   if (!choice.valid || p.m < 0 || p.n < 0 || p.k < 0 || p.k % 8 != 0 || p.x_ld % 8 != 0 || p.splits < 1 ||
       p.splits > std::max<int64_t>(s.chunks, 1) || s.groups > 65535 ||
-      (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) || misaligned(p.x) || misaligned(p.dvalues) ||
-      misaligned(p.dmeta) || (workspace > 0 && p.workspace == nullptr))
+      (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) || !aligned16(p.x) || !aligned16(p.dvalues) ||
+      !aligned16(p.dmeta) || (workspace > 0 && p.workspace == nullptr))
     return cudaErrorInvalidValue;
   if (p.m == 0 || p.n == 0) return cudaSuccess;
   Sparse24DecodeParams q = p;

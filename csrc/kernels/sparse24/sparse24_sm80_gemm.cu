@@ -10,6 +10,7 @@
 #include <cutlass/half.h>
 
 #include "kernels/common/epilogue.cuh"
+#include "kernels/common/launch.h"
 #include "kernels/sparse24/sparse24_sm80_gemm.h"
 
 namespace spmm::kernels {
@@ -77,16 +78,6 @@ cudaError_t run_transpose(const Sparse24Sm80GemmParams& p, cudaStream_t stream) 
   return cudaGetLastError();
 }
 
-bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
-
-cudaError_t check_device() {
-  int device = 0, major = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  if (err != cudaSuccess) return err;
-  return major >= 8 ? cudaSuccess : cudaErrorNoKernelImageForDevice;
-}
-
 }  // namespace
 
 size_t sparse24_sm80_workspace_bytes(int64_t m, int64_t n) {
@@ -101,7 +92,7 @@ cudaError_t sparse24_sm80_gemm(const Sparse24Sm80GemmParams& p, cudaStream_t str
       p.x == nullptr || p.y == nullptr || p.workspace == nullptr || !aligned16(p.a) || !aligned16(p.e) ||
       !aligned16(p.x) || !aligned16(p.workspace) || (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16))
     return cudaErrorInvalidValue;
-  if (const cudaError_t err = check_device(); err != cudaSuccess) return err;
+  if (current_device_major() < 8) return cudaErrorNoKernelImageForDevice;  // (also a device that cannot be queried)
   if (p.n == 0) return cudaSuccess;
   const bool f16 = p.dtype == DType::kFloat16;
   cudaError_t err = f16 ? run_gemm<cutlass::half_t>(p, stream) : run_gemm<cutlass::bfloat16_t>(p, stream);

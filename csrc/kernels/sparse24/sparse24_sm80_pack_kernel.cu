@@ -2,6 +2,7 @@
 // regrouped into CUTLASS 2.x's reordered E. Plain elementwise kernels, no CUTLASS.
 #include <cstdint>
 
+#include "kernels/common/launch.h"
 #include "kernels/sparse24/sparse24_sm80_gemm.h"
 
 namespace spmm::kernels {
@@ -58,8 +59,6 @@ __global__ void reorder_meta_kernel(Sparse24Sm80PackParams p, int64_t m_pad, int
     p.e[reordered_offset(row, col, m_pad)] = static_cast<uint16_t>(word);
   }
 }
-
-bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
 
 }  // namespace
 

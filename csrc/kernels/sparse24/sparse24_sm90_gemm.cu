@@ -2,6 +2,7 @@
 // dispatch and the config heuristic. No CUTLASS here: the kernels live in sparse24_sm90_gemm_{f16,bf16}.cu.
 #include <cstdint>
 
+#include "kernels/common/launch.h"
 #include "kernels/sparse24/sparse24_dispatch_rules.h"
 #include "kernels/sparse24/sparse24_sm90_gemm.h"
 
@@ -9,8 +10,6 @@ namespace spmm::kernels {
 namespace {
 
 constexpr int64_t kMaxDim = INT32_MAX;  // CUTLASS's problem shape holds ints
-
-bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
 
 bool supported_dtype(DType dtype) { return dtype == DType::kFloat16 || dtype == DType::kBFloat16; }
 

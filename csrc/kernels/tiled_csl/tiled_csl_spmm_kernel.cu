@@ -534,9 +534,8 @@ cudaError_t run_mm(const TiledCSLMMParams& p, Source source, cudaStream_t stream
   if (!tiled_csl_mm_supports(p.tile_m, kTiledCSLTileK) || p.m < 0 || p.n < 0 || p.k < 0 || p.nnz < 0) 
     return cudaErrorInvalidValue;
   const int64_t row_tiles = ceil_div(p.m, p.tile_m), col_tiles = ceil_div(p.k, kTiledCSLTileK);
-  auto misaligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 != 0; };
-  if (p.k % 8 != 0 || p.x_ld % 8 != 0 || (p.n > 1 && p.x_ld < p.k) || misaligned(p.x) || misaligned(p.values) ||
-      (!words && misaligned(p.locations)) || (words && p.nnz % 4 != 0) || p.splits < 1 || p.splits > std::max<int64_t>(col_tiles, 1) || row_tiles > 65535 ||
+  if (p.k % 8 != 0 || p.x_ld % 8 != 0 || (p.n > 1 && p.x_ld < p.k) || !aligned16(p.x) || !aligned16(p.values) ||
+      (!words && !aligned16(p.locations)) || (words && p.nnz % 4 != 0) || p.splits < 1 || p.splits > std::max<int64_t>(col_tiles, 1) || row_tiles > 65535 ||
       (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) || (p.splits > 1 && p.workspace == nullptr) ||
       (row_tiles * col_tiles > 0 && p.tile_offsets == nullptr) || p.nnz > INT_MAX - 16 || col_tiles > INT_MAX)
     return cudaErrorInvalidValue;
