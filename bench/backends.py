@@ -103,10 +103,15 @@ def _spmm_sparse24(c: Case) -> Prepared:
     return Prepared(lambda x: lambda: ops.sparse24_mm(x, values, meta, c.bias), _nbytes(values, meta))
 
 
+def _require_cuda_kernel(c: Case, op: str, what: str) -> None:
+    """Backends that call one CUDA kernel directly: refuse (the harness skips them) without it, before packing."""
+    if not (c.w.is_cuda and _ops().has_cuda_kernel(op)):
+        raise NotImplementedError(f"{what} needs a CUDA build")
+
+
 def _spmm_sparse24_cp_async(c: Case) -> Prepared:
     ops = _ops()
-    if not (c.w.is_cuda and ops.has_cuda_kernel("_sparse24_decode_mm")):
-        raise NotImplementedError("the decode kernel needs a CUDA build")
+    _require_cuda_kernel(c, "_sparse24_decode_mm", "the decode kernel")
     dvalues, dmeta = ops.sparse24_decode_pack(*ops.sparse24_compress(c.w, c.mask))
     m = c.w.shape[0]
     return Prepared(lambda x: lambda: ops.sparse24_decode_mm(x, dvalues, dmeta, m, c.bias, loader="cp_async"),
@@ -115,8 +120,7 @@ def _spmm_sparse24_cp_async(c: Case) -> Prepared:
 
 def _spmm_sparse24_sm90(c: Case) -> Prepared:
     ops = _ops()
-    if not (c.w.is_cuda and ops.has_cuda_kernel("_sparse24_sm90_mm")):
-        raise NotImplementedError("the Hopper prefill GEMM needs a CUDA build with the sm_90a kernels")
+    _require_cuda_kernel(c, "_sparse24_sm90_mm", "the Hopper prefill GEMM (sm_90a kernels)")
     a, e = ops.sparse24_sm90_pack(*ops.sparse24_compress(c.w, c.mask))
     m = c.w.shape[0]
     return Prepared(lambda x: lambda: ops.sparse24_sm90_mm(x, a, e, m, c.bias), _nbytes(a, e))
@@ -127,6 +131,8 @@ TILE_M, TILE_K = 256, 64  # Flash-LLM's tile
 
 def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, stream: bool = False) -> Prepared:
     ops = _ops()
+    if stream:
+        _require_cuda_kernel(c, "tiled_csl_mm", "the stream kernel")
     values, locations, offsets = _pack(ops.tiled_csl_compress, c.w, c.mask, tile_m, TILE_K)  # GPU packer on CUDA
     m = c.w.shape[0]
     if not stream and ops.tiled_csl_words_supported(tile_m, TILE_K, c.w.device):
@@ -137,8 +143,6 @@ def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, stream: bool = False) -> Prep
         layer = TiledCSLLinear.from_format(TiledCSLWeight(values, locations, offsets, tuple(c.w.shape), tile_m, TILE_K),
                                            c.bias)
         return Prepared(lambda x: lambda: layer(x), _nbytes(layer.words, layer.word_offsets))
-    if stream and not (c.w.is_cuda and ops.has_cuda_kernel("tiled_csl_mm")):
-        raise NotImplementedError("the stream kernel needs a CUDA build")
 
     def bind(x: Tensor) -> Callable[[], Tensor]:
         return lambda: ops.tiled_csl_mm(x, values, locations, offsets, m, tile_m, TILE_K, c.bias)
