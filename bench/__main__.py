@@ -27,7 +27,7 @@ OUT = Path(__file__).with_name("out")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("suites", nargs="*", metavar="SUITE", help=f"{', '.join(SUITES)} or all (default: all)")
+    p.add_argument("suites", nargs="*", metavar="SUITE", help=f"{', '.join(SUITES)} or all (default: all, which leaves out the tuning sweep sparse24_sm90)")
     p.add_argument("--layers", nargs="+", metavar="SUBSTR", help="keep layers whose name contains any of these")
     p.add_argument("--tokens", nargs="+", type=int, metavar="N", help="token counts (default: shapes.json's)")
     p.add_argument("--backends", nargs="+", metavar="NAME", help="run only these backends (the dense baseline always runs)")
@@ -69,7 +69,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     args.dense_fraction = args.dense_fraction or ([0.25] if q else shapes["spense_dense_fraction"])
     args.reps = args.reps or ((50 if q else 100) if cuda else (5 if q else 10))
     args.warmup = args.warmup if args.warmup is not None else ((5 if q else 10) if cuda else (1 if q else 2))
-    names = args.suites if args.suites and "all" not in args.suites else list(SUITES)
+    names = args.suites if args.suites and "all" not in args.suites else [n for n, s in SUITES.items() if s.in_all]
     args.suites = [SUITES[n] for n in dict.fromkeys(names)]
     return args
 

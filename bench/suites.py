@@ -23,6 +23,7 @@ class Suite:
     make_case: Callable  # (layer, dtype, device, level) -> Case
     backends: Sequence[B.Backend]  # besides the dense baseline
     probe_level: Optional[float]
+    in_all: bool = True  # part of `all` (the default); tuning sweeps run only when named
 
 
 SUITES: Dict[str, Suite] = {
@@ -31,6 +32,9 @@ SUITES: Dict[str, Suite] = {
         Suite("sparse24", "sparse24_mm", lambda l, dt, dev, _: P.sparse24_case(l, dt, dev),
               [B.TORCH_SEMI_STRUCTURED, B.CUSPARSELT, B.SPMM_SPARSE24, B.SPMM_SPARSE24_SM90,
                B.SPMM_SPARSE24_CP_ASYNC], None),
+        # The Hopper GEMM's configs and the decode kernel side by side, to tune the config and kernel choice.
+        Suite("sparse24_sm90", "sparse24_mm", lambda l, dt, dev, _: P.sparse24_case(l, dt, dev),
+              B.sm90_config_backends(), None, in_all=False),
         Suite("tiled_csl", "tiled_csl_mm", P.tiled_csl_case, [B.SPMM_TILED_CSL, B.SPMM_TILED_CSL_STREAM, B.SPMM_TILED_CSL_TM128],
               0.8),
         Suite("spense", "spense_mm", P.spense_case, [B.SPMM_SPENSE], 0.25),

@@ -3,6 +3,22 @@
 #include <Python.h>
 
 #include "kernels/sparse24/sparse24_dispatch_rules.h"
+#include "kernels/sparse24/sparse24_sm90_configs.h"
+
+// The Hopper GEMM's config names, index = config number (a tuple of str).
+static PyObject* sm90_config_names() {
+  PyObject* names = PyTuple_New(spmm::kernels::kSparse24Sm90NumConfigs);
+  if (names == nullptr) return nullptr;
+  for (int i = 0; i < spmm::kernels::kSparse24Sm90NumConfigs; ++i) {
+    PyObject* name = PyUnicode_FromString(spmm::kernels::kSparse24Sm90ConfigNames[i]);
+    if (name == nullptr) {
+      Py_DECREF(names);
+      return nullptr;
+    }
+    PyTuple_SetItem(names, i, name);  // steals the reference
+  }
+  return names;
+}
 
 static struct PyModuleDef spmm_module = {PyModuleDef_HEAD_INIT, "_C", "spmm native ops (registered as torch.ops.spmm)",
                                          -1, nullptr, nullptr, nullptr, nullptr, nullptr};
@@ -15,6 +31,12 @@ extern "C" PyMODINIT_FUNC PyInit__C(void) {
       PyModule_AddIntConstant(module, "decode_max_tokens", spmm::kernels::kDispatchDecodeMaxTokens) < 0 ||
       PyModule_AddIntConstant(module, "sm90_row_multiple", spmm::kernels::kSm90RowMultiple) < 0 ||
       PyModule_AddIntConstant(module, "sm90_col_multiple", spmm::kernels::kSm90ColMultiple) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  PyObject* names = sm90_config_names();
+  if (names == nullptr || PyModule_AddObject(module, "sm90_configs", names) < 0) {  // steals `names` on success
+    Py_XDECREF(names);
     Py_DECREF(module);
     return nullptr;
   }

@@ -35,11 +35,36 @@ def test_exact_integer_inputs(dtype, mk, n, with_bias):
     assert torch.equal(y, reference(x, w, mask, b))
 
 
-def test_leading_dims_strided_x_and_graph_capture():
+# Every config, whether or not the heuristic picks it today: a retuned heuristic may pick any of them. Shapes: one
+# tile, fewer tiles than SMs (stream-K splits K), odd N, a K that is not a multiple of the 128-wide K tile, and
+# more tiles than SMs.
+@pytest.mark.parametrize("config", ops.SM90_CONFIGS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mkn", [(128, 256, 1), (264, 1040, 33), (4096, 4096, 17), (4096, 4096, 64), (1024, 2064, 777),
+                                 (3072, 4096, 300)])
+def test_every_config_exact(config, dtype, mkn):
+    m, k, n = mkn
+    w, mask, x, bias = int_case(m, k, n, dtype, ops.SM90_CONFIGS.index(config) * 31 + m + n)
+    a, e = packed(w, mask)
+    for b in (bias, None):
+        assert torch.equal(ops.sparse24_sm90_mm(x, a, e, m, b, config=config), reference(x, w, mask, b)), (config, b)
+
+
+@pytest.mark.parametrize("config", ["coop256x128_c2x1", "coop128x64_streamk", "coop128x128_streamk"])
+@pytest.mark.parametrize("swizzle,splits", [(1, 0), (2, 0), (8, 0), (0, 3), (4, 7)])
+def test_scheduler_knobs_exact(config, swizzle, splits):
+    w, mask, x, bias = int_case(2048, 4096, 520, torch.bfloat16, swizzle * 10 + splits)
+    a, e = packed(w, mask)
+    y = ops.sparse24_sm90_mm(x, a, e, 2048, bias, config=config, swizzle=swizzle, splits=splits)
+    assert torch.equal(y, reference(x, w, mask, bias))
+
+
+@pytest.mark.parametrize("config", [None, "coop128x32_streamk", "coop128x64_streamk"])
+def test_leading_dims_strided_x_and_graph_capture(config):
     w, mask, x, bias = int_case(512, 1024, 96, torch.float16, 3)
     a, e = packed(w, mask)
-    assert_exact_on_leading_dims_strided_x_and_graph(lambda x_: ops.sparse24_sm90_mm(x_, a, e, 512, bias), w, mask, x,
-                                                     bias)
+    assert_exact_on_leading_dims_strided_x_and_graph(
+        lambda x_: ops.sparse24_sm90_mm(x_, a, e, 512, bias, config=config), w, mask, x, bias)
 
 
 def test_opcheck():
@@ -48,6 +73,7 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.spmm._sparse24_sm90_pack, (values, meta))
     a, e = ops.sparse24_sm90_pack(values, meta)
     torch.library.opcheck(torch.ops.spmm._sparse24_sm90_mm, (x, a, e, 256, bias))
+    torch.library.opcheck(torch.ops.spmm._sparse24_sm90_mm, (x, a, e, 256, bias, 3, 2, 0))
 
 
 def test_rejects_shapes_and_layouts_it_cannot_take():
@@ -62,3 +88,11 @@ def test_rejects_shapes_and_layouts_it_cannot_take():
         ops.sparse24_sm90_mm(x, a, e, 256)
     with pytest.raises(TypeError, match=r"`a` must be BFloat16"):
         ops.sparse24_sm90_mm(x.bfloat16(), a, e, 264)
+    with pytest.raises(ValueError, match=r"`config` must be one of"):
+        ops.sparse24_sm90_mm(x, a, e, 264, config="coop64x64")
+    with pytest.raises(ValueError, match=r"`config` must be -1 .* or a config number 0\.\."):
+        torch.ops.spmm._sparse24_sm90_mm(x, a, e, 264, None, len(ops.SM90_CONFIGS))
+    with pytest.raises(ValueError, match=r"`swizzle` must be 0 \(default\), 1, 2, 4 or 8, got 3"):
+        ops.sparse24_sm90_mm(x, a, e, 264, swizzle=3)
+    with pytest.raises(ValueError, match=r"`splits` must be in 0\.\.64, got 65"):
+        ops.sparse24_sm90_mm(x, a, e, 264, splits=65)

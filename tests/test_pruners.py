@@ -465,5 +465,9 @@ def test_calibration_device_cuda_moves_one_block_at_a_time():
     assert all(p.device.type == "cpu" for p in on_gpu.parameters())
     assert all(b.device.type == "cpu" for b in on_gpu.buffers())
     a, b = _sparse_weights(on_gpu), _sparse_weights(on_cpu)
-    for n in a:  # GPU matmuls round differently, so masks may differ on near-ties: compare the bulk
-        assert (a[n] == b[n]).float().mean() > 0.9
+    for n in a:  # GPU matmuls round differently: SparseGPT's updated weights differ in the last bits everywhere
+        # and masks may differ on near-ties, so compare the bulk of the masks and of the kept values
+        kept_a, kept_b = a[n] != 0, b[n] != 0
+        assert (kept_a == kept_b).float().mean() > 0.9, n
+        both = kept_a & kept_b
+        assert torch.isclose(a[n][both], b[n][both], rtol=1e-3, atol=1e-5).float().mean() > 0.9, n

@@ -71,7 +71,8 @@ std::tuple<at::Tensor, at::Tensor> sparse24_sm90_pack_cuda(const at::Tensor& val
 }
 
 at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& a, const at::Tensor& e, int64_t out_features,
-                                 const std::optional<at::Tensor>& bias) {
+                                 const std::optional<at::Tensor>& bias, int64_t config, int64_t swizzle,
+                                 int64_t splits) {
   constexpr const char* op = "spmm::_sparse24_sm90_mm";
   check_gemm_operands(op, x, a, 1, e, at::kByte);
   const int64_t k = x.size(-1), n = leading_rows(x), m = out_features;
@@ -83,15 +84,18 @@ at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& a, const
                     ": `a`/`e` do not hold the Hopper GEMM layout of a ", m, " x ", k,
                     " weight; pack it with _sparse24_sm90_pack");
   check_bias(op, bias, x, m);
+  TORCH_CHECK_VALUE(config >= -1 && config < kernels::kSparse24Sm90NumConfigs, op, ": `config` must be -1 (the "
+                    "heuristic's choice) or a config number 0..", kernels::kSparse24Sm90NumConfigs - 1, ", got ", config);
+  TORCH_CHECK_VALUE(swizzle == 0 || swizzle == 1 || swizzle == 2 || swizzle == 4 || swizzle == 8, op,
+                    ": `swizzle` must be 0 (default), 1, 2, 4 or 8, got ", swizzle);
+  TORCH_CHECK_VALUE(splits >= 0 && splits <= 64, op, ": `splits` must be in 0..64, got ", splits);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xk = kernel_ready_activation(x, n, k);
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   at::Tensor y = at::empty({n, m}, x.options());
-  const auto config = kernels::sparse24_sm90_pick_config(
-      m, n, k, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
-  size_t ws_bytes = 0;
-  check_sm90_status(op, kernels::sparse24_sm90_workspace_bytes(m, n, k, dtype, config, &ws_bytes));
-  const KernelWorkspace workspace(x, ws_bytes);
+  const auto chosen = config >= 0 ? static_cast<kernels::Sparse24Sm90Config>(config)
+                                   : kernels::sparse24_sm90_pick_config(
+                                         m, n, k, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   kernels::Sparse24Sm90GemmParams p{};
   p.a = a.data_ptr();
   p.e = e.data_ptr();
@@ -104,9 +108,14 @@ at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& a, const
   p.n = n;
   p.k = k;
   p.dtype = dtype;
+  p.swizzle = static_cast<int>(swizzle);
+  p.splits = static_cast<int>(splits);
+  size_t ws_bytes = 0;
+  check_sm90_status(op, kernels::sparse24_sm90_workspace_bytes(p, chosen, &ws_bytes));
+  const KernelWorkspace workspace(x, ws_bytes);
   p.workspace = workspace.data();
   p.workspace_bytes = ws_bytes;
-  check_sm90_status(op, kernels::sparse24_sm90_gemm(p, config, at::cuda::getCurrentCUDAStream()));
+  check_sm90_status(op, kernels::sparse24_sm90_gemm(p, chosen, at::cuda::getCurrentCUDAStream()));
   return with_leading_dims_of(y, x);
 }
 

@@ -128,9 +128,32 @@ def sparse24_sm80_mm(x: Tensor, a: Tensor, e: Tensor, out_features: int, bias: O
 DECODE_MAX_TOKENS = _C.decode_max_tokens
 
 
-def sparse24_sm90_mm(x: Tensor, a: Tensor, e: Tensor, out_features: int, bias: Optional[Tensor] = None) -> Tensor:
-    """y = x @ W.T (+ bias) on the Hopper prefill GEMM (CUTLASS wgmma.sp), W in the layout of sparse24_sm90_pack."""
-    return _ops._sparse24_sm90_mm(x, a, e, out_features, bias)
+# The Hopper GEMM's kernel configs by name (index = config number); csrc/kernels/sparse24/sparse24_sm90_configs.h.
+SM90_CONFIGS: Tuple[str, ...] = _C.sm90_configs
+
+
+def sparse24_sm90_mm(
+    x: Tensor,
+    a: Tensor,
+    e: Tensor,
+    out_features: int,
+    bias: Optional[Tensor] = None,
+    config: Optional[str] = None,
+    swizzle: int = 0,
+    splits: int = 0,
+) -> Tensor:
+    """y = x @ W.T (+ bias) on the Hopper prefill GEMM (CUTLASS wgmma.sp), W in the layout of sparse24_sm90_pack.
+
+    For tuning only: `config` (a name of SM90_CONFIGS; default: the built-in heuristic's pick by M, N, K),
+    `swizzle` (the tile raster's max swizzle: 1, 2, 4, 8) and `splits` (stream-K configs: force split-K into this
+    many K slices); 0 leaves the tile scheduler's own choice."""
+    if config is None:
+        number = -1
+    elif config in SM90_CONFIGS:
+        number = SM90_CONFIGS.index(config)
+    else:
+        raise ValueError(f"spmm.ops.sparse24_sm90_mm: `config` must be one of {SM90_CONFIGS} or None, got {config!r}")
+    return _ops._sparse24_sm90_mm(x, a, e, out_features, bias, number, swizzle, splits)
 
 
 # ------------------------------------------------------------------------------------------ Tiled-CSL ------------
@@ -225,7 +248,7 @@ def _sparse24_sm90_pack_fake(values, meta):
 
 
 @torch.library.register_fake("spmm::_sparse24_sm90_mm")
-def _sparse24_sm90_mm_fake(x, a, e, out_features, bias):
+def _sparse24_sm90_mm_fake(x, a, e, out_features, bias, config=-1, swizzle=0, splits=0):
     return x.new_empty(*x.shape[:-1], out_features)
 
 

@@ -1,6 +1,9 @@
 // Entry points of the sm_90a 2:4 sparse GEMM (sparse24_sm90_gemm.h): argument checks, the device check, dtype
-// dispatch and the config heuristic. No CUTLASS here: the kernels live in sparse24_sm90_gemm_{f16,bf16}.cu.
+// dispatch and the config heuristic. No CUTLASS here: the kernels live in sm90/<config>_<dtype>.cu and the
+// compressor in sparse24_sm90_compress.cu.
+#include <array>
 #include <cstdint>
+#include <utility>
 
 #include "kernels/common/launch.h"
 #include "kernels/sparse24/sparse24_dispatch_rules.h"
@@ -31,6 +34,30 @@ cudaError_t current_sm90_device(int* device, int* sm_count) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Config number -> that config's functions, per dtype (the definitions are in the instantiation files).
+struct KernelEntry {
+  cudaError_t (*workspace_bytes)(const Sparse24Sm90GemmParams&, int, int, size_t*);
+  cudaError_t (*gemm)(const Sparse24Sm90GemmParams&, int, int, cudaStream_t);
+};
+
+template <DType kDType, size_t... kConfigs>
+constexpr std::array<KernelEntry, sizeof...(kConfigs)> kernel_table(std::index_sequence<kConfigs...>) {
+  return {KernelEntry{&detail::Sparse24Sm90Kernel<static_cast<Sparse24Sm90Config>(kConfigs), kDType>::workspace_bytes,
+                      &detail::Sparse24Sm90Kernel<static_cast<Sparse24Sm90Config>(kConfigs), kDType>::gemm}...};
+}
+
+const KernelEntry& kernel_entry(DType dtype, Sparse24Sm90Config config) {
+  static constexpr auto kHalf =
+      kernel_table<DType::kFloat16>(std::make_index_sequence<kSparse24Sm90NumConfigs>{});
+  static constexpr auto kBFloat =
+      kernel_table<DType::kBFloat16>(std::make_index_sequence<kSparse24Sm90NumConfigs>{});
+  return (dtype == DType::kFloat16 ? kHalf : kBFloat)[static_cast<int>(config)];
+}
+
+bool valid_knobs(const Sparse24Sm90GemmParams& p) {
+  return p.swizzle >= 0 && p.swizzle <= 8 && p.splits >= 0 && p.splits <= 64;
+}
+
 }  // namespace
 
 bool sparse24_sm90_weight_supported(int64_t m, int64_t k) {
@@ -40,8 +67,8 @@ bool sparse24_sm90_weight_supported(int64_t m, int64_t k) {
 cudaError_t sparse24_sm90_compressed_sizes(int64_t m, int64_t k, DType dtype, size_t* a_bytes, size_t* e_bytes) {
   if (!sparse24_sm90_weight_supported(m, k) || a_bytes == nullptr || e_bytes == nullptr) return cudaErrorInvalidValue;
   switch (dtype) {
-    case DType::kFloat16: detail::Sparse24Sm90Impl<DType::kFloat16>::compressed_sizes(m, k, a_bytes, e_bytes); break;
-    case DType::kBFloat16: detail::Sparse24Sm90Impl<DType::kBFloat16>::compressed_sizes(m, k, a_bytes, e_bytes); break;
+    case DType::kFloat16: detail::Sparse24Sm90Compressor<DType::kFloat16>::compressed_sizes(m, k, a_bytes, e_bytes); break;
+    case DType::kBFloat16: detail::Sparse24Sm90Compressor<DType::kBFloat16>::compressed_sizes(m, k, a_bytes, e_bytes); break;
     default: return cudaErrorInvalidValue;
   }
   return cudaSuccess;
@@ -53,8 +80,8 @@ cudaError_t sparse24_sm90_compress(const Sparse24Sm90CompressParams& p, cudaStre
     return cudaErrorInvalidValue;
   int device = 0, sm_count = 0;
   if (const cudaError_t err = current_sm90_device(&device, &sm_count); err != cudaSuccess) return err;
-  return p.dtype == DType::kFloat16 ? detail::Sparse24Sm90Impl<DType::kFloat16>::compress(p, stream)
-                                    : detail::Sparse24Sm90Impl<DType::kBFloat16>::compress(p, stream);
+  return p.dtype == DType::kFloat16 ? detail::Sparse24Sm90Compressor<DType::kFloat16>::compress(p, stream)
+                                    : detail::Sparse24Sm90Compressor<DType::kBFloat16>::compress(p, stream);
 }
 
 // Buckets by output tiles against SMs (K does not enter: it only lengthens each tile's mainloop). Seen on the H100
@@ -71,21 +98,18 @@ Sparse24Sm90Config sparse24_sm90_pick_config(int64_t m, int64_t n, int64_t k, in
   return Sparse24Sm90Config::kCoop128x128;
 }
 
-cudaError_t sparse24_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k, DType dtype, Sparse24Sm90Config config,
-                                          size_t* bytes) {
-  if (bytes == nullptr || !valid_config(config) || !supported_dtype(dtype) || n < 0 || n > kMaxDim ||
-      !sparse24_sm90_weight_supported(m, k))
+cudaError_t sparse24_sm90_workspace_bytes(const Sparse24Sm90GemmParams& p, Sparse24Sm90Config config, size_t* bytes) {
+  if (bytes == nullptr || !valid_config(config) || !supported_dtype(p.dtype) || p.n < 0 || p.n > kMaxDim ||
+      !sparse24_sm90_weight_supported(p.m, p.k) || !valid_knobs(p))
     return cudaErrorInvalidValue;
   int device = 0, sm_count = 0;
   if (const cudaError_t err = current_sm90_device(&device, &sm_count); err != cudaSuccess) return err;
-  return dtype == DType::kFloat16
-             ? detail::Sparse24Sm90Impl<DType::kFloat16>::workspace_bytes(m, n, k, config, device, sm_count, bytes)
-             : detail::Sparse24Sm90Impl<DType::kBFloat16>::workspace_bytes(m, n, k, config, device, sm_count, bytes);
+  return kernel_entry(p.dtype, config).workspace_bytes(p, device, sm_count, bytes);
 }
 
 cudaError_t sparse24_sm90_gemm(const Sparse24Sm90GemmParams& p, Sparse24Sm90Config config, cudaStream_t stream) {
   if (!valid_config(config) || !supported_dtype(p.dtype) || p.n < 0 || p.n > kMaxDim ||
-      !sparse24_sm90_weight_supported(p.m, p.k))
+      !sparse24_sm90_weight_supported(p.m, p.k) || !valid_knobs(p))
     return cudaErrorInvalidValue;
   if (p.n == 0) return cudaSuccess;
   if (p.x_ld < p.k || p.y_ld < p.m || p.x_ld % 8 != 0 || p.y_ld % 8 != 0) return cudaErrorInvalidValue;
@@ -95,9 +119,7 @@ cudaError_t sparse24_sm90_gemm(const Sparse24Sm90GemmParams& p, Sparse24Sm90Conf
     return cudaErrorInvalidValue;
   int device = 0, sm_count = 0;
   if (const cudaError_t err = current_sm90_device(&device, &sm_count); err != cudaSuccess) return err;
-  return p.dtype == DType::kFloat16
-             ? detail::Sparse24Sm90Impl<DType::kFloat16>::gemm(p, config, device, sm_count, stream)
-             : detail::Sparse24Sm90Impl<DType::kBFloat16>::gemm(p, config, device, sm_count, stream);
+  return kernel_entry(p.dtype, config).gemm(p, device, sm_count, stream);
 }
 
 }  // namespace spmm::kernels

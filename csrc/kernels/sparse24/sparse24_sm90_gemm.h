@@ -26,18 +26,12 @@
 #include <cuda_runtime_api.h>
 
 #include "kernels/common/dtype.h"
+#include "kernels/sparse24/sparse24_sm90_configs.h"
 
 namespace spmm::kernels {
 
-// Kernel configs; sparse24_sm90_pick_config chooses one. Every config has a K tile of 128, so all share one
-// compressed layout (CUTLASS's sparse layout depends on min(tile K, 128) only).
-enum class Sparse24Sm90Config : int {
-  kCoop128x128 = 0,            // 128x128x128 tile, 1x1 cluster, cooperative, persistent: plain data-parallel
-  kCoop256x128Cluster2x1 = 1,  // 256x128x128 tile, 2x1 cluster, cooperative, persistent: many tiles
-  kCoop128x128StreamK = 2,     // 128x128x128 tile, 1x1 cluster, cooperative, stream-K: fewer tiles than SMs
-                               // (not yet run on a device; the heuristic does not pick it until it is)
-};
-constexpr int kSparse24Sm90NumConfigs = 3;
+// Kernel configs (sparse24_sm90_configs.h); sparse24_sm90_pick_config chooses one. Every config has a K tile of
+// 128, so all share one compressed layout (CUTLASS's sparse layout depends on min(tile K, 128) only).
 
 struct Sparse24Sm90CompressParams {
   const void* dense;  // [m, k] masked weight, row stride dense_ld (elements); at most 2 nonzeros per group of 4
@@ -65,6 +59,9 @@ struct Sparse24Sm90GemmParams {
   DType dtype;        // of a, x, bias and y: kFloat16 or kBFloat16
   void* workspace;    // sparse24_sm90_workspace_bytes() bytes (nullptr when that is 0)
   size_t workspace_bytes;
+  // Tuning knobs (0 = the tile scheduler's own choice), for the bench's config sweep:
+  int swizzle;        // max_swizzle_size of the tile raster (1, 2, 4, 8): neighbouring CTAs share operand tiles in L2
+  int splits;         // stream-K configs only: > 1 forces split-K into this many K slices instead of stream-K
 };
 
 // True if a weight [m, k] fits the kernels (m % 8, k % 16, sizes); decide at pack time, before compressing.
@@ -80,10 +77,11 @@ cudaError_t sparse24_sm90_compress(const Sparse24Sm90CompressParams& params, cud
 // Config for a problem, from coarse buckets of the tile count against the SM count (132 on an H100 SXM).
 Sparse24Sm90Config sparse24_sm90_pick_config(int64_t m, int64_t n, int64_t k, int sm_count = 132);
 
-// Workspace the GEMM needs on the current device: 0 for the persistent configs, the partial-sum buffer and flags
-// for stream-K. The GEMM clears what it needs itself (a memset on its stream), so one buffer serves every call on
-// one stream; calls that may run at once on two streams need two buffers.
-cudaError_t sparse24_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k, DType dtype, Sparse24Sm90Config config,
+// Workspace the GEMM needs on the current device for the problem of `params` (m, n, k, dtype and the knobs; the
+// pointers are not read): 0 for the persistent configs, the partial-sum buffer and flags for stream-K. The GEMM
+// clears what it needs itself (a memset on its stream), so one buffer serves every call on one stream; calls that
+// may run at once on two streams need two buffers.
+cudaError_t sparse24_sm90_workspace_bytes(const Sparse24Sm90GemmParams& params, Sparse24Sm90Config config,
                                           size_t* bytes);
 
 // Enqueues y = x @ W^T (+ bias) on `stream`. cudaErrorInvalidValue: arguments outside the limits above (nothing is
@@ -92,16 +90,18 @@ cudaError_t sparse24_sm90_workspace_bytes(int64_t m, int64_t n, int64_t k, DType
 cudaError_t sparse24_sm90_gemm(const Sparse24Sm90GemmParams& params, Sparse24Sm90Config config, cudaStream_t stream);
 
 namespace detail {
-// Per-dtype implementations: defined in sparse24_sm90_gemm_impl.cuh, instantiated in sparse24_sm90_gemm_{f16,bf16}.cu.
-// Callers use the functions above, which check the arguments and dispatch on dtype.
+// Defined in sparse24_sm90_gemm_impl.cuh; each config x dtype is instantiated in its own file under sm90/
+// (sm90/<config>_<dtype>.cu), the compressor in sparse24_sm90_compress.cu, so nvcc builds them in parallel.
+// Callers use the functions above, which check the arguments and dispatch on config and dtype.
 template <DType kDType>
-struct Sparse24Sm90Impl {
+struct Sparse24Sm90Compressor {
   static void compressed_sizes(int64_t m, int64_t k, size_t* a_bytes, size_t* e_bytes);
   static cudaError_t compress(const Sparse24Sm90CompressParams& params, cudaStream_t stream);
-  static cudaError_t workspace_bytes(int64_t m, int64_t n, int64_t k, Sparse24Sm90Config config, int device,
-                                     int sm_count, size_t* bytes);
-  static cudaError_t gemm(const Sparse24Sm90GemmParams& params, Sparse24Sm90Config config, int device, int sm_count,
-                          cudaStream_t stream);
+};
+template <Sparse24Sm90Config kConfig, DType kDType>
+struct Sparse24Sm90Kernel {
+  static cudaError_t workspace_bytes(const Sparse24Sm90GemmParams& params, int device, int sm_count, size_t* bytes);
+  static cudaError_t gemm(const Sparse24Sm90GemmParams& params, int device, int sm_count, cudaStream_t stream);
 };
 }  // namespace detail
 

@@ -1,5 +1,5 @@
-// The CUTLASS 3.x sm_90a 2:4 sparse GEMM behind sparse24_sm90_gemm.h, shared by the per-dtype instantiation files
-// (sparse24_sm90_gemm_f16.cu, sparse24_sm90_gemm_bf16.cu). Built like CUTLASS example 62 (Hopper sparse GEMM):
+// The CUTLASS 3.x sm_90a 2:4 sparse GEMM behind sparse24_sm90_gemm.h, shared by the instantiation files (one per
+// config x dtype under sm90/, and sparse24_sm90_compress.cu for the compressor). Built like CUTLASS example 62 (Hopper sparse GEMM):
 // the sparse collective builder (wgmma.sp, TMA, warp-specialized) for the mainloop, CUTLASS's own structured-sparse
 // compressor for the weight, and a TMA epilogue with the per-row-bias fusion instead of the example's plain one.
 //
@@ -87,6 +87,7 @@ struct GemmConfig {
           static_cast<int>(sizeof(typename CollectiveEpilogue::SharedStorage))>,
       KernelSchedule>::CollectiveOp;
 
+  using TileSchedulerTag = TileScheduler;
   using GemmKernel =
       cutlass::gemm::kernel::GemmUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue, TileScheduler>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<GemmKernel>;
@@ -96,37 +97,57 @@ struct GemmConfig {
 
 // --- The configs (Sparse24Sm90Config). All have tile K = 128: one compressed layout; 128 K-elements of A are 64
 // stored values = 128 bytes per row, exactly one 128-byte swizzle row of the TMA/wgmma shared-memory layout.
+// ConfigOf maps each enum value to its CUTLASS types; a config's instantiation file names it.
+template <Sparse24Sm90Config, class Element>
+struct ConfigOf;
 
-// Plain data-parallel 128x128 tiles (CUTLASS example 62's tile): the smallest tile gives the most CTAs; no cluster, so
-// an N of one tile (N <= 128) wastes no CTA. Two consumer warpgroups split the 128 rows (64 each). 4 pipeline stages.
-// The baseline the stream-K config below is tuned against.
+// Plain data-parallel 128x128 tiles (CUTLASS example 62's tile): the smallest square tile gives the most CTAs; no
+// cluster, so an N of one tile (N <= 128) wastes no CTA. Two consumer warpgroups split the 128 rows (64 each).
 template <class E>
-using Coop128x128 = GemmConfig<E, Shape<_128, _128, _128>, Shape<_1, _1, _1>,
-                               cutlass::gemm::KernelTmaWarpSpecializedCooperative,
-                               cutlass::epilogue::TmaWarpSpecializedCooperative>;
+struct ConfigOf<Sparse24Sm90Config::kCoop128x128, E>
+    : GemmConfig<E, Shape<_128, _128, _128>, Shape<_1, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                 cutlass::epilogue::TmaWarpSpecializedCooperative> {};
 
 // Large problems: 256 weight rows x 128 tokens per CTA (each consumer warpgroup 128x128) halves the x traffic per
 // FLOP; the 2x1 cluster multicasts each x tile to the two CTAs of a cluster (neighbours along M). 3 stages.
 template <class E>
-using Coop256x128Cluster2x1 = GemmConfig<E, Shape<_256, _128, _128>, Shape<_2, _1, _1>,
-                                         cutlass::gemm::KernelTmaWarpSpecializedCooperative,
-                                         cutlass::epilogue::TmaWarpSpecializedCooperative>;
+struct ConfigOf<Sparse24Sm90Config::kCoop256x128Cluster2x1, E>
+    : GemmConfig<E, Shape<_256, _128, _128>, Shape<_2, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                 cutlass::epilogue::TmaWarpSpecializedCooperative> {};
 
 // Fewer output tiles than SMs (e.g. M = 4096, N <= 256): the 128x128 cooperative kernel with CUTLASS's stream-K
 // scheduler, which splits the K loop of the few tiles over the idle SMs and reduces the partial sums in the workspace
 // before the epilogue (deterministic order; it falls back to plain tiles when splitting would not pay).
 template <class E>
-using Coop128x128StreamK = GemmConfig<E, Shape<_128, _128, _128>, Shape<_1, _1, _1>,
-                                      cutlass::gemm::KernelTmaWarpSpecializedCooperative,
-                                      cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::StreamKScheduler>;
+struct ConfigOf<Sparse24Sm90Config::kCoop128x128StreamK, E>
+    : GemmConfig<E, Shape<_128, _128, _128>, Shape<_1, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                 cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::StreamKScheduler> {};
+
+// Decode-sized N (33-64 tokens): the weight is the whole of the traffic, so the tile covers only the tokens there
+// are (64), which leaves shared memory for 6 stages of weight in flight, and stream-K spreads the K loop of the few
+// row tiles over every SM (a 4096-row layer has 32 tiles for 132 SMs).
+template <class E>
+struct ConfigOf<Sparse24Sm90Config::kCoop128x64StreamK, E>
+    : GemmConfig<E, Shape<_128, _64, _128>, Shape<_1, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                 cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::StreamKScheduler> {};
+
+// The same for 9-32 tokens: a 32-token tile, 8 stages.
+template <class E>
+struct ConfigOf<Sparse24Sm90Config::kCoop128x32StreamK, E>
+    : GemmConfig<E, Shape<_128, _32, _128>, Shape<_1, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                 cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::StreamKScheduler> {};
+
+// Prefill, the other classic Hopper schedule: each consumer warpgroup owns a whole 128x128 tile and the two
+// alternate, so one's epilogue overlaps the other's mainloop; the 2x1 cluster multicasts x as above.
+template <class E>
+struct ConfigOf<Sparse24Sm90Config::kPingpong128x128Cluster2x1, E>
+    : GemmConfig<E, Shape<_128, _128, _128>, Shape<_2, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
+                 cutlass::epilogue::TmaWarpSpecialized> {};
 
 // The compressor: CUTLASS's sm90 structured-sparse compressor for the layout all configs share.
 template <class Element>
 struct Compression {
-  using SparseConfig = typename Coop128x128<Element>::SparseConfig;
-  static_assert(std::is_same_v<SparseConfig, typename Coop256x128Cluster2x1<Element>::SparseConfig> &&
-                    std::is_same_v<SparseConfig, typename Coop128x128StreamK<Element>::SparseConfig>,
-                "every config must read the one compressed layout sparse24_sm90_compress writes");
+  using SparseConfig = typename ConfigOf<Sparse24Sm90Config::kCoop128x128, Element>::SparseConfig;
   using LayoutTagA = cutlass::layout::RowMajor;
   using StrideA = cutlass::gemm::TagToStrideA_t<LayoutTagA>;  // (M, K, L): (lda, 1, 0)
   using Utility = cutlass::transform::kernel::StructuredSparseCompressorUtility<ProblemShape, Element, LayoutTagA,
@@ -157,19 +178,11 @@ typename Config::Gemm::Arguments make_arguments(const Sparse24Sm90GemmParams& p,
   fusion.bias_ptr = static_cast<const Element*>(p.bias);  // nullptr: the broadcast reads zeros
   args.hw_info.device_id = device;
   args.hw_info.sm_count = sm_count;
+  if (p.swizzle > 0) args.scheduler.max_swizzle_size = p.swizzle;
+  if constexpr (std::is_same_v<typename Config::TileSchedulerTag, cutlass::gemm::StreamKScheduler>) {
+    if (p.splits > 1) args.scheduler.splits = p.splits;
+  }
   return args;
-}
-
-template <class Config>
-cudaError_t workspace_bytes(int64_t m, int64_t n, int64_t k, int device, int sm_count, size_t* bytes) {
-  Sparse24Sm90GemmParams p{};
-  p.m = m;
-  p.n = n;
-  p.k = k;
-  p.x_ld = k;
-  p.y_ld = m;
-  *bytes = Config::Gemm::get_workspace_size(make_arguments<Config>(p, device, sm_count));
-  return cudaSuccess;
 }
 
 template <class Config>
@@ -191,23 +204,22 @@ cudaError_t run_gemm(const Sparse24Sm90GemmParams& p, int device, int sm_count, 
 namespace spmm::kernels::detail {
 
 template <DType kDType>
-void Sparse24Sm90Impl<kDType>::compressed_sizes(int64_t m, int64_t k, size_t* a_bytes, size_t* e_bytes) {
+void Sparse24Sm90Compressor<kDType>::compressed_sizes(int64_t m, int64_t k, size_t* a_bytes, size_t* e_bytes) {
   using namespace sm90_sparse24;
-  using Element = typename ElementOf<kDType>::type;
-  using C = Compression<Element>;
+  using C = Compression<typename ElementOf<kDType>::type>;
   const typename C::Utility utility(ProblemShape{static_cast<int>(m), 1, static_cast<int>(k), 1},
                                     make_stride(k, Int<1>{}, int64_t(0)));
   // Products in 64 bits (the utility's own byte count of A multiplies ints).
-  *a_bytes = size_t(utility.get_tensorA_m_physical()) * size_t(utility.get_tensorA_k_physical()) * sizeof(Element);
+  *a_bytes = size_t(utility.get_tensorA_m_physical()) * size_t(utility.get_tensorA_k_physical()) *
+             sizeof(typename ElementOf<kDType>::type);
   *e_bytes = size_t(utility.get_metadata_m_physical()) * size_t(utility.get_metadata_k_physical()) *
              sizeof(typename C::SparseConfig::ElementEMmaRaw);
 }
 
 template <DType kDType>
-cudaError_t Sparse24Sm90Impl<kDType>::compress(const Sparse24Sm90CompressParams& p, cudaStream_t stream) {
+cudaError_t Sparse24Sm90Compressor<kDType>::compress(const Sparse24Sm90CompressParams& p, cudaStream_t stream) {
   using namespace sm90_sparse24;
-  using Element = typename ElementOf<kDType>::type;
-  using Adapter = typename Compression<Element>::Adapter;
+  using Adapter = typename Compression<typename ElementOf<kDType>::type>::Adapter;
   const typename Adapter::Arguments args{
       ProblemShape{static_cast<int>(p.m), 1, static_cast<int>(p.k), 1},
       {p.dense, make_stride(p.dense_ld, Int<1>{}, int64_t(0)), p.a, p.e},
@@ -221,36 +233,26 @@ cudaError_t Sparse24Sm90Impl<kDType>::compress(const Sparse24Sm90CompressParams&
   return cudaSuccess;
 }
 
-template <DType kDType>
-cudaError_t Sparse24Sm90Impl<kDType>::workspace_bytes(int64_t m, int64_t n, int64_t k, Sparse24Sm90Config config,
-                                                      int device, int sm_count, size_t* bytes) {
+template <Sparse24Sm90Config kConfig, DType kDType>
+cudaError_t Sparse24Sm90Kernel<kConfig, kDType>::workspace_bytes(const Sparse24Sm90GemmParams& p, int device,
+                                                                 int sm_count, size_t* bytes) {
   using namespace sm90_sparse24;
-  using Element = typename ElementOf<kDType>::type;
-  switch (config) {
-    case Sparse24Sm90Config::kCoop128x128:
-      return sm90_sparse24::workspace_bytes<Coop128x128<Element>>(m, n, k, device, sm_count, bytes);
-    case Sparse24Sm90Config::kCoop256x128Cluster2x1:
-      return sm90_sparse24::workspace_bytes<Coop256x128Cluster2x1<Element>>(m, n, k, device, sm_count, bytes);
-    case Sparse24Sm90Config::kCoop128x128StreamK:
-      return sm90_sparse24::workspace_bytes<Coop128x128StreamK<Element>>(m, n, k, device, sm_count, bytes);
-  }
-  return cudaErrorInvalidValue;
+  using Config = ConfigOf<kConfig, typename ElementOf<kDType>::type>;
+  static_assert(std::is_same_v<typename Config::SparseConfig,
+                               typename Compression<typename ElementOf<kDType>::type>::SparseConfig>,
+                "every config must read the one compressed layout sparse24_sm90_compress writes");
+  Sparse24Sm90GemmParams shape = p;  // only sizes and knobs matter; strides as for contiguous operands
+  shape.x_ld = p.k;
+  shape.y_ld = p.m;
+  *bytes = Config::Gemm::get_workspace_size(make_arguments<Config>(shape, device, sm_count));
+  return cudaSuccess;
 }
 
-template <DType kDType>
-cudaError_t Sparse24Sm90Impl<kDType>::gemm(const Sparse24Sm90GemmParams& p, Sparse24Sm90Config config, int device,
-                                           int sm_count, cudaStream_t stream) {
-  using namespace sm90_sparse24;
-  using Element = typename ElementOf<kDType>::type;
-  switch (config) {
-    case Sparse24Sm90Config::kCoop128x128:
-      return run_gemm<Coop128x128<Element>>(p, device, sm_count, stream);
-    case Sparse24Sm90Config::kCoop256x128Cluster2x1:
-      return run_gemm<Coop256x128Cluster2x1<Element>>(p, device, sm_count, stream);
-    case Sparse24Sm90Config::kCoop128x128StreamK:
-      return run_gemm<Coop128x128StreamK<Element>>(p, device, sm_count, stream);
-  }
-  return cudaErrorInvalidValue;
+template <Sparse24Sm90Config kConfig, DType kDType>
+cudaError_t Sparse24Sm90Kernel<kConfig, kDType>::gemm(const Sparse24Sm90GemmParams& p, int device, int sm_count,
+                                                      cudaStream_t stream) {
+  return sm90_sparse24::run_gemm<sm90_sparse24::ConfigOf<kConfig, typename sm90_sparse24::ElementOf<kDType>::type>>(
+      p, device, sm_count, stream);
 }
 
 }  // namespace spmm::kernels::detail

@@ -127,14 +127,7 @@ struct Case {
   bool bias;
 };
 
-const char* config_name(Sparse24Sm90Config c) {
-  switch (c) {
-    case Sparse24Sm90Config::kCoop128x128: return "coop128x128";
-    case Sparse24Sm90Config::kCoop256x128Cluster2x1: return "coop256x128_c2x1";
-    case Sparse24Sm90Config::kCoop128x128StreamK: return "coop128x128_streamk";
-  }
-  return "?";
-}
+const char* config_name(Sparse24Sm90Config c) { return kSparse24Sm90ConfigNames[static_cast<int>(c)]; }
 
 int failures = 0;
 
@@ -179,9 +172,6 @@ void run_case(const Case& c, DType dtype, const char* dtype_name, bool time_it, 
   const Sparse24Sm90Config picked = sparse24_sm90_pick_config(c.m, c.n, c.k);
   for (int ci = 0; ci < kSparse24Sm90NumConfigs; ++ci) {
     const auto config = static_cast<Sparse24Sm90Config>(ci);
-    size_t ws_bytes = 0;
-    CHECK(sparse24_sm90_workspace_bytes(c.m, c.n, c.k, dtype, config, &ws_bytes));
-    DeviceBuffer d_ws(ws_bytes);
     CHECK(cudaMemset(d_y.ptr, 0xFF, size_t(y_rows) * y_ld * 2));
     Sparse24Sm90GemmParams p{};
     p.a = d_a.ptr;
@@ -195,6 +185,9 @@ void run_case(const Case& c, DType dtype, const char* dtype_name, bool time_it, 
     p.n = c.n;
     p.k = c.k;
     p.dtype = dtype;
+    size_t ws_bytes = 0;
+    CHECK(sparse24_sm90_workspace_bytes(p, config, &ws_bytes));
+    DeviceBuffer d_ws(ws_bytes);
     p.workspace = ws_bytes ? d_ws.ptr : nullptr;
     p.workspace_bytes = ws_bytes;
     cudaError_t status = sparse24_sm90_gemm(p, config, nullptr);

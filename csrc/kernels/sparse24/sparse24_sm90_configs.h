@@ -1,0 +1,25 @@
+// The Hopper 2:4 GEMM's kernel configs, by name: plain constants with no includes, so the stable-ABI module
+// (csrc/module.cpp) can export the names to Python (spmm.ops.SM90_CONFIGS) and the bench can sweep them.
+// What each config is and why it exists: sparse24_sm90_gemm_impl.cuh. Append only: the numbers are the op's
+// `config` argument.
+#pragma once
+
+namespace spmm::kernels {
+
+enum class Sparse24Sm90Config : int {
+  kCoop128x128 = 0,            // 128x128x128 tile, 1x1 cluster, cooperative, persistent
+  kCoop256x128Cluster2x1 = 1,  // 256x128x128 tile, 2x1 cluster, cooperative, persistent: large problems
+  kCoop128x128StreamK = 2,     // 128x128x128 tile, cooperative, stream-K: fewer tiles than SMs
+  kCoop128x64StreamK = 3,      // 128x64x128 tile, cooperative, stream-K: 33-64 tokens (weight streaming)
+  kCoop128x32StreamK = 4,      // 128x32x128 tile, cooperative, stream-K: 9-32 tokens (weight streaming)
+  kPingpong128x128Cluster2x1 = 5,  // 128x128x128 tile per warpgroup, 2x1 cluster, ping-pong, persistent
+};
+constexpr int kSparse24Sm90NumConfigs = 6;
+
+// Index = the config's number.
+constexpr const char* kSparse24Sm90ConfigNames[kSparse24Sm90NumConfigs] = {
+    "coop128x128", "coop256x128_c2x1", "coop128x128_streamk", "coop128x64_streamk", "coop128x32_streamk",
+    "pingpong128x128_c2x1",
+};
+
+}  // namespace spmm::kernels
