@@ -20,15 +20,28 @@ static PyObject* sm90_config_names() {
   return names;
 }
 
+// sparse24_decode_max_tokens(out_features, in_features, hopper_gemm) -> int (sparse24_dispatch_rules.h).
+static PyObject* decode_max_tokens(PyObject*, PyObject* args) {
+  long long m = 0, k = 0;
+  int hopper_gemm = 0;
+  if (!PyArg_ParseTuple(args, "LLp", &m, &k, &hopper_gemm)) return nullptr;
+  return PyLong_FromLongLong(spmm::kernels::sparse24_decode_max_tokens(m, k, hopper_gemm != 0));
+}
+
+static PyMethodDef spmm_methods[] = {
+    {"sparse24_decode_max_tokens", decode_max_tokens, METH_VARARGS,
+     "sparse24_decode_max_tokens(out_features, in_features, hopper_gemm): up to how many tokens the 2:4 decode kernel "
+     "runs; above it a GEMM"},
+    {nullptr, nullptr, 0, nullptr}};
+
 static struct PyModuleDef spmm_module = {PyModuleDef_HEAD_INIT, "_C", "spmm native ops (registered as torch.ops.spmm)",
-                                         -1, nullptr, nullptr, nullptr, nullptr, nullptr};
+                                         -1, spmm_methods, nullptr, nullptr, nullptr, nullptr};
 
 extern "C" PyMODINIT_FUNC PyInit__C(void) {
   PyObject* module = PyModule_Create(&spmm_module);
   if (module == nullptr) return nullptr;
   if (PyModule_AddIntConstant(module, "cuda_built", SPMM_WITH_CUDA) < 0 ||
       PyModule_AddStringConstant(module, "cuda_archs", SPMM_CUDA_ARCHS) < 0 ||
-      PyModule_AddIntConstant(module, "decode_max_tokens", spmm::kernels::kDispatchDecodeMaxTokens) < 0 ||
       PyModule_AddIntConstant(module, "sm90_row_multiple", spmm::kernels::kSm90RowMultiple) < 0 ||
       PyModule_AddIntConstant(module, "sm90_col_multiple", spmm::kernels::kSm90ColMultiple) < 0) {
     Py_DECREF(module);

@@ -144,11 +144,12 @@ def test_sparse24_layer_packs_on_gpu():
 
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
 @pytest.mark.parametrize("mk", [(128, 256), (67, 260), (4096, 4096)])
-@pytest.mark.parametrize("tokens", [(1,), (32,), (33,), (64,), (3, 100), (2048,)])
+@pytest.mark.parametrize("tokens", [(1,), (8,), (9,), (16,), (17,), (32,), (33,), (64,), (3, 100), (2048,)])
 @pytest.mark.parametrize("prefill_kernel", [True, False])
 def test_sparse24_layer_both_kernels(dtype, mk, tokens, prefill_kernel):
-    """Sparse24Linear runs the decode kernel up to 32 tokens and a CUTLASS GEMM above: the Hopper one where the
-    shape allows, else the Ampere one (on compute capability 8.x and 9.0); all exact on integer inputs."""
+    """Sparse24Linear runs the decode kernel up to ops.sparse24_decode_max_tokens and a CUTLASS GEMM above: the
+    Hopper one where the shape allows, else the Ampere one (on compute capability 8.x and 9.0); all exact on integer
+    inputs. Token counts on both sides of every threshold (8, 16 on Hopper; 32 on Ampere)."""
     w, mask, x, bias, ref = case(*mk, tokens, dtype, 2, random_24_mask)
     linear = torch.nn.Linear(mk[1], mk[0], dtype=dtype, device="cuda")
     with torch.no_grad():
@@ -162,6 +163,7 @@ def test_sparse24_layer_both_kernels(dtype, mk, tokens, prefill_kernel):
         assert layer._prefill_gemm is (ops.sparse24_sm90_mm if hopper else ops.sparse24_sm80_mm)
     if torch.cuda.get_device_capability() in ((8, 0), (9, 0)) and prefill_kernel:
         assert layer.prefill_a is not None  # never silently off on the GPUs these paths are for
+    assert layer._decode_max_tokens == ops.sparse24_decode_max_tokens(*mk, hopper and prefill_kernel)
     with torch.no_grad():
         y = layer(x)
     assert y.shape == (*tokens, mk[0]) and torch.equal(y.float(), ref.to(dtype).float())

@@ -388,3 +388,18 @@ def test_fake_kernels_of_the_cuda_only_layouts():
         assert word_offsets.shape == (13,) and word_offsets.dtype == torch.int32
         y = torch.ops.spmm._tiled_csl_mm_words(x.bfloat16(), words, word_offsets, 300, 256, None)
         assert y.shape == (5, 7, 300) and y.dtype == torch.bfloat16
+
+
+def test_sparse24_kernel_choice_rules():
+    """The C++ rules, as spmm.ops reads them: the decode kernel up to 8 tokens on Hopper (16 on weights of at most
+    6144 x 4096), 32 on Ampere; the Hopper GEMM's config names, each a valid `config` argument."""
+    assert ops.sparse24_decode_max_tokens(4096, 4096, True) == 16
+    assert ops.sparse24_decode_max_tokens(6144, 4096, True) == 16
+    assert ops.sparse24_decode_max_tokens(4096, 11008, True) == 8
+    assert ops.sparse24_decode_max_tokens(57344, 8192, True) == 8
+    assert ops.sparse24_decode_max_tokens(57344, 8192, False) == 32
+    assert len(ops.SM90_CONFIGS) == len(set(ops.SM90_CONFIGS)) >= 5
+    assert "coop128x32_streamk" in ops.SM90_CONFIGS and "coop256x128_c2x1" in ops.SM90_CONFIGS
+    x = torch.zeros(2, 64, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"`config` must be one of .*coop128x128"):
+        ops.sparse24_sm90_mm(x, x, x, 64, config="fastest")

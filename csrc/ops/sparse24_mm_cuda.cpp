@@ -1,7 +1,7 @@
 // spmm::sparse24_mm on CUDA, from the canonical layout: the kernel layout is packed for this one call (an extra pass
-// over the weight; Sparse24Linear caches its layouts instead). Decode-sized N takes the weight-streaming kernel;
-// prefill-sized N the Hopper CUTLASS GEMM where it can run, else the Ampere one (also on Hopper, for shapes the
-// Hopper GEMM does not take), else the decode kernel over slices of 64 tokens.
+// over the weight; Sparse24Linear caches its layouts instead). A few tokens take the weight-streaming kernel; more
+// (sparse24_decode_max_tokens) the Hopper CUTLASS GEMM where it can run, else the Ampere one (also on Hopper, for
+// shapes the Hopper GEMM does not take), else the decode kernel over slices of 64 tokens.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -22,9 +22,15 @@ at::Tensor sparse24_mm_cuda(const at::Tensor& x, const at::Tensor& values, const
   check_sparse24_weight(op, x, values, meta, x.size(-1));
   check_bias(op, bias, x, values.size(0));
   const int64_t m = values.size(0), k = x.size(-1);
-  const bool prefill = leading_rows(x) > kernels::kDispatchDecodeMaxTokens;  // above it a GEMM (sparse24_dispatch_rules.h)
 #if SPMM_HAS_SPARSE24_SM90
-  if (prefill && sparse24_sm90_usable(x, m, k)) {
+  const bool hopper_gemm = sparse24_sm90_usable(x, m, k);
+#else
+  const bool hopper_gemm = false;
+#endif
+  // Above this many tokens a GEMM (sparse24_dispatch_rules.h).
+  const bool prefill = leading_rows(x) > kernels::sparse24_decode_max_tokens(m, k, hopper_gemm);
+#if SPMM_HAS_SPARSE24_SM90
+  if (prefill && hopper_gemm) {
     const auto [a, e] = sparse24_sm90_pack_cuda(values, meta);
     return sparse24_sm90_mm_cuda(x, a, e, m, bias);
   }

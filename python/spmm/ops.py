@@ -123,9 +123,11 @@ def sparse24_sm80_mm(x: Tensor, a: Tensor, e: Tensor, out_features: int, bias: O
     return _ops._sparse24_sm80_mm(x, a, e, out_features, bias)
 
 
-# Up to this many tokens the decode kernel runs; above it a prefill GEMM (the Hopper one, else the Ampere one), where
-# there is one (the decode kernel takes any N). The C++ rule itself (csrc/kernels/sparse24/sparse24_dispatch_rules.h).
-DECODE_MAX_TOKENS = _C.decode_max_tokens
+def sparse24_decode_max_tokens(out_features: int, in_features: int, hopper_gemm: bool) -> int:
+    """Up to how many tokens the 2:4 decode kernel runs for a weight [out_features, in_features]; above it a GEMM
+    (the Hopper one where `hopper_gemm`, i.e. sparse24_sm90_supported, else the Ampere one), where there is one (the
+    decode kernel takes any N). The C++ rule itself (csrc/kernels/sparse24/sparse24_dispatch_rules.h)."""
+    return _C.sparse24_decode_max_tokens(out_features, in_features, hopper_gemm)
 
 
 # The Hopper GEMM's kernel configs by name (index = config number); csrc/kernels/sparse24/sparse24_sm90_configs.h.

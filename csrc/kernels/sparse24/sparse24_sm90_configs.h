@@ -1,7 +1,8 @@
 // The Hopper 2:4 GEMM's kernel configs, by name: plain constants with no includes, so the stable-ABI module
 // (csrc/module.cpp) can export the names to Python (spmm.ops.SM90_CONFIGS) and the bench can sweep them.
-// What each config is and why it exists: sparse24_sm90_gemm_impl.cuh. Append only: the numbers are the op's
-// `config` argument.
+// What each config is and why it exists: sparse24_sm90_gemm_impl.cuh. The numbers are the op's `config` argument.
+// Tried and dropped (H200 sweep, bench/results/h200_sparse24_sm90_config_sweep_*): a 128x128 ping-pong with a 2x1
+// cluster was never the fastest config on any standard layer at any N (7-25% behind the best at N >= 512).
 #pragma once
 
 namespace spmm::kernels {
@@ -12,14 +13,12 @@ enum class Sparse24Sm90Config : int {
   kCoop128x128StreamK = 2,     // 128x128x128 tile, cooperative, stream-K: fewer tiles than SMs
   kCoop128x64StreamK = 3,      // 128x64x128 tile, cooperative, stream-K: 33-64 tokens (weight streaming)
   kCoop128x32StreamK = 4,      // 128x32x128 tile, cooperative, stream-K: 9-32 tokens (weight streaming)
-  kPingpong128x128Cluster2x1 = 5,  // 128x128x128 tile per warpgroup, 2x1 cluster, ping-pong, persistent
 };
-constexpr int kSparse24Sm90NumConfigs = 6;
+constexpr int kSparse24Sm90NumConfigs = 5;
 
 // Index = the config's number.
 constexpr const char* kSparse24Sm90ConfigNames[kSparse24Sm90NumConfigs] = {
     "coop128x128", "coop256x128_c2x1", "coop128x128_streamk", "coop128x64_streamk", "coop128x32_streamk",
-    "pingpong128x128_c2x1",
 };
 
 }  // namespace spmm::kernels

@@ -84,18 +84,28 @@ cudaError_t sparse24_sm90_compress(const Sparse24Sm90CompressParams& p, cudaStre
                                     : detail::Sparse24Sm90Compressor<DType::kBFloat16>::compress(p, stream);
 }
 
-// Buckets by output tiles against SMs (K does not enter: it only lengthens each tile's mainloop). Seen on the H100
-// (fp16 and bf16, K = 4096, all configs): 256x128 tiles won from 128 such tiles up (M = 4096, N = 1000..8192: 1.3-1.4x
-// faster than 128x128), 128x128 won with 16-32 tiles (M = 256, or N = 128), where all tiles fit in one wave and each
-// SM runs the whole K loop alone: stream-K spreads that loop. Thresholds are first guesses, to tune with the bench.
-// kCoop128x128StreamK is built but not picked until it has passed the device self-test (it was added after the
-// only device run); until then the small-problem bucket takes the plain 128x128 config, which passed.
+// Coarse buckets of N, then of M and the tile waves, from the H200 sweep of every config on the 14 standard layers
+// (bench/results/h200_sparse24_sm90_config_sweep_*; `python -m bench sparse24_sm90`). K does not enter: it only
+// lengthens each tile's main loop.
+//  - N <= 64 is weight streaming: the narrow stream-K tiles keep every SM reading the weight whatever M is. The
+//    32-token tile is best up to 32 tokens, and at 33-64 tokens below ~80 row tiles (a second pass over the weight
+//    comes from L2); above that the 64-token tile (one pass). 128x32 at N = 16-32: median 1.48x of cuBLAS.
+//  - N <= 128 on up to 64 row tiles (M <= 8192): the 64-token stream-K tile (0.94-1.48x; the big tiles run only
+//    32-64 CTAs there, 0.6-0.9x).
+//  - Otherwise the 256x128 tile, the most efficient per tile (1.2-1.4x at N >= 2048), unless its last wave runs
+//    mostly empty (under 85% of the SM-slots busy); then 128x128 tiles if their waves fill, else stream-K, which
+//    has no wave quantization (e.g. M = 4096, N = 512: 1.20x instead of 0.75x).
 Sparse24Sm90Config sparse24_sm90_pick_config(int64_t m, int64_t n, int64_t k, int sm_count) {
   (void)k;
   const int64_t sms = sm_count > 0 ? sm_count : 132;
-  const int64_t tiles_256x128 = ceil_div(m, 256) * ceil_div(n, 128);
-  if (2 * tiles_256x128 >= sms) return Sparse24Sm90Config::kCoop256x128Cluster2x1;
-  return Sparse24Sm90Config::kCoop128x128;
+  const int64_t row_tiles = ceil_div(m, 128);
+  if (n <= 32 || (n <= 64 && row_tiles < 80)) return Sparse24Sm90Config::kCoop128x32StreamK;
+  if (n <= 64 || (n <= 128 && row_tiles <= 64)) return Sparse24Sm90Config::kCoop128x64StreamK;
+  // Fraction of the SM-slots of all waves that have a tile to run.
+  auto wave_fill = [sms](int64_t tiles) { return double(tiles) / double(ceil_div(tiles, sms) * sms); };
+  if (wave_fill(ceil_div(m, 256) * ceil_div(n, 128)) >= 0.85) return Sparse24Sm90Config::kCoop256x128Cluster2x1;
+  if (wave_fill(row_tiles * ceil_div(n, 128)) >= 0.85) return Sparse24Sm90Config::kCoop128x128;
+  return Sparse24Sm90Config::kCoop128x128StreamK;
 }
 
 cudaError_t sparse24_sm90_workspace_bytes(const Sparse24Sm90GemmParams& p, Sparse24Sm90Config config, size_t* bytes) {

@@ -137,13 +137,6 @@ struct ConfigOf<Sparse24Sm90Config::kCoop128x32StreamK, E>
     : GemmConfig<E, Shape<_128, _32, _128>, Shape<_1, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
                  cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::StreamKScheduler> {};
 
-// Prefill, the other classic Hopper schedule: each consumer warpgroup owns a whole 128x128 tile and the two
-// alternate, so one's epilogue overlaps the other's mainloop; the 2x1 cluster multicasts x as above.
-template <class E>
-struct ConfigOf<Sparse24Sm90Config::kPingpong128x128Cluster2x1, E>
-    : GemmConfig<E, Shape<_128, _128, _128>, Shape<_2, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
-                 cutlass::epilogue::TmaWarpSpecialized> {};
-
 // The compressor: CUTLASS's sm90 structured-sparse compressor for the layout all configs share.
 template <class Element>
 struct Compression {

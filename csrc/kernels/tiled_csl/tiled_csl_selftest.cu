@@ -1,8 +1,7 @@
 // Device self-test of the Tiled-CSL SpMM kernel, torch-free (nvcc alone; a quick device run): for each problem, a
 // random unstructured-sparse weight of small integers (so every result is exact) packed on the host into the
 // Tiled-CSL stream, y = x W^T + bias computed by the kernel from (a) the stream (tiled_csl_mm) and (b) its word
-// layout made on the GPU (tiled_csl_to_words + tiled_csl_mm_words) and (c) the same with two tiles of words in
-// flight (tiled_csl_mm_words_ahead2, experimental), each compared bit for bit with a host
+// layout made on the GPU (tiled_csl_to_words + tiled_csl_mm_words), each compared bit for bit with a host
 // reference; then both timed (CUDA events, L2 flushed, median) next to a plain read of the stream's bytes.
 // Exit status 1 on any mismatch. SPMM_SELFTEST_SPLIT_SWEEP=1 instead times the word layout on decode-sized layers
 // at every split-K factor (each result still checked), next to the heuristic's pick: the data to tune it.
@@ -58,8 +57,8 @@ Stream pack(const std::vector<float>& w, int64_t m, int64_t k, int64_t tile_m, D
 }
 
 // Runs one layout; returns the median µs over `reps` (0: once, untimed) and fills y.
-enum class Path { kStream, kWords, kWordsAhead2 };
-constexpr const char* kPathNames[] = {"stream", "words", "ahead2"};
+enum class Path { kStream, kWords };
+constexpr const char* kPathNames[] = {"stream", "words"};
 
 float run(const Problem& pr, Path path, const void* values, const int16_t* locations, const int32_t* offsets,
           int64_t count, const void* x, const void* bias, void* y, const Flush& flush, int reps, int splits = 0) {
@@ -86,9 +85,7 @@ float run(const Problem& pr, Path path, const void* values, const int16_t* locat
   if (ws_bytes) CHECK(cudaMalloc(&ws, ws_bytes));
   p.workspace = ws;
   auto call = [&] {
-    CHECK(path == Path::kStream  ? spmm::kernels::tiled_csl_mm(p, 0)
-          : path == Path::kWords ? spmm::kernels::tiled_csl_mm_words(p, 0)
-                                 : spmm::kernels::tiled_csl_mm_words_ahead2(p, 0));
+    CHECK(path == Path::kStream ? spmm::kernels::tiled_csl_mm(p, 0) : spmm::kernels::tiled_csl_mm_words(p, 0));
   };
   call();
   CHECK(cudaDeviceSynchronize());
@@ -121,8 +118,8 @@ int main() {
   Flush flush;
   std::mt19937 rng(4321);
   bool all_ok = true;
-  std::printf("%6s %6s %4s %4s %5s %5s | %-7s %-7s %-7s | %9s %9s %9s  (median us, L2 flushed)\n", "M", "K", "N", "tm",
-              "spars", "dtype", "stream", "words", "ahead2", "stream", "words", "ahead2");
+  std::printf("%6s %6s %4s %4s %5s %5s | %-7s %-7s | %9s %9s  (median us, L2 flushed)\n", "M", "K", "N", "tm", "spars",
+              "dtype", "stream", "words", "stream", "words");
   for (const Problem& pr : problems) {
     std::uniform_real_distribution<double> u(0.0, 1.0);
     std::uniform_int_distribution<int> val(1, 2), sign(0, 1), xd(-2, 2);
@@ -188,9 +185,9 @@ int main() {
       continue;
     }
     const int reps = pr.timed ? 30 : 0;
-    float us[3];
-    bool ok[3];
-    for (const Path path : {Path::kStream, Path::kWords, Path::kWordsAhead2}) {
+    float us[2];
+    bool ok[2];
+    for (const Path path : {Path::kStream, Path::kWords}) {
       const int i = static_cast<int>(path);
       CHECK(cudaMemset(dy, 0xFF, pr.n * pr.m * 2));
       us[i] = path == Path::kStream
@@ -201,13 +198,12 @@ int main() {
       ok[i] = exact(y, expected, pr.m, pr.dtype, kPathNames[i]);
       all_ok = all_ok && ok[i];
     }
-    std::printf("%6lld %6lld %4lld %4lld %5.2f %5s | %-7s %-7s %-7s", static_cast<long long>(pr.m),
+    std::printf("%6lld %6lld %4lld %4lld %5.2f %5s | %-7s %-7s", static_cast<long long>(pr.m),
                 static_cast<long long>(pr.k), static_cast<long long>(pr.n), static_cast<long long>(pr.tile_m),
-                pr.sparsity, pr.dtype == f16 ? "fp16" : "bf16", ok[0] ? "exact" : "WRONG", ok[1] ? "exact" : "WRONG",
-                ok[2] ? "exact" : "WRONG");
+                pr.sparsity, pr.dtype == f16 ? "fp16" : "bf16", ok[0] ? "exact" : "WRONG", ok[1] ? "exact" : "WRONG");
     if (pr.timed) {
       const float floor = time_read(static_cast<size_t>(nnz * 4 + (tiles + 1) * 4), flush, reps);
-      std::printf(" | %6.1f us %6.1f us %6.1f us  read floor %5.1f us", us[0], us[1], us[2], floor);
+      std::printf(" | %6.1f us %6.1f us  read floor %5.1f us", us[0], us[1], floor);
     }
     std::printf("\n");
     for (void* ptr : {static_cast<void*>(d_values), static_cast<void*>(d_locations), static_cast<void*>(d_offsets),

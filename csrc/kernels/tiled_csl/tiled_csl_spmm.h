@@ -99,8 +99,4 @@ cudaError_t tiled_csl_to_words(const TiledCSLWordsParams& p, cudaStream_t stream
 // multiple of 4); locations unused.
 cudaError_t tiled_csl_mm_words(const TiledCSLMMParams& p, cudaStream_t stream);
 
-// The same with two tiles of words in flight per block instead of one (experimental: written without a device run,
-// reached only from the self-test until it passes there; the candidate fix for the exposed load latency).
-cudaError_t tiled_csl_mm_words_ahead2(const TiledCSLMMParams& p, cudaStream_t stream);
-
 }  // namespace spmm::kernels

@@ -198,10 +198,9 @@ struct Pairs<true> {  // (tiled_csl_mm_words: values = the words, tile_offsets =
 
 // ----------------------------------------------------------------------------------------------- matmul ------
 // kTileM: rows per tile (256 or 128); kNTiles: 8-token column tiles (N <= 8 * kNTiles).
-// kWords: read the word layout instead of the stream. kAhead: tiles of pairs in flight per block, 1 (shipping) or 2
-// (experimental, word layout only: two register batches alternate, so the loads of tile c+2 overlap tile c's work).
-template <typename T, int kTileM, int kNTiles, bool kWords, int kAhead = 1>
-__global__ void __launch_bounds__(kThreads, kNTiles == 1 && kAhead == 1 ? 3 : 2)
+// kWords: read the word layout instead of the stream.
+template <typename T, int kTileM, int kNTiles, bool kWords>
+__global__ void __launch_bounds__(kThreads, kNTiles == 1 ? 3 : 2)
     tiled_csl_mm_kernel(TiledCSLMMParams p, int col_tiles) {
   using P = Pairs<kWords>;
   constexpr int kMTiles = kTileM / (kWarps * 16);  // m16 tiles per warp
@@ -278,92 +277,45 @@ __global__ void __launch_bounds__(kThreads, kNTiles == 1 && kAhead == 1 ? 3 : 2)
     }
   };
 
-  if constexpr (kAhead == 2) {
-    // Two register batches alternate: while tile c is scattered and multiplied, the first batches of tiles c+1
-    // (loaded an iteration ago) and c+2 (loaded here) are in flight. The dense tile and x stay double-buffered.
-    // off[j] = offsets[c + j] for j = 0..3 (0 past the range end); offsets[c + 4] is loaded an iteration early.
-    auto offset_at = [&](int t) { return t <= c_end ? __ldg(offsets + t) : 0; };
-    int32_t off0 = offset_at(c_begin), off1 = offset_at(c_begin + 1), off2 = offset_at(c_begin + 2),
-            off3 = offset_at(c_begin + 3);
-    typename P::BatchT batch_even, batch_odd;
-    zero_fill<kTileM>(wtiles);
-    if (c_begin < c_end) {
-      load_batch(batch_even, stream, typename P::RunT(off0, off1, nnz), 0);
-      stage_x(c_begin, 0);
+  // run(c) = [offsets[c], offsets[c + 1]); the offset needed two tiles ahead is loaded one iteration early.
+  int32_t o_cur = 0, o_next = 0, o_next2 = 0;
+  if (c_begin < c_end) {
+    o_cur = __ldg(offsets + c_begin);
+    o_next = __ldg(offsets + c_begin + 1);
+    if (c_begin + 1 < c_end) o_next2 = __ldg(offsets + c_begin + 2);
+  }
+  typename P::BatchT batch;
+  zero_fill<kTileM>(wtiles);
+  if (c_begin < c_end) {
+    load_batch(batch, stream, typename P::RunT(o_cur, o_next, nnz), 0);
+    stage_x(c_begin, 0);
+  }
+  for (int c = c_begin; c < c_end; ++c) {
+    const int buf = (c - c_begin) & 1;
+    const bool more = c + 1 < c_end;
+    const typename P::RunT run(o_cur, o_next, nnz);
+    uint16_t* tile = wtiles + buf * kTileElems;
+    const int32_t o_next3 = c + 2 < c_end ? __ldg(offsets + c + 3) : 0;
+    __syncthreads();  // `tile` is zero-filled; every warp is done with tile c-1 (x buffer buf ^ 1 is free)
+    scatter_batch<kTileM>(batch, tile, run, 0);
+    for (int b = 1; b < run.batches(); ++b) {  // denser than one batch: the rest, loaded now
+      load_batch(batch, stream, run, b);
+      scatter_batch<kTileM>(batch, tile, run, b);
     }
-    if (c_begin + 1 < c_end) load_batch(batch_odd, stream, typename P::RunT(off1, off2, nnz), 0);
-    auto step = [&](int c, typename P::BatchT& batch) {  // tile c, whose first batch is in `batch`
-      const int buf = (c - c_begin) & 1;
-      const bool more = c + 1 < c_end;
-      const typename P::RunT run(off0, off1, nnz);
-      uint16_t* tile = wtiles + buf * kTileElems;
-      const int32_t off4 = offset_at(c + 4);
-      __syncthreads();  // `tile` is zero-filled; every warp is done with tile c-1 (x buffer buf ^ 1 is free)
-      scatter_batch<kTileM>(batch, tile, run, 0);
-      for (int b = 1; b < run.batches(); ++b) {  // denser than one batch: the rest, loaded now
-        load_batch(batch, stream, run, b);
-        scatter_batch<kTileM>(batch, tile, run, b);
-      }
-      if (c + 2 < c_end) load_batch(batch, stream, typename P::RunT(off2, off3, nnz), 0);
-      if (more) {
-        stage_x(c + 1, buf ^ 1);
-        ptx::cp_async_wait<1>();
-      } else {
-        ptx::cp_async_wait<0>();
-      }
-      __syncthreads();  // the tile is scattered and x's chunk c has landed
-      multiply(tile, xs + buf * kXRows * kTileK);
-      if (more) zero_fill<kTileM>(wtiles + (buf ^ 1) * kTileElems);
-      off0 = off1;
-      off1 = off2;
-      off2 = off3;
-      off3 = off4;
-    };
-    for (int c = c_begin; c < c_end; c += 2) {
-      step(c, batch_even);
-      if (c + 1 < c_end) step(c + 1, batch_odd);
+    if (more) {
+      load_batch(batch, stream, typename P::RunT(o_next, o_next2, nnz), 0);
+      stage_x(c + 1, buf ^ 1);
+      ptx::cp_async_wait<1>();
+    } else {
+      ptx::cp_async_wait<0>();
     }
-  } else {
-    // run(c) = [offsets[c], offsets[c + 1]); the offset needed two tiles ahead is loaded one iteration early.
-    int32_t o_cur = 0, o_next = 0, o_next2 = 0;
-    if (c_begin < c_end) {
-      o_cur = __ldg(offsets + c_begin);
-      o_next = __ldg(offsets + c_begin + 1);
-      if (c_begin + 1 < c_end) o_next2 = __ldg(offsets + c_begin + 2);
-    }
-    typename P::BatchT batch;
-    zero_fill<kTileM>(wtiles);
-    if (c_begin < c_end) {
-      load_batch(batch, stream, typename P::RunT(o_cur, o_next, nnz), 0);
-      stage_x(c_begin, 0);
-    }
-    for (int c = c_begin; c < c_end; ++c) {
-      const int buf = (c - c_begin) & 1;
-      const bool more = c + 1 < c_end;
-      const typename P::RunT run(o_cur, o_next, nnz);
-      uint16_t* tile = wtiles + buf * kTileElems;
-      const int32_t o_next3 = c + 2 < c_end ? __ldg(offsets + c + 3) : 0;
-      __syncthreads();  // `tile` is zero-filled; every warp is done with tile c-1 (x buffer buf ^ 1 is free)
-      scatter_batch<kTileM>(batch, tile, run, 0);
-      for (int b = 1; b < run.batches(); ++b) {  // denser than one batch: the rest, loaded now
-        load_batch(batch, stream, run, b);
-        scatter_batch<kTileM>(batch, tile, run, b);
-      }
-      if (more) {
-        load_batch(batch, stream, typename P::RunT(o_next, o_next2, nnz), 0);
-        stage_x(c + 1, buf ^ 1);
-        ptx::cp_async_wait<1>();
-      } else {
-        ptx::cp_async_wait<0>();
-      }
-      __syncthreads();  // the tile is scattered and x's chunk c has landed
-      multiply(tile, xs + buf * kXRows * kTileK);
-      // The other buffer was last read by tile c-1's multiply, which every warp finished before the first barrier.
-      if (more) zero_fill<kTileM>(wtiles + (buf ^ 1) * kTileElems);
-      o_cur = o_next;
-      o_next = o_next2;
-      o_next2 = o_next3;
-    }
+    __syncthreads();  // the tile is scattered and x's chunk c has landed
+    multiply(tile, xs + buf * kXRows * kTileK);
+    // The other buffer was last read by tile c-1's multiply, which every warp finished before the first barrier.
+    if (more) zero_fill<kTileM>(wtiles + (buf ^ 1) * kTileElems);
+    o_cur = o_next;
+    o_next = o_next2;
+    o_next2 = o_next3;
   }
 
   // Accumulator fragment: acc[mt][nt][i] is W row g (+8 for i >= 2) of m-tile mt times token nt*8 + 2q (+1 for odd i).
@@ -421,14 +373,14 @@ constexpr size_t smem_bytes() {
   return (2 * (kTileM * kTileK + Pairs<kWords>::kScratch) + 2 * kNTiles * 8 * kTileK) * 2;
 }
 
-template <typename T, int kTileM, int kNTiles, bool kWords = false, int kAhead = 1>
+template <typename T, int kTileM, int kNTiles, bool kWords = false>
 constexpr auto kernel_of() {
-  return tiled_csl_mm_kernel<T, kTileM, kNTiles, kWords, kAhead>;
+  return tiled_csl_mm_kernel<T, kTileM, kNTiles, kWords>;
 }
 
-template <typename T, int kTileM, int kNTiles, bool kWords = false, int kAhead = 1>
+template <typename T, int kTileM, int kNTiles, bool kWords = false>
 cudaError_t allow_smem() {
-  return allow_dynamic_smem<kernel_of<T, kTileM, kNTiles, kWords, kAhead>()>(smem_bytes<kTileM, kNTiles, kWords>());
+  return allow_dynamic_smem<kernel_of<T, kTileM, kNTiles, kWords>()>(smem_bytes<kTileM, kNTiles, kWords>());
 }
 
 // Resident blocks per SM of a configuration (for the split heuristic); 1 if the query fails.
@@ -456,39 +408,38 @@ int blocks_per_sm_for(int64_t n) {
   return blocks_per_sm<kTileM, 8>();
 }
 
-template <typename T, int kTileM, int kNTiles, bool kWords, int kAhead>
+template <typename T, int kTileM, int kNTiles, bool kWords>
 cudaError_t launch_tiles(const TiledCSLMMParams& p, int64_t row_tiles, int col_tiles, cudaStream_t stream) {
-  const cudaError_t err = allow_smem<T, kTileM, kNTiles, kWords, kAhead>();
+  const cudaError_t err = allow_smem<T, kTileM, kNTiles, kWords>();
   if (err != cudaSuccess) return err;
   const dim3 grid(p.splits, static_cast<unsigned>(row_tiles));
-  tiled_csl_mm_kernel<T, kTileM, kNTiles, kWords, kAhead>
+  tiled_csl_mm_kernel<T, kTileM, kNTiles, kWords>
       <<<grid, kThreads, smem_bytes<kTileM, kNTiles, kWords>(), stream>>>(p, col_tiles);
   return cudaGetLastError();
 }
 
-template <typename T, int kTileM, bool kWords, int kAhead>
+template <typename T, int kTileM, bool kWords>
 cudaError_t launch_n(const TiledCSLMMParams& p, int64_t row_tiles, int col_tiles, cudaStream_t stream) {
-  if (p.n <= 8) return launch_tiles<T, kTileM, 1, kWords, kAhead>(p, row_tiles, col_tiles, stream);
-  if (p.n <= 16) return launch_tiles<T, kTileM, 2, kWords, kAhead>(p, row_tiles, col_tiles, stream);
-  if (p.n <= 32) return launch_tiles<T, kTileM, 4, kWords, kAhead>(p, row_tiles, col_tiles, stream);
-  return launch_tiles<T, kTileM, 8, kWords, kAhead>(p, row_tiles, col_tiles, stream);
+  if (p.n <= 8) return launch_tiles<T, kTileM, 1, kWords>(p, row_tiles, col_tiles, stream);
+  if (p.n <= 16) return launch_tiles<T, kTileM, 2, kWords>(p, row_tiles, col_tiles, stream);
+  if (p.n <= 32) return launch_tiles<T, kTileM, 4, kWords>(p, row_tiles, col_tiles, stream);
+  return launch_tiles<T, kTileM, 8, kWords>(p, row_tiles, col_tiles, stream);
 }
 
-template <typename T, bool kWords, int kAhead>
+template <typename T, bool kWords>
 cudaError_t launch_layout(const TiledCSLMMParams& p, int64_t row_tiles, int col_tiles, cudaStream_t stream) {
-  return p.tile_m == 256 ? launch_n<T, 256, kWords, kAhead>(p, row_tiles, col_tiles, stream)
-                         : launch_n<T, 128, kWords, kAhead>(p, row_tiles, col_tiles, stream);
+  return p.tile_m == 256 ? launch_n<T, 256, kWords>(p, row_tiles, col_tiles, stream)
+                         : launch_n<T, 128, kWords>(p, row_tiles, col_tiles, stream);
 }
 
-// The pair source: the stream, the word layout, or the word layout two tiles ahead (experimental).
-enum class Source { kStream, kWords, kWordsAhead2 };
+// The pair source: the stream or the word layout.
+enum class Source { kStream, kWords };
 
 template <typename T>
 cudaError_t launch(const TiledCSLMMParams& p, Source source, int64_t row_tiles, int col_tiles, cudaStream_t stream) {
   switch (source) {
-    case Source::kStream: return launch_layout<T, false, 1>(p, row_tiles, col_tiles, stream);
-    case Source::kWords: return launch_layout<T, true, 1>(p, row_tiles, col_tiles, stream);
-    case Source::kWordsAhead2: return launch_layout<T, true, 2>(p, row_tiles, col_tiles, stream);
+    case Source::kStream: return launch_layout<T, false>(p, row_tiles, col_tiles, stream);
+    case Source::kWords: return launch_layout<T, true>(p, row_tiles, col_tiles, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -572,10 +523,6 @@ cudaError_t tiled_csl_mm(const TiledCSLMMParams& p, cudaStream_t stream) { retur
 
 cudaError_t tiled_csl_mm_words(const TiledCSLMMParams& p, cudaStream_t stream) {
   return run_mm(p, Source::kWords, stream);
-}
-
-cudaError_t tiled_csl_mm_words_ahead2(const TiledCSLMMParams& p, cudaStream_t stream) {
-  return run_mm(p, Source::kWordsAhead2, stream);
 }
 
 }  // namespace spmm::kernels

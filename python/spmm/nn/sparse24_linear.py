@@ -15,9 +15,10 @@ _DECODE_DTYPES = (torch.float16, torch.bfloat16)
 class Sparse24Linear(SparseLinear):
     """y = x @ W.T + b with W 2:4 sparse (in_features % 4 == 0). Buffers: values, meta (canonical layout, saved),
     bias; on CUDA also the kernels' layouts, rebuilt from the canonical one whenever the layer moves or loads a
-    state dict (not saved): dvalues, dmeta for the decode kernel (N <= 32 tokens), and prefill_a, prefill_e for a
-    CUTLASS GEMM (N > 32): the Hopper one (wgmma.sp) where it takes the shape, else the Ampere one (mma.sp; any
-    shape, on compute capability 8.x and 9.0). Each layout holds about as many bytes as the canonical one; pass
+    state dict (not saved): dvalues, dmeta for the decode kernel (a few tokens: ops.sparse24_decode_max_tokens, 8-16
+    on Hopper, 32 on Ampere), and prefill_a, prefill_e for a CUTLASS GEMM (more tokens): the Hopper one (wgmma.sp,
+    with stream-K tiles for decode-sized N) where it takes the shape, else the Ampere one (mma.sp; any shape, on
+    compute capability 8.x and 9.0). Each layout holds about as many bytes as the canonical one; pass
     prefill_kernel=False (or call use_prefill_kernel(False)) to skip the prefill one and its memory: prefill then
     runs the decode kernel 64 tokens at a time.
     Edit the weight through load_state_dict, not in place."""
@@ -48,18 +49,22 @@ class Sparse24Linear(SparseLinear):
         self.register_buffer("dvalues", layout[0], persistent=False)
         self.register_buffer("dmeta", layout[1], persistent=False)
         prefill, self._prefill_gemm = (None, None), None
+        m, k = self.out_features, self.in_features
+        hopper = False
         if self.prefill_kernel and self.values.dtype in _DECODE_DTYPES:
-            m, k = self.out_features, self.in_features
             if ops.sparse24_sm90_supported(m, k, self.values.device):
                 prefill, self._prefill_gemm = ops.sparse24_sm90_pack(self.values, self.meta), ops.sparse24_sm90_mm
+                hopper = True
             elif ops.sparse24_sm80_supported(m, k, self.values.device):
                 prefill, self._prefill_gemm = ops.sparse24_sm80_pack(self.values, self.meta), ops.sparse24_sm80_mm
+        # A plain int, read in forward (traceable by torch.compile); set once per layout.
+        self._decode_max_tokens = ops.sparse24_decode_max_tokens(m, k, hopper)
         self.register_buffer("prefill_a", prefill[0], persistent=False)
         self.register_buffer("prefill_e", prefill[1], persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.dvalues is not None and x.is_cuda:
-            if self.prefill_a is not None and x.numel() > ops.DECODE_MAX_TOKENS * self.in_features:
+            if self.prefill_a is not None and x.numel() > self._decode_max_tokens * self.in_features:
                 return self._prefill_gemm(x, self.prefill_a, self.prefill_e, self.out_features, self.bias)
             return ops.sparse24_decode_mm(x, self.dvalues, self.dmeta, self.out_features, self.bias)
         return ops.sparse24_mm(x, self.values, self.meta, self.bias)
