@@ -110,21 +110,14 @@ def _require_cuda_kernel(c: Case, op: str, what: str) -> None:
         raise NotImplementedError(f"{what} needs a CUDA build")
 
 
-def _spmm_sparse24_cp_async(c: Case) -> Prepared:
+def _spmm_sparse24_decode(c: Case, loader: str = "auto") -> Prepared:
+    """The decode kernel called directly at any N, with the given weight loader."""
     ops = _ops()
     _require_cuda_kernel(c, "_sparse24_decode_mm", "the decode kernel")
     dvalues, dmeta = ops.sparse24_decode_pack(*ops.sparse24_compress(c.w, c.mask))
     m = c.w.shape[0]
-    return Prepared(lambda x: lambda: ops.sparse24_decode_mm(x, dvalues, dmeta, m, c.bias, loader="cp_async"),
+    return Prepared(lambda x: lambda: ops.sparse24_decode_mm(x, dvalues, dmeta, m, c.bias, loader=loader),
                     _nbytes(dvalues, dmeta))
-
-
-def _spmm_sparse24_decode(c: Case) -> Prepared:
-    ops = _ops()
-    _require_cuda_kernel(c, "_sparse24_decode_mm", "the decode kernel")
-    dvalues, dmeta = ops.sparse24_decode_pack(*ops.sparse24_compress(c.w, c.mask))
-    m = c.w.shape[0]
-    return Prepared(lambda x: lambda: ops.sparse24_decode_mm(x, dvalues, dmeta, m, c.bias), _nbytes(dvalues, dmeta))
 
 
 def _spmm_sparse24_sm90(c: Case, config: Optional[str] = None, swizzle: int = 0) -> Prepared:
@@ -196,7 +189,7 @@ SPMM_SPARSE24 = Backend("spmm", _spmm_sparse24)
 # The Hopper CUTLASS GEMM called directly, whatever N (sparse24_mm picks it for prefill-sized N on its own).
 SPMM_SPARSE24_SM90 = Backend("spmm_sm90", _spmm_sparse24_sm90, cuda_only=True)
 # The decode kernel with the sm_80 loader (cp.async, split-K through global memory), run on whatever GPU this is.
-SPMM_SPARSE24_CP_ASYNC = Backend("spmm_cp_async", _spmm_sparse24_cp_async, cuda_only=True)
+SPMM_SPARSE24_CP_ASYNC = Backend("spmm_cp_async", partial(_spmm_sparse24_decode, loader="cp_async"), cuda_only=True)
 SPMM_TILED_CSL = Backend("spmm", _spmm_tiled_csl)
 # The kernel reading the Tiled-CSL stream itself (what the functional op runs on CUDA), next to the layer's words.
 SPMM_TILED_CSL_STREAM = Backend("spmm_stream", lambda c: _spmm_tiled_csl(c, stream=True), cuda_only=True)

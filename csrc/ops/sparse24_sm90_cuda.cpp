@@ -86,9 +86,10 @@ at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& a, const
   check_bias(op, bias, x, m);
   TORCH_CHECK_VALUE(config >= -1 && config < kernels::kSparse24Sm90NumConfigs, op, ": `config` must be -1 (the "
                     "heuristic's choice) or a config number 0..", kernels::kSparse24Sm90NumConfigs - 1, ", got ", config);
-  TORCH_CHECK_VALUE(swizzle == 0 || swizzle == 1 || swizzle == 2 || swizzle == 4 || swizzle == 8, op,
+  TORCH_CHECK_VALUE(swizzle <= 8 && kernels::sparse24_sm90_valid_swizzle(static_cast<int>(swizzle)), op,
                     ": `swizzle` must be 0 (default), 1, 2, 4 or 8, got ", swizzle);
-  TORCH_CHECK_VALUE(splits >= 0 && splits <= 64, op, ": `splits` must be in 0..64, got ", splits);
+  TORCH_CHECK_VALUE(splits >= 0 && splits <= kernels::kSparse24Sm90MaxSplits, op, ": `splits` must be in 0..",
+                    kernels::kSparse24Sm90MaxSplits, ", got ", splits);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xk = kernel_ready_activation(x, n, k);
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();

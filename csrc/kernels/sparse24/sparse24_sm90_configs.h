@@ -21,4 +21,11 @@ constexpr const char* kSparse24Sm90ConfigNames[kSparse24Sm90NumConfigs] = {
     "coop128x128", "coop256x128_c2x1", "coop128x128_streamk", "coop128x64_streamk", "coop128x32_streamk",
 };
 
+// The tuning knobs of Sparse24Sm90GemmParams (0 = the tile scheduler's own choice), one rule for the kernel API and
+// the op's argument check: the raster swizzle is a power of two up to 8; splits (stream-K configs) at most 64.
+constexpr bool sparse24_sm90_valid_swizzle(int swizzle) {
+  return swizzle == 0 || swizzle == 1 || swizzle == 2 || swizzle == 4 || swizzle == 8;
+}
+constexpr int kSparse24Sm90MaxSplits = 64;
+
 }  // namespace spmm::kernels

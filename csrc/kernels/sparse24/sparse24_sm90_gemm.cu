@@ -55,7 +55,7 @@ const KernelEntry& kernel_entry(DType dtype, Sparse24Sm90Config config) {
 }
 
 bool valid_knobs(const Sparse24Sm90GemmParams& p) {
-  return p.swizzle >= 0 && p.swizzle <= 8 && p.splits >= 0 && p.splits <= 64;
+  return sparse24_sm90_valid_swizzle(p.swizzle) && p.splits >= 0 && p.splits <= kSparse24Sm90MaxSplits;
 }
 
 }  // namespace

@@ -50,15 +50,13 @@ class Sparse24Linear(SparseLinear):
         self.register_buffer("dmeta", layout[1], persistent=False)
         prefill, self._prefill_gemm = (None, None), None
         m, k = self.out_features, self.in_features
-        hopper = False
         if self.prefill_kernel and self.values.dtype in _DECODE_DTYPES:
             if ops.sparse24_sm90_supported(m, k, self.values.device):
                 prefill, self._prefill_gemm = ops.sparse24_sm90_pack(self.values, self.meta), ops.sparse24_sm90_mm
-                hopper = True
             elif ops.sparse24_sm80_supported(m, k, self.values.device):
                 prefill, self._prefill_gemm = ops.sparse24_sm80_pack(self.values, self.meta), ops.sparse24_sm80_mm
         # A plain int, read in forward (traceable by torch.compile); set once per layout.
-        self._decode_max_tokens = ops.sparse24_decode_max_tokens(m, k, hopper)
+        self._decode_max_tokens = ops.sparse24_decode_max_tokens(m, k, self._prefill_gemm is ops.sparse24_sm90_mm)
         self.register_buffer("prefill_a", prefill[0], persistent=False)
         self.register_buffer("prefill_e", prefill[1], persistent=False)
 
