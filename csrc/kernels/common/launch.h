@@ -3,6 +3,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -35,6 +36,23 @@ inline int current_device_major() {
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return 0;
   if (device >= 0 && device < 64) majors[device].store(major, std::memory_order_relaxed);
   return major;
+}
+
+// Decode kernels take at most `max_tokens` rows of x per launch: runs launch(slice) on consecutive slices of the
+// params (x, y, n; 16-bit elements), each streaming the weight again -- correct for any N, fast for the few tokens
+// the kernels are made for (prefill has its own GEMMs).
+template <typename Params, typename Launch>
+cudaError_t for_each_token_slice(const Params& p, int64_t max_tokens, Launch&& launch) {
+  constexpr int64_t kElem = 2;
+  for (int64_t n0 = 0; n0 < p.n; n0 += max_tokens) {
+    Params slice = p;
+    slice.n = std::min<int64_t>(max_tokens, p.n - n0);
+    slice.x = static_cast<const char*>(p.x) + n0 * p.x_ld * kElem;
+    slice.y = static_cast<char*>(p.y) + n0 * p.y_ld * kElem;
+    const cudaError_t err = launch(slice);
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
 }
 
 }  // namespace spmm::kernels

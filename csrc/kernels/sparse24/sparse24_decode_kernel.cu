@@ -487,19 +487,11 @@ cudaError_t sparse24_decode_mm(const Sparse24DecodeParams& p, cudaStream_t strea
     cudaError_t err = cudaMemsetAsync(q.counters, 0, counters, stream);
     if (err != cudaSuccess) return err;
   }
-  const size_t elem = 2;
-  // More than 64 tokens: consecutive slices of 64 (the prefill GEMM is the fast path there).
-  for (int64_t n0 = 0; n0 < p.n; n0 += kDecodeMaxTokens) {
-    Sparse24DecodeParams slice = q;
-    slice.n = std::min<int64_t>(kDecodeMaxTokens, p.n - n0);
-    slice.x = static_cast<const char*>(p.x) + n0 * p.x_ld * elem;
-    slice.y = static_cast<char*>(p.y) + n0 * p.y_ld * elem;
+  return for_each_token_slice(q, kDecodeMaxTokens, [&](const Sparse24DecodeParams& slice) {
     const LaunchChoice c = choose(p.loader, slice.n, p.splits);
-    const cudaError_t err = p.dtype == DType::kFloat16 ? launch<__half>(slice, s, c.bulk, c.wgmma, stream)
-                                                       : launch<__nv_bfloat16>(slice, s, c.bulk, c.wgmma, stream);
-    if (err != cudaSuccess) return err;
-  }
-  return cudaSuccess;
+    return p.dtype == DType::kFloat16 ? launch<__half>(slice, s, c.bulk, c.wgmma, stream)
+                                      : launch<__nv_bfloat16>(slice, s, c.bulk, c.wgmma, stream);
+  });
 }
 
 }  // namespace spmm::kernels

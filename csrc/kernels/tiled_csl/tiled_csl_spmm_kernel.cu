@@ -501,20 +501,11 @@ cudaError_t run_mm(const TiledCSLMMParams& p, Source source, cudaStream_t stream
     const cudaError_t err = cudaMemsetAsync(q.counters, 0, counters, stream);
     if (err != cudaSuccess) return err;
   }
-  const size_t elem = 2;
-  // More than 64 tokens: consecutive slices of 64, each streaming the weight again (correct; prefill is not
-  // this kernel's job).
-  for (int64_t n0 = 0; n0 < p.n; n0 += kTiledCSLMaxTokens) {
-    TiledCSLMMParams slice = q;
-    slice.n = std::min<int64_t>(kTiledCSLMaxTokens, p.n - n0);
-    slice.x = static_cast<const char*>(p.x) + n0 * p.x_ld * elem;
-    slice.y = static_cast<char*>(p.y) + n0 * p.y_ld * elem;
-    const int ct = static_cast<int>(col_tiles);
-    const cudaError_t err = p.dtype == DType::kFloat16 ? launch<__half>(slice, source, row_tiles, ct, stream)
-                                                       : launch<__nv_bfloat16>(slice, source, row_tiles, ct, stream);
-    if (err != cudaSuccess) return err;
-  }
-  return cudaSuccess;
+  const int ct = static_cast<int>(col_tiles);
+  return for_each_token_slice(q, kTiledCSLMaxTokens, [&](const TiledCSLMMParams& slice) {
+    return p.dtype == DType::kFloat16 ? launch<__half>(slice, source, row_tiles, ct, stream)
+                                      : launch<__nv_bfloat16>(slice, source, row_tiles, ct, stream);
+  });
 }
 
 }  // namespace
