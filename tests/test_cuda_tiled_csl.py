@@ -57,6 +57,8 @@ def words_mm(x, packed, m, bias=None, tile=(256, 64)):
     return ops.tiled_csl_mm_words(x, words, word_offsets, m, tile[0], bias)
 
 
+HAS_BITMAP_KERNEL = torch.cuda.is_available() and ops.tiled_csl_bitmap_supported(torch.device("cuda"))
+NO_BITMAP_KERNEL = "the pair-bitmap kernel needs an sm_90a build and a compute capability 9.0 GPU"
 _bitmap_layouts = {}
 
 
@@ -76,8 +78,8 @@ def bitmap_mm(x, packed, m, bias=None, tile=(256, 64)):
 def mm(request):
     """Every matmul test runs on each kernel: the stream's, the word layout's, and (compute capability 9.0) the
     pair bitmap's."""
-    if request.param == "bitmap" and not ops.tiled_csl_bitmap_supported(torch.device("cuda")):
-        pytest.skip("the pair-bitmap kernel needs an sm_90a build and a compute capability 9.0 GPU")
+    if request.param == "bitmap" and not HAS_BITMAP_KERNEL:
+        pytest.skip(NO_BITMAP_KERNEL)
     return {"stream": stream_mm, "words": words_mm, "bitmap": bitmap_mm}[request.param]
 
 
@@ -449,9 +451,7 @@ def test_layer_graph_capture_and_compile():
 
 
 # ------------------------------------------------------------------------------------------ pair bitmap ----------
-needs_bitmap = pytest.mark.skipif(not ops.tiled_csl_bitmap_supported(torch.device("cuda"))
-                                  if torch.cuda.is_available() else True,
-                                  reason="the pair-bitmap kernel needs an sm_90a build and a compute capability 9.0 GPU")
+needs_bitmap = pytest.mark.skipif(not HAS_BITMAP_KERNEL, reason=NO_BITMAP_KERNEL)
 
 
 @needs_bitmap

@@ -26,6 +26,20 @@ inline at::Tensor kernel_ready_activation(const at::Tensor& x, int64_t n, int64_
   return aligned ? x2 : x2.clone(at::MemoryFormat::Contiguous);  // clone: a fresh, allocator-aligned copy
 }
 
+// A packed operand the kernels stream in 16-byte granules: itself if it starts 16-byte aligned, else a fresh
+// (allocator-aligned) copy.
+inline at::Tensor aligned16(const at::Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone();
+}
+
+// y for an empty product: the bias (or zeros), as a fresh tensor shaped like x's leading dims.
+inline at::Tensor empty_product(const at::Tensor& x, int64_t n, int64_t m, const std::optional<at::Tensor>& bias) {
+  // clone: a fresh tensor even where the expanded bias is already contiguous (the output must not alias it)
+  at::Tensor y = bias.has_value() ? bias->unsqueeze(0).expand({n, m}).clone(at::MemoryFormat::Contiguous)
+                                  : at::zeros({n, m}, x.options());
+  return with_leading_dims_of(y, x);
+}
+
 inline void check_half_dtype(const char* op, const char* arg, const at::Tensor& t) {
   TORCH_CHECK_TYPE(t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16, op, ": `", arg,
                    "` must be float16 or bfloat16 for the CUDA 2:4 kernels, got ", t.scalar_type());

@@ -9,11 +9,10 @@
 #if SPMM_HAS_TILED_CSL_BITMAP
 #include "kernels/tiled_csl/tiled_csl_bitmap.h"
 #include "ops/cuda_common.h"
+#include "ops/tiled_csl_common.h"
 
 namespace spmm::ops {
 namespace {
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // records [words, 2] of the weight's dtype (so a dtype mismatch with x is caught; the kernel reads 32-bit words),
 // record_offsets int32 [tiles + 1] in words, max_record_words = the longest record.
@@ -39,7 +38,7 @@ at::Tensor tiled_csl_bitmap_mm_cuda(const at::Tensor& x, const at::Tensor& recor
                     op, ": `max_record_words` must be in [", kernels::kBitmapHeaderWords, ", ",
                     kernels::kBitmapMaxRecordWords, "], got ", max_record_words);
   const int64_t k = x.size(-1);
-  const int64_t tiles = ceil_div(out_features, kernels::kBitmapTileM) * ceil_div(k, kernels::kBitmapTileK);
+  const int64_t tiles = tile_count(out_features, k, kernels::kBitmapTileM, kernels::kBitmapTileK);
   TORCH_CHECK_VALUE(record_offsets.numel() == tiles + 1, op, ": `record_offsets` must have ", tiles + 1,
                     " entries for a ", out_features, " x ", k, " weight in 128 x 64 tiles, got ",
                     record_offsets.numel());
@@ -48,14 +47,10 @@ at::Tensor tiled_csl_bitmap_mm_cuda(const at::Tensor& x, const at::Tensor& recor
                               ": the kernel runs on compute capability 9.0 GPUs (sm_90a) only");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = leading_rows(x);
-  if (n == 0 || out_features == 0 || k == 0) {
-    at::Tensor y = bias.has_value() ? bias->unsqueeze(0).expand({n, out_features}).clone(at::MemoryFormat::Contiguous)
-                                    : at::zeros({n, out_features}, x.options());
-    return with_leading_dims_of(y, x);
-  }
+  if (n == 0 || out_features == 0 || k == 0) return empty_product(x, n, out_features, bias);
   const at::Tensor xk = kernel_ready_activation(x, n, k);
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const at::Tensor recs = reinterpret_cast<uintptr_t>(records.data_ptr()) % 16 == 0 ? records : records.clone();
+  const at::Tensor recs = aligned16(records);
   at::Tensor y = at::empty({n, out_features}, x.options());
   kernels::TiledCSLBitmapMMParams p{};
   p.x = xk.data_ptr();

@@ -59,19 +59,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_csl_compress_cuda(const at:
   return {values, locations, offsets.to(at::kInt)};
 }
 
-// The kernel streams values and locations in 16-byte granules from a 16-byte aligned start.
-at::Tensor aligned16(const at::Tensor& t) {
-  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone();  // clone: fresh, aligned
-}
-
-// y for an empty product: the bias (or zeros), as a fresh tensor shaped like x's leading dims.
-at::Tensor empty_product(const at::Tensor& x, int64_t n, int64_t m, const std::optional<at::Tensor>& bias) {
-  // clone: a fresh tensor even where the expanded bias is already contiguous (the output must not alias it)
-  at::Tensor y = bias.has_value() ? bias->unsqueeze(0).expand({n, m}).clone(at::MemoryFormat::Contiguous)
-                                  : at::zeros({n, m}, x.options());
-  return with_leading_dims_of(y, x);
-}
-
 // Runs one of the kernel's two pair sources (the stream, or its word layout) once p's pair fields are set:
 // fills in x, bias, y and the split-K plan, allocates the workspace and launches.
 template <typename Launch>

@@ -10,6 +10,8 @@
 
 namespace spmm::kernels {
 
+constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 // 16-byte alignment, what the kernels' vector and bulk loads need of every operand they are given.
 inline bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
 

@@ -32,8 +32,6 @@ cudaError_t current_sm90_device(int* device, int* sm_count) {
   return major == 9 && minor == 0 ? cudaSuccess : cudaErrorNoKernelImageForDevice;
 }
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // Config number -> that config's functions, per dtype (the definitions are in the instantiation files).
 struct KernelEntry {
   cudaError_t (*workspace_bytes)(const Sparse24Sm90GemmParams&, int, int, size_t*);

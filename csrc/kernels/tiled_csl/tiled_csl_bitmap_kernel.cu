@@ -201,8 +201,6 @@ __global__ void __launch_bounds__(kThreads, kNTiles <= 2 ? 3 : 2)
 #endif
 }
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // The ring: 128-byte aligned slots of the longest record plus x's chunk, as many as fit the budget (at most one per
 // column tile a block runs), then kOverread words of slack. Budget: three blocks per SM where the registers allow
 // it (N <= 16: 64 per thread), else two (228 KB per SM, 1 KB of it reserved per block).
@@ -248,11 +246,13 @@ cudaLaunchConfig_t launch_config(int64_t row_tiles, int splits, const Ring& ring
 // memory (clusters must fit in a GPC, so with splits > 1 it can be fewer than blocks per SM x SMs: on the H200 62
 // clusters of 4, not 66); cached per split factor (for the first device asked).
 template <typename T, int kNTiles>
-int64_t resident_blocks(int splits, int num_sms) {
+int64_t resident_blocks(int splits) {
   static std::atomic<int> cache[kBitmapMaxSplits + 1] = {};
   constexpr auto kernel = bitmap_mm_kernel<T, kNTiles>;
   int blocks = cache[splits].load(std::memory_order_relaxed);
   if (blocks > 0) return blocks;
+  int device = 0, num_sms = 1;  // (a failed query leaves 1; its error is cleared below)
+  if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
   const Ring ring{2, 0, smem_budget<kNTiles>()};
   cudaLaunchAttribute cluster;
   const cudaLaunchConfig_t config = launch_config<T, kNTiles>(1, splits, ring, &cluster, nullptr);
@@ -269,14 +269,14 @@ int64_t resident_blocks(int splits, int num_sms) {
 // Split-K factor: cost in bytes one block streams (its records and a start: launch and the first record's latency,
 // ~1.5 us at a block's share of the bandwidth) times the waves of blocks the GPU holds at once, plus the cluster sum.
 template <typename T, int kNTiles>
-int choose_splits(const TiledCSLBitmapMMParams& p, int64_t row_tiles, int col_tiles, int num_sms) {
+int choose_splits(const TiledCSLBitmapMMParams& p, int64_t row_tiles, int col_tiles) {
   if (col_tiles <= 1) return 1;
   const double tile = 4.0 * static_cast<double>(p.record_words) / static_cast<double>(row_tiles * col_tiles);
   const double start = 24576.0, partial = 4.0 * static_cast<double>(std::min<int64_t>(p.n, kMaxTokens) * kTileM);
   int best = 1;
   double best_cost = 0;
   for (int splits = 1; splits <= std::min(col_tiles, kBitmapMaxSplits); ++splits) {
-    const int64_t resident = resident_blocks<T, kNTiles>(splits, num_sms);
+    const int64_t resident = resident_blocks<T, kNTiles>(splits);
     const double waves = static_cast<double>(ceil_div(row_tiles * splits, resident));
     const double block = static_cast<double>(ceil_div(col_tiles, splits)) * tile + start;
     const double cost = waves * block + (splits > 1 ? splits * partial : 0);
@@ -286,13 +286,12 @@ int choose_splits(const TiledCSLBitmapMMParams& p, int64_t row_tiles, int col_ti
 }
 
 template <typename T, int kNTiles>
-cudaError_t launch(const TiledCSLBitmapMMParams& p, int64_t row_tiles, int col_tiles, int num_sms,
-                   cudaStream_t stream) {
+cudaError_t launch(const TiledCSLBitmapMMParams& p, int64_t row_tiles, int col_tiles, cudaStream_t stream) {
   constexpr auto kernel = bitmap_mm_kernel<T, kNTiles>;
   const cudaError_t err = allow_dynamic_smem<kernel>(smem_budget<kNTiles>());
   if (err != cudaSuccess) return err;
   TiledCSLBitmapMMParams q = p;
-  if (q.splits == 0) q.splits = choose_splits<T, kNTiles>(p, row_tiles, col_tiles, num_sms);
+  if (q.splits == 0) q.splits = choose_splits<T, kNTiles>(p, row_tiles, col_tiles);
   const Ring ring = ring_for<kNTiles>(q, col_tiles, q.splits);
   if (ring.stages < 2 || ring.smem > smem_budget<kNTiles>()) return cudaErrorInvalidValue;
   cudaLaunchAttribute cluster;
@@ -301,12 +300,11 @@ cudaError_t launch(const TiledCSLBitmapMMParams& p, int64_t row_tiles, int col_t
 }
 
 template <typename T>
-cudaError_t launch_n(const TiledCSLBitmapMMParams& p, int64_t row_tiles, int col_tiles, int num_sms,
-                     cudaStream_t stream) {
-  if (p.n <= 8) return launch<T, 1>(p, row_tiles, col_tiles, num_sms, stream);
-  if (p.n <= 16) return launch<T, 2>(p, row_tiles, col_tiles, num_sms, stream);
-  if (p.n <= 32) return launch<T, 4>(p, row_tiles, col_tiles, num_sms, stream);
-  return launch<T, 8>(p, row_tiles, col_tiles, num_sms, stream);
+cudaError_t launch_n(const TiledCSLBitmapMMParams& p, int64_t row_tiles, int col_tiles, cudaStream_t stream) {
+  if (p.n <= 8) return launch<T, 1>(p, row_tiles, col_tiles, stream);
+  if (p.n <= 16) return launch<T, 2>(p, row_tiles, col_tiles, stream);
+  if (p.n <= 32) return launch<T, 4>(p, row_tiles, col_tiles, stream);
+  return launch<T, 8>(p, row_tiles, col_tiles, stream);
 }
 
 }  // namespace
@@ -343,14 +341,10 @@ cudaError_t tiled_csl_bitmap_mm(const TiledCSLBitmapMMParams& p, cudaStream_t st
     return cudaErrorInvalidValue;
   if (p.m == 0 || p.n == 0 || p.k == 0) return p.m == 0 || p.n == 0 ? cudaSuccess : cudaErrorInvalidValue;
   if (!tiled_csl_bitmap_available()) return cudaErrorNotSupported;
-  int device = 0, num_sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
-    return cudaGetLastError();
   const int ct = static_cast<int>(col_tiles);
   return for_each_token_slice(p, kMaxTokens, [&](const TiledCSLBitmapMMParams& slice) {
-    return p.dtype == DType::kFloat16 ? launch_n<__half>(slice, row_tiles, ct, num_sms, stream)
-                                      : launch_n<__nv_bfloat16>(slice, row_tiles, ct, num_sms, stream);
+    return p.dtype == DType::kFloat16 ? launch_n<__half>(slice, row_tiles, ct, stream)
+                                      : launch_n<__nv_bfloat16>(slice, row_tiles, ct, stream);
   });
 }
 

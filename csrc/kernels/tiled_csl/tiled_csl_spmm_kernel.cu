@@ -444,8 +444,6 @@ cudaError_t launch(const TiledCSLMMParams& p, Source source, int64_t row_tiles, 
   return cudaErrorInvalidValue;
 }
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 }  // namespace
 
 int tiled_csl_mm_splits(int64_t m, int64_t n, int64_t k, int64_t nnz, int64_t tile_m, int num_sms) {

@@ -78,6 +78,7 @@ def build(dense: Tensor) -> BitmapLayout:
         starts = HEADER_WORDS + slices.cumsum(-1) - slices
         records[(base + torch.arange(8, device=dev)).reshape(-1)] = starts.reshape(-1).to(torch.int32)
         records[(base + 8 + torch.arange(128, device=dev)).reshape(-1)] = masks.reshape(-1)
+        # rebuilt rather than kept from pass 1, so the scratch stays one chunk, not a copy of the whole weight
         pairs = _tile_pairs(_padded(dense, row_tiles, col_tiles, r0, r1), r1 - r0, col_tiles).reshape(t1 - t0, -1)
         present = pairs != 0
         dest = base + HEADER_WORDS + present.cumsum(-1) - 1
