@@ -15,18 +15,30 @@ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // 16-byte alignment, what the kernels' vector and bulk loads need of every operand they are given.
 inline bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
 
-// Over 48 KB of dynamic shared memory must be opted into, once per kernel and device.
-template <auto kKernel>
-cudaError_t allow_dynamic_smem(size_t bytes) {
+// Sets a function attribute of kKernel once per device (the runtime keeps it per function and device).
+template <auto kKernel, cudaFuncAttribute kAttribute>
+cudaError_t set_attribute_once(int value) {
   static std::atomic<uint64_t> done_devices{0};
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
   const uint64_t bit = device >= 0 && device < 64 ? uint64_t{1} << device : 0;
   if (bit != 0 && (done_devices.load(std::memory_order_relaxed) & bit)) return cudaSuccess;
-  err = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  err = cudaFuncSetAttribute(kKernel, kAttribute, value);
   if (err == cudaSuccess) done_devices.fetch_or(bit, std::memory_order_relaxed);
   return err;
+}
+
+// Over 48 KB of dynamic shared memory must be opted into, once per kernel and device.
+template <auto kKernel>
+cudaError_t allow_dynamic_smem(size_t bytes) {
+  return set_attribute_once<kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize>(static_cast<int>(bytes));
+}
+
+// Clusters of more than 8 blocks (up to 16 on Hopper) must be opted into, too.
+template <auto kKernel>
+cudaError_t allow_large_clusters() {
+  return set_attribute_once<kKernel, cudaFuncAttributeNonPortableClusterSizeAllowed>(1);
 }
 
 // The current device's compute capability major version (asked once per device); 0 if it cannot be read.
@@ -55,6 +67,48 @@ cudaError_t for_each_token_slice(const Params& p, int64_t max_tokens, Launch&& l
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;
+}
+
+// ------------------------------------------------------------------------------ cluster split-K launches ------
+// Grid (splits, rows) where the `splits` blocks of a row form one thread-block cluster (when splits > 1). `attr`
+// must outlive the launch call.
+inline cudaLaunchConfig_t cluster_split_config(int splits, int64_t rows, int threads, size_t smem,
+                                               cudaLaunchAttribute* attr, cudaStream_t stream) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(splits), static_cast<unsigned>(rows));
+  config.blockDim = dim3(static_cast<unsigned>(threads));
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  attr->id = cudaLaunchAttributeClusterDimension;
+  attr->val.clusterDim.x = static_cast<unsigned>(splits);
+  attr->val.clusterDim.y = 1;
+  attr->val.clusterDim.z = 1;
+  config.attrs = attr;
+  config.numAttrs = splits > 1 ? 1 : 0;
+  return config;
+}
+
+// Blocks of kKernel (at `threads` threads and `smem` bytes, already allowed) that run at once on the whole GPU when
+// the splits of a row are one cluster: asked of the occupancy API, because clusters must fit in a GPC, so with
+// splits > 1 it can be fewer than blocks per SM x SMs (on the H200 62 clusters of 4, not 66). 0 if this cluster size
+// cannot run. Cached per split factor (for the first device asked); the caller keeps threads and smem fixed.
+template <auto kKernel, int kMaxSplits>
+int64_t resident_split_blocks(int splits, int threads, size_t smem) {
+  static std::atomic<int> cache[kMaxSplits + 1] = {};  // blocks + 1, 0 = not asked yet
+  if (splits < 1 || splits > kMaxSplits) return 0;
+  int known = cache[splits].load(std::memory_order_relaxed);
+  if (known > 0) return known - 1;
+  int device = 0, num_sms = 0, count = 0;
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t config = cluster_split_config(splits, 1, threads, smem, &attr, nullptr);
+  const bool ok = cudaGetDevice(&device) == cudaSuccess &&
+                  cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess &&
+                  (splits == 1 ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&count, kKernel, threads, smem)
+                               : cudaOccupancyMaxActiveClusters(&count, kKernel, &config)) == cudaSuccess;
+  cudaGetLastError();  // a failed query must not surface as the next launch's error
+  const int64_t blocks = ok ? (splits == 1 ? int64_t{count} * num_sms : int64_t{count} * splits) : 0;
+  cache[splits].store(static_cast<int>(blocks) + 1, std::memory_order_relaxed);
+  return blocks;
 }
 
 }  // namespace spmm::kernels

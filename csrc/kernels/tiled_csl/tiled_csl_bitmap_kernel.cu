@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdint>
 
+#include "kernels/common/cluster.cuh"
 #include "kernels/common/epilogue.cuh"
 #include "kernels/common/launch.h"
 #include "kernels/common/ptx.cuh"
@@ -29,20 +30,6 @@ constexpr int kOverread = 16 * 32;  // words a slice's pairs may reach past its 
 // ldmatrix matrix reads hit 8 different bank groups.
 __device__ __forceinline__ int swizzle(int row, int col) {
   return row * kTileK + ((((col >> 3) ^ row) & 7) << 3) + (col & 7);
-}
-
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-
-// One float4 of block `rank`'s shared memory at the address `addr` has in this block (distributed shared memory).
-__device__ __forceinline__ float4 load_peer(uint32_t addr, int rank) {
-  uint32_t peer;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(peer) : "r"(addr), "r"(rank));
-  float4 v;
-  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
-               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(peer) : "memory");
-  return v;
 }
 
 // kNTiles: 8-token column tiles (N <= 8 kNTiles). Grid (splits, row tiles); with splits > 1 the splits of a row
@@ -167,35 +154,19 @@ __global__ void __launch_bounds__(kThreads, kNTiles <= 2 ? 3 : 2)
         if (n < p.n) store(r, n, acc[nt][i]);
       }
   };
+  auto store_y = [&](int r, int n, float v) {
+    if (row0 + r < p.m) y[n * p.y_ld + row0 + r] = from_float<T>(v + bias_at(bias, row0 + r));
+  };
   if (p.splits == 1) {
-    emit([&](int r, int n, float v) {
-      if (row0 + r < p.m) y[n * p.y_ld + row0 + r] = from_float<T>(v + bias_at(bias, row0 + r));
-    });
+    emit(store_y);
     return;
   }
   // Split-K in the cluster: each block leaves its partials [N][128] in its own shared memory (every stage has been
-  // consumed, so the ring is free once all warps are here); after a cluster barrier block `split` sums its share of
-  // the outputs over the blocks in split order; a second barrier keeps every block's memory alive until then.
-  float* red = reinterpret_cast<float*>(smem);
+  // consumed, so the ring is free once all warps are here), summed in split order.
+  float* partials = reinterpret_cast<float*>(smem);
   __syncthreads();
-  emit([&](int r, int n, float v) { red[n * kTileM + r] = v; });
-  cluster_sync();
-  const int quads = static_cast<int>(p.n) * (kTileM / 4), share = (quads + p.splits - 1) / p.splits;
-  const uint32_t red_addr = ptx::smem_addr(red);
-  for (int idx = split * share + threadIdx.x; idx < min(quads, (split + 1) * share); idx += kThreads) {
-    const int n = idx / (kTileM / 4), r = (idx % (kTileM / 4)) * 4;
-    if (row0 + r >= p.m) continue;
-    float sum[4] = {};
-#pragma unroll 8
-    for (int sp = 0; sp < p.splits; ++sp) {
-      const float4 v = load_peer(red_addr + (n * kTileM + r) * 4, sp);
-      sum[0] += v.x, sum[1] += v.y, sum[2] += v.z, sum[3] += v.w;
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-      if (row0 + r + j < p.m) y[n * p.y_ld + row0 + r + j] = from_float<T>(sum[j] + bias_at(bias, row0 + r + j));
-  }
-  cluster_sync();
+  emit([&](int r, int n, float v) { partials[n * kTileM + r] = v; });
+  cluster::reduce_partials<kTileM>(partials, static_cast<int>(p.n), split, p.splits, p.m - row0, store_y);
 #else
   __trap();  // built for sm_90a only (tiled_csl_bitmap_available() says so before any launch)
 #endif
@@ -225,47 +196,6 @@ Ring ring_for(const TiledCSLBitmapMMParams& p, int col_tiles, int splits) {
   return {stages, slot_words, std::max(stages * stage + slack, reduction)};
 }
 
-template <typename T, int kNTiles>
-cudaLaunchConfig_t launch_config(int64_t row_tiles, int splits, const Ring& ring,
-                                 cudaLaunchAttribute* cluster, cudaStream_t stream) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(splits, static_cast<unsigned>(row_tiles));
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = ring.smem;
-  config.stream = stream;
-  cluster->id = cudaLaunchAttributeClusterDimension;
-  cluster->val.clusterDim.x = static_cast<unsigned>(splits);
-  cluster->val.clusterDim.y = 1;
-  cluster->val.clusterDim.z = 1;
-  config.attrs = cluster;
-  config.numAttrs = splits > 1 ? 1 : 0;
-  return config;
-}
-
-// Blocks of this configuration that run at once on the whole GPU, asked of the occupancy API for the budget's shared
-// memory (clusters must fit in a GPC, so with splits > 1 it can be fewer than blocks per SM x SMs: on the H200 62
-// clusters of 4, not 66); cached per split factor (for the first device asked).
-template <typename T, int kNTiles>
-int64_t resident_blocks(int splits) {
-  static std::atomic<int> cache[kBitmapMaxSplits + 1] = {};
-  constexpr auto kernel = bitmap_mm_kernel<T, kNTiles>;
-  int blocks = cache[splits].load(std::memory_order_relaxed);
-  if (blocks > 0) return blocks;
-  int device = 0, num_sms = 1;  // (a failed query leaves 1; its error is cleared below)
-  if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
-  const Ring ring{2, 0, smem_budget<kNTiles>()};
-  cudaLaunchAttribute cluster;
-  const cudaLaunchConfig_t config = launch_config<T, kNTiles>(1, splits, ring, &cluster, nullptr);
-  int count = 0;
-  const bool ok = allow_dynamic_smem<kernel>(smem_budget<kNTiles>()) == cudaSuccess &&
-                  (splits == 1 ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&count, kernel, kThreads, ring.smem)
-                               : cudaOccupancyMaxActiveClusters(&count, kernel, &config)) == cudaSuccess;
-  cudaGetLastError();  // a failed query must not surface as the next launch's error
-  blocks = ok && count > 0 ? (splits == 1 ? count * num_sms : count * splits) : splits * std::max(num_sms, 1);
-  cache[splits].store(blocks, std::memory_order_relaxed);
-  return blocks;
-}
-
 // Split-K factor: cost in bytes one block streams (its records and a start: launch and the first record's latency,
 // ~1.5 us at a block's share of the bandwidth) times the waves of blocks the GPU holds at once, plus the cluster sum.
 template <typename T, int kNTiles>
@@ -276,8 +206,10 @@ int choose_splits(const TiledCSLBitmapMMParams& p, int64_t row_tiles, int col_ti
   int best = 1;
   double best_cost = 0;
   for (int splits = 1; splits <= std::min(col_tiles, kBitmapMaxSplits); ++splits) {
-    const int64_t resident = resident_blocks<T, kNTiles>(splits);
-    const double waves = static_cast<double>(ceil_div(row_tiles * splits, resident));
+    const int64_t resident =
+        resident_split_blocks<bitmap_mm_kernel<T, kNTiles>, kBitmapMaxSplits>(splits, kThreads, smem_budget<kNTiles>());
+    if (resident == 0 && splits > 1) continue;  // this cluster size does not fit the GPU
+    const double waves = static_cast<double>(ceil_div(row_tiles * splits, std::max<int64_t>(resident, 1)));
     const double block = static_cast<double>(ceil_div(col_tiles, splits)) * tile + start;
     const double cost = waves * block + (splits > 1 ? splits * partial : 0);
     if (splits == 1 || cost < best_cost * 0.98) best = splits, best_cost = cost;
@@ -295,7 +227,7 @@ cudaError_t launch(const TiledCSLBitmapMMParams& p, int64_t row_tiles, int col_t
   const Ring ring = ring_for<kNTiles>(q, col_tiles, q.splits);
   if (ring.stages < 2 || ring.smem > smem_budget<kNTiles>()) return cudaErrorInvalidValue;
   cudaLaunchAttribute cluster;
-  const cudaLaunchConfig_t config = launch_config<T, kNTiles>(row_tiles, q.splits, ring, &cluster, stream);
+  const cudaLaunchConfig_t config = cluster_split_config(q.splits, row_tiles, kThreads, ring.smem, &cluster, stream);
   return cudaLaunchKernelEx(&config, kernel, q, col_tiles, ring.stages, ring.slot_words);
 }
 

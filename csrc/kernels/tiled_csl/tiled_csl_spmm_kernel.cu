@@ -23,22 +23,20 @@
 #include "kernels/common/launch.h"
 #include "kernels/common/ptx.cuh"
 #include "kernels/tiled_csl/tiled_csl_spmm.h"
+#include "kernels/tiled_csl/tiled_csl_tile_mma.cuh"
 
 namespace spmm::kernels {
 namespace {
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr int kTileK = static_cast<int>(kTiledCSLTileK);
+constexpr int kTileK = tiled_csl::kTileK;
+static_assert(kTileK == kTiledCSLTileK);
 constexpr int kGranule = 8;                           // 16-bit elements per 16-byte load
 constexpr int kGranules = 2;                          // granules of each array per thread per batch
 constexpr int kBatchGranules = kGranules * kThreads;  // 4096 pairs per batch: one batch for >= 75% sparse tiles
 
-// Shared tiles (W's dense tile, x's chunk) are rows of 64 16-bit elements = 8 chunks of 16 bytes; chunk c of row r
-// sits at c ^ (r % 8), so the 8 rows one ldmatrix matrix reads at the same chunk hit 8 different bank groups.
-__device__ __forceinline__ int swizzle(int row, int col) {
-  return row * kTileK + ((((col >> 3) ^ row) & 7) << 3) + (col & 7);
-}
+using tiled_csl::swizzle;
 
 // ------------------------------------------------------------------------------------ reading the pairs ------
 // One tile's elements [begin, end) of values/locations, clamped to [0, nnz]: a corrupt stream reads nothing out
@@ -196,128 +194,14 @@ struct Pairs<true> {  // (tiled_csl_mm_words: values = the words, tile_offsets =
   static constexpr int kScratch = 8;  // the scratch slot (kept at 16 bytes so the next tile stays aligned)
 };
 
-// ----------------------------------------------------------------------------------------------- matmul ------
-// kTileM: rows per tile (256 or 128); kNTiles: 8-token column tiles (N <= 8 * kNTiles).
-// kWords: read the word layout instead of the stream.
-template <typename T, int kTileM, int kNTiles, bool kWords>
-__global__ void __launch_bounds__(kThreads, kNTiles == 1 ? 3 : 2)
-    tiled_csl_mm_kernel(TiledCSLMMParams p, int col_tiles) {
-  using P = Pairs<kWords>;
-  constexpr int kMTiles = kTileM / (kWarps * 16);  // m16 tiles per warp
-  constexpr int kXRows = kNTiles * 8;
-  constexpr int kTileElems = kTileM * kTileK + P::kScratch;  // per shared tile buffer
-  extern __shared__ uint4 smem[];
-  uint16_t* wtiles = reinterpret_cast<uint16_t*>(smem);           // [2][kTileM][64], swizzled
-  T* xs = reinterpret_cast<T*>(wtiles + 2 * kTileElems);           // [2][kXRows][64], swizzled
+// ------------------------------------------------------------------------------------------ the epilogue ------
+// y (+ bias) from each warp's accumulators, or with split-K its fp32 partials [split][N][M_padded] in the workspace,
+// summed by the last block of the row tile to arrive (a counter per row tile), in split order: one launch,
+// deterministic. Called by every thread of the block.
+template <typename T, int kTileM, int kMTiles, int kNTiles>
+__device__ __forceinline__ void finish_tile_rows(const TiledCSLMMParams& p, const float (&acc)[kMTiles][kNTiles][4],
+                                                 int64_t row_tile, int64_t split, int warp_row, int lane) {
   __shared__ int is_last_block;
-
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t row_tile = blockIdx.y, split = blockIdx.x;
-  const int c_begin = static_cast<int>(split * col_tiles / p.splits);
-  const int c_end = static_cast<int>((split + 1) * col_tiles / p.splits);
-  const int32_t* offsets = P::offsets(p) + row_tile * col_tiles;
-  const int nnz = P::limit(p);
-  const typename P::StreamT stream = P::stream(p);
-  const T* x = static_cast<const T*>(p.x);
-
-  auto stage_x = [&](int c, int buf) {
-    T* dst = xs + buf * kXRows * kTileK;
-    for (int v = threadIdx.x; v < kXRows * (kTileK / 8); v += kThreads) {
-      const int row = v / (kTileK / 8), col = (v % (kTileK / 8)) * 8;
-      const int64_t k = int64_t{c} * kTileK + col;
-      const bool inside = row < p.n && k < p.k;  // k % 8 == 0: a vector is wholly inside or outside
-      ptx::cp_async_16(dst + swizzle(row, col), inside ? x + row * p.x_ld + k : x, inside ? 16 : 0);
-    }
-    ptx::cp_async_commit();
-  };
-
-  float acc[kMTiles][kNTiles][4] = {};
-  const int warp_row = warp * kMTiles * 16;
-  // A operand: the 16 x 16 block of m-tile mt at column col; lane l addresses row l % 8 of matrix l / 8, the
-  // matrices being rows 0-7 | 8-15 (lane bit 3) x columns 0-7 | 8-15 (lane bit 4) -- registers a0..a3 of mma.
-  auto a_offset = [&](int mt, int col) {
-    return swizzle(warp_row + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, col + (lane >> 4) * 8);
-  };
-  auto multiply = [&](const uint16_t* tile, const T* xb) {
-    if constexpr (kNTiles == 1) {
-      // One token tile: a B ldmatrix_x4 covers 32 columns (two k16 steps); A is loaded 32 columns at a time.
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        uint32_t a[kMTiles][2][4];
-#pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-          for (int kk = 0; kk < 2; ++kk) ptx::ldmatrix_x4(a[mt][kk], tile + a_offset(mt, half * 32 + kk * 16));
-        uint32_t b[4];  // matrix j: tokens 0-7, columns 32 * half + 8j .. + 7
-        ptx::ldmatrix_x4(b, xb + swizzle(lane & 7, half * 32 + (lane >> 3) * 8));
-#pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt) {
-          ptx::mma_16816<T>(acc[mt][0], a[mt][0], b[0], b[1]);
-          ptx::mma_16816<T>(acc[mt][0], a[mt][1], b[2], b[3]);
-        }
-      }
-    } else {
-      // Several token tiles: one k16 step at a time (fewer live A registers), a B ldmatrix_x4 per pair of tiles.
-#pragma unroll
-      for (int step = 0; step < kTileK / 16; ++step) {
-        uint32_t a[kMTiles][4];
-#pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt) ptx::ldmatrix_x4(a[mt], tile + a_offset(mt, step * 16));
-#pragma unroll
-        for (int nt = 0; nt < kNTiles; nt += 2) {
-          uint32_t b[4];  // matrix j: tokens (nt + j / 2) * 8 .. + 7, columns step * 16 + 8 (j % 2) .. + 7
-          ptx::ldmatrix_x4(b, xb + swizzle((nt + (lane >> 4)) * 8 + (lane & 7), step * 16 + ((lane >> 3) & 1) * 8));
-#pragma unroll
-          for (int mt = 0; mt < kMTiles; ++mt) {
-            ptx::mma_16816<T>(acc[mt][nt], a[mt], b[0], b[1]);
-            ptx::mma_16816<T>(acc[mt][nt + 1], a[mt], b[2], b[3]);
-          }
-        }
-      }
-    }
-  };
-
-  // run(c) = [offsets[c], offsets[c + 1]); the offset needed two tiles ahead is loaded one iteration early.
-  int32_t o_cur = 0, o_next = 0, o_next2 = 0;
-  if (c_begin < c_end) {
-    o_cur = __ldg(offsets + c_begin);
-    o_next = __ldg(offsets + c_begin + 1);
-    if (c_begin + 1 < c_end) o_next2 = __ldg(offsets + c_begin + 2);
-  }
-  typename P::BatchT batch;
-  zero_fill<kTileM>(wtiles);
-  if (c_begin < c_end) {
-    load_batch(batch, stream, typename P::RunT(o_cur, o_next, nnz), 0);
-    stage_x(c_begin, 0);
-  }
-  for (int c = c_begin; c < c_end; ++c) {
-    const int buf = (c - c_begin) & 1;
-    const bool more = c + 1 < c_end;
-    const typename P::RunT run(o_cur, o_next, nnz);
-    uint16_t* tile = wtiles + buf * kTileElems;
-    const int32_t o_next3 = c + 2 < c_end ? __ldg(offsets + c + 3) : 0;
-    __syncthreads();  // `tile` is zero-filled; every warp is done with tile c-1 (x buffer buf ^ 1 is free)
-    scatter_batch<kTileM>(batch, tile, run, 0);
-    for (int b = 1; b < run.batches(); ++b) {  // denser than one batch: the rest, loaded now
-      load_batch(batch, stream, run, b);
-      scatter_batch<kTileM>(batch, tile, run, b);
-    }
-    if (more) {
-      load_batch(batch, stream, typename P::RunT(o_next, o_next2, nnz), 0);
-      stage_x(c + 1, buf ^ 1);
-      ptx::cp_async_wait<1>();
-    } else {
-      ptx::cp_async_wait<0>();
-    }
-    __syncthreads();  // the tile is scattered and x's chunk c has landed
-    multiply(tile, xs + buf * kXRows * kTileK);
-    // The other buffer was last read by tile c-1's multiply, which every warp finished before the first barrier.
-    if (more) zero_fill<kTileM>(wtiles + (buf ^ 1) * kTileElems);
-    o_cur = o_next;
-    o_next = o_next2;
-    o_next2 = o_next3;
-  }
-
   // Accumulator fragment: acc[mt][nt][i] is W row g (+8 for i >= 2) of m-tile mt times token nt*8 + 2q (+1 for odd i).
   const int g = lane / 4, q = lane % 4;
   const T* bias = static_cast<const T*>(p.bias);
@@ -367,20 +251,238 @@ __global__ void __launch_bounds__(kThreads, kNTiles == 1 ? 3 : 2)
   if (threadIdx.x == 0) p.counters[row_tile] = 0;  // leaves the counters zeroed for the next launch
 }
 
+// ----------------------------------------------------------------------------------------------- matmul ------
+// kTileM: rows per tile (256 or 128); kNTiles: 8-token column tiles (N <= 8 * kNTiles).
+// kWords: read the word layout instead of the stream.
+template <typename T, int kTileM, int kNTiles, bool kWords>
+__global__ void __launch_bounds__(kThreads, kNTiles == 1 ? 3 : 2)
+    tiled_csl_mm_kernel(TiledCSLMMParams p, int col_tiles) {
+  using P = Pairs<kWords>;
+  constexpr int kMTiles = kTileM / (kWarps * 16);  // m16 tiles per warp
+  constexpr int kXRows = kNTiles * 8;
+  constexpr int kTileElems = kTileM * kTileK + P::kScratch;  // per shared tile buffer
+  extern __shared__ uint4 smem[];
+  uint16_t* wtiles = reinterpret_cast<uint16_t*>(smem);           // [2][kTileM][64], swizzled
+  T* xs = reinterpret_cast<T*>(wtiles + 2 * kTileElems);           // [2][kXRows][64], swizzled
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row_tile = blockIdx.y, split = blockIdx.x;
+  const int c_begin = static_cast<int>(split * col_tiles / p.splits);
+  const int c_end = static_cast<int>((split + 1) * col_tiles / p.splits);
+  const int32_t* offsets = P::offsets(p) + row_tile * col_tiles;
+  const int nnz = P::limit(p);
+  const typename P::StreamT stream = P::stream(p);
+  const T* x = static_cast<const T*>(p.x);
+
+  auto stage_x = [&](int c, int buf) {
+    tiled_csl::stage_x_chunk<T, kXRows>(xs + buf * kXRows * kTileK, x, p.x_ld, p.n, p.k, c, threadIdx.x, kThreads);
+    ptx::cp_async_commit();
+  };
+
+  float acc[kMTiles][kNTiles][4] = {};
+  const int warp_row = warp * kMTiles * 16;
+  auto multiply = [&](const uint16_t* tile, const T* xb) {
+    tiled_csl::multiply_tile<T, kMTiles, kNTiles>(acc, tile, xb, warp_row, lane);
+  };
+
+  // run(c) = [offsets[c], offsets[c + 1]); the offset needed two tiles ahead is loaded one iteration early.
+  int32_t o_cur = 0, o_next = 0, o_next2 = 0;
+  if (c_begin < c_end) {
+    o_cur = __ldg(offsets + c_begin);
+    o_next = __ldg(offsets + c_begin + 1);
+    if (c_begin + 1 < c_end) o_next2 = __ldg(offsets + c_begin + 2);
+  }
+  typename P::BatchT batch;
+  zero_fill<kTileM>(wtiles);
+  if (c_begin < c_end) {
+    load_batch(batch, stream, typename P::RunT(o_cur, o_next, nnz), 0);
+    stage_x(c_begin, 0);
+  }
+  for (int c = c_begin; c < c_end; ++c) {
+    const int buf = (c - c_begin) & 1;
+    const bool more = c + 1 < c_end;
+    const typename P::RunT run(o_cur, o_next, nnz);
+    uint16_t* tile = wtiles + buf * kTileElems;
+    const int32_t o_next3 = c + 2 < c_end ? __ldg(offsets + c + 3) : 0;
+    __syncthreads();  // `tile` is zero-filled; every warp is done with tile c-1 (x buffer buf ^ 1 is free)
+    scatter_batch<kTileM>(batch, tile, run, 0);
+    for (int b = 1; b < run.batches(); ++b) {  // denser than one batch: the rest, loaded now
+      load_batch(batch, stream, run, b);
+      scatter_batch<kTileM>(batch, tile, run, b);
+    }
+    if (more) {
+      load_batch(batch, stream, typename P::RunT(o_next, o_next2, nnz), 0);
+      stage_x(c + 1, buf ^ 1);
+      ptx::cp_async_wait<1>();
+    } else {
+      ptx::cp_async_wait<0>();
+    }
+    __syncthreads();  // the tile is scattered and x's chunk c has landed
+    multiply(tile, xs + buf * kXRows * kTileK);
+    // The other buffer was last read by tile c-1's multiply, which every warp finished before the first barrier.
+    if (more) zero_fill<kTileM>(wtiles + (buf ^ 1) * kTileElems);
+    o_cur = o_next;
+    o_next = o_next2;
+    o_next2 = o_next3;
+  }
+
+  finish_tile_rows<T, kTileM>(p, acc, row_tile, split, warp_row, lane);
+}
+
+// ------------------------------------------------------------------------------- slice words (v4) ------
+// The word layout cut per warp: tile t's words for the rows of warp w (rows kRows w .. + kRows - 1) are run t * 8 + w
+// of tiled_csl_to_slice_words, padded to whole granules. So a warp needs nothing from the other warps: it loads its
+// slice's words (one tile ahead, in registers), scatters them into its own rows of the shared tile, multiplies those
+// rows with x's fragments read straight from global memory (L1-cached: every warp of the SM reads the same chunk),
+// and zeroes them again -- no block barrier, no shared x, so the 24 warps of an SM run out of step and hide each
+// other's latencies (the block-wide kernel above spends most cycles with no eligible warp).
+
+template <typename T, int kTileM, int kNTiles>
+__global__ void __launch_bounds__(kThreads, kNTiles == 1 ? 3 : 2)
+    tiled_csl_slices_kernel(TiledCSLMMParams p, int col_tiles) {
+  constexpr int kMTiles = kTileM / (kWarps * 16);
+  constexpr int kRows = kMTiles * 16;  // rows per warp
+  constexpr int kTileElems = kTileM * kTileK + 8;  // + the padding words' scratch slot
+  // Granules per lane per batch: 512 words per warp (a 32-row slice at 80% holds ~410); 256 at 64 tokens, whose
+  // accumulators need the registers.
+  constexpr int kSliceGranules = kNTiles >= 8 ? 2 : 4;
+  constexpr int kBatchWords = kSliceGranules * 32 * 4;
+  extern __shared__ uint4 smem[];
+  uint16_t* wtiles = reinterpret_cast<uint16_t*>(smem);  // [2][kTileElems], swizzled; warp w owns its rows of each
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row_tile = blockIdx.y, split = blockIdx.x;
+  const int c_begin = static_cast<int>(split * col_tiles / p.splits);
+  const int c_end = static_cast<int>((split + 1) * col_tiles / p.splits);
+  const int warp_row = warp * kRows;
+  // Slice (c, warp) is words [offsets[c * 8], offsets[c * 8 + 1]) (the next slice's start), clamped to the words and
+  // kept to whole granules: a corrupt layout gives wrong numbers, never a fault.
+  const int32_t* offsets = p.tile_offsets + row_tile * col_tiles * kWarps + warp;
+  const uint4* words = static_cast<const uint4*>(p.values);
+  const int n_words = static_cast<int>(p.nnz);
+  // Raw offsets are loaded two tiles ahead and clamped only when used, so no load waits on them.
+  struct RawRun { int32_t first, last; };
+  auto raw_run = [&](int c) { return RawRun{__ldg(offsets + c * kWarps), __ldg(offsets + c * kWarps + 1)}; };
+  auto clamp_run = [&](const RawRun& r, int& lo, int& hi) {
+    lo = min(max(r.first, 0), n_words) & ~3;
+    hi = min(max(r.last, lo), n_words) & ~3;
+  };
+  auto load = [&](uint4 (&batch)[kSliceGranules], int lo, int hi, int b) {
+    const int g0 = lo / 4 + b * kSliceGranules * 32 + lane;
+#pragma unroll
+    for (int i = 0; i < kSliceGranules; ++i)
+      if (g0 + i * 32 < hi / 4) batch[i] = ptx::load_streaming(words + g0 + i * 32);
+  };
+  auto scatter = [&](const uint4 (&batch)[kSliceGranules], int lo, int hi, int b, uint16_t* tile) {
+    const int g0 = lo / 4 + b * kSliceGranules * 32 + lane;
+#pragma unroll
+    for (int i = 0; i < kSliceGranules; ++i) {
+      if (g0 + i * 32 >= hi / 4) continue;
+      const uint32_t w[4] = {batch[i].x, batch[i].y, batch[i].z, batch[i].w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) tile[min(w[j] >> 16, static_cast<uint32_t>(kTileM * kTileK))] = static_cast<uint16_t>(w[j]);
+    }
+  };
+  auto zero_rows = [&](uint16_t* tile) {
+    uint4* rows = reinterpret_cast<uint4*>(tile + warp_row * kTileK);
+#pragma unroll
+    for (int i = lane; i < kRows * kTileK / 8; i += 32) rows[i] = make_uint4(0, 0, 0, 0);
+  };
+  // This lane's B register of m16n8k16 for tile c: x[token 8 nt + lane / 4][column 64 c + 16 step + 8 half +
+  // 2 (lane % 4), +1], zero past N and K (K % 8 == 0: a pair is wholly inside or outside).
+  const T* x = static_cast<const T*>(p.x);
+  auto b_at = [&](int c, int step, int nt, int half) -> uint32_t {
+    const int64_t n = nt * 8 + lane / 4, k = int64_t{c} * kTileK + step * 16 + half * 8 + 2 * (lane % 4);
+    return n < p.n && k < p.k ? __ldg(reinterpret_cast<const unsigned int*>(x + n * p.x_ld + k)) : 0u;
+  };
+
+  zero_rows(wtiles);
+  zero_rows(wtiles + kTileElems);
+  float acc[kMTiles][kNTiles][4] = {};
+  uint4 cur[kSliceGranules], next[kSliceGranules];
+  // Few tokens: x's fragments of the next tile are requested with its words (registers), so their latency hides
+  // behind a whole tile; more tokens read them per k16 step (their registers would cost occupancy).
+  constexpr bool kEarlyB = kNTiles <= 2;
+  constexpr int kBSteps = kEarlyB ? 4 : 1, kBTiles = kEarlyB ? kNTiles : 1;
+  uint32_t b_cur[kBSteps][kBTiles][2], b_next[kBSteps][kBTiles][2];
+  auto load_b = [&](uint32_t (&b)[kBSteps][kBTiles][2], int c) {
+    if constexpr (kEarlyB) {
+#pragma unroll
+      for (int step = 0; step < 4; ++step)
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+          for (int half = 0; half < 2; ++half) b[step][nt][half] = b_at(c, step, nt, half);
+    }
+  };
+  int lo = 0, hi = 0;
+  RawRun run_next{0, 0}, run_after{0, 0};
+  if (c_begin < c_end) {
+    clamp_run(raw_run(c_begin), lo, hi);
+    load(cur, lo, hi, 0);
+    load_b(b_cur, c_begin);
+    if (c_begin + 1 < c_end) run_next = raw_run(c_begin + 1);
+  }
+  for (int c = c_begin; c < c_end; ++c) {
+    uint16_t* tile = wtiles + ((c - c_begin) & 1) * kTileElems;
+    int next_lo = 0, next_hi = 0;
+    if (c + 1 < c_end) {
+      clamp_run(run_next, next_lo, next_hi);
+      load(next, next_lo, next_hi, 0);
+      load_b(b_next, c + 1);
+      if (c + 2 < c_end) run_after = raw_run(c + 2);
+    }
+    __syncwarp();  // (the zeroing of this buffer two tiles ago is done in every lane)
+    scatter(cur, lo, hi, 0, tile);
+    for (int b = 1; b * kBatchWords < hi - lo; ++b) {  // a denser slice than one batch: the rest, loaded now
+      load(cur, lo, hi, b);
+      scatter(cur, lo, hi, b, tile);
+    }
+    __syncwarp();  // the warp's rows are whole
+    if constexpr (kEarlyB) {
+      tiled_csl::multiply_tile_b<T, kMTiles, kNTiles>(
+          acc, tile, warp_row, lane, [&](int step, int nt, int half) { return b_cur[step][nt][half]; });
+    } else {
+      tiled_csl::multiply_tile_b<T, kMTiles, kNTiles>(
+          acc, tile, warp_row, lane, [&](int step, int nt, int half) { return b_at(c, step, nt, half); });
+    }
+    __syncwarp();  // every lane's ldmatrix reads are done
+    zero_rows(tile);
+#pragma unroll
+    for (int i = 0; i < kSliceGranules; ++i) cur[i] = next[i];
+    if constexpr (kEarlyB) {
+#pragma unroll
+      for (int step = 0; step < 4; ++step)
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) b_cur[step][nt][0] = b_next[step][nt][0], b_cur[step][nt][1] = b_next[step][nt][1];
+    }
+    lo = next_lo;
+    hi = next_hi;
+    run_next = run_after;
+  }
+  finish_tile_rows<T, kTileM>(p, acc, row_tile, split, warp_row, lane);
+}
+
 // ----------------------------------------------------------------------------------------------- launch ------
-template <int kTileM, int kNTiles, bool kWords = false>
+// The pair source: the stream, the word layout, or the word layout cut per warp.
+enum class Source { kStream, kWords, kSlices };
+
+template <int kTileM, int kNTiles, Source kSource = Source::kStream>
 constexpr size_t smem_bytes() {
-  return (2 * (kTileM * kTileK + Pairs<kWords>::kScratch) + 2 * kNTiles * 8 * kTileK) * 2;
+  if constexpr (kSource == Source::kSlices) return 2 * (kTileM * kTileK + 8) * 2;  // no x chunk in shared memory
+  constexpr bool words = kSource == Source::kWords;
+  return (2 * (kTileM * kTileK + Pairs<words>::kScratch) + 2 * kNTiles * 8 * kTileK) * 2;
 }
 
-template <typename T, int kTileM, int kNTiles, bool kWords = false>
+template <typename T, int kTileM, int kNTiles, Source kSource = Source::kStream>
 constexpr auto kernel_of() {
-  return tiled_csl_mm_kernel<T, kTileM, kNTiles, kWords>;
+  if constexpr (kSource == Source::kSlices) return tiled_csl_slices_kernel<T, kTileM, kNTiles>;
+  else return tiled_csl_mm_kernel<T, kTileM, kNTiles, kSource == Source::kWords>;
 }
 
-template <typename T, int kTileM, int kNTiles, bool kWords = false>
+template <typename T, int kTileM, int kNTiles, Source kSource = Source::kStream>
 cudaError_t allow_smem() {
-  return allow_dynamic_smem<kernel_of<T, kTileM, kNTiles, kWords>()>(smem_bytes<kTileM, kNTiles, kWords>());
+  return allow_dynamic_smem<kernel_of<T, kTileM, kNTiles, kSource>()>(smem_bytes<kTileM, kNTiles, kSource>());
 }
 
 // Resident blocks per SM of a configuration (for the split heuristic); 1 if the query fails.
@@ -408,38 +510,36 @@ int blocks_per_sm_for(int64_t n) {
   return blocks_per_sm<kTileM, 8>();
 }
 
-template <typename T, int kTileM, int kNTiles, bool kWords>
+template <typename T, int kTileM, int kNTiles, Source kSource>
 cudaError_t launch_tiles(const TiledCSLMMParams& p, int64_t row_tiles, int col_tiles, cudaStream_t stream) {
-  const cudaError_t err = allow_smem<T, kTileM, kNTiles, kWords>();
+  const cudaError_t err = allow_smem<T, kTileM, kNTiles, kSource>();
   if (err != cudaSuccess) return err;
   const dim3 grid(p.splits, static_cast<unsigned>(row_tiles));
-  tiled_csl_mm_kernel<T, kTileM, kNTiles, kWords>
-      <<<grid, kThreads, smem_bytes<kTileM, kNTiles, kWords>(), stream>>>(p, col_tiles);
+  kernel_of<T, kTileM, kNTiles, kSource>()<<<grid, kThreads, smem_bytes<kTileM, kNTiles, kSource>(), stream>>>(
+      p, col_tiles);
   return cudaGetLastError();
 }
 
-template <typename T, int kTileM, bool kWords>
+template <typename T, int kTileM, Source kSource>
 cudaError_t launch_n(const TiledCSLMMParams& p, int64_t row_tiles, int col_tiles, cudaStream_t stream) {
-  if (p.n <= 8) return launch_tiles<T, kTileM, 1, kWords>(p, row_tiles, col_tiles, stream);
-  if (p.n <= 16) return launch_tiles<T, kTileM, 2, kWords>(p, row_tiles, col_tiles, stream);
-  if (p.n <= 32) return launch_tiles<T, kTileM, 4, kWords>(p, row_tiles, col_tiles, stream);
-  return launch_tiles<T, kTileM, 8, kWords>(p, row_tiles, col_tiles, stream);
+  if (p.n <= 8) return launch_tiles<T, kTileM, 1, kSource>(p, row_tiles, col_tiles, stream);
+  if (p.n <= 16) return launch_tiles<T, kTileM, 2, kSource>(p, row_tiles, col_tiles, stream);
+  if (p.n <= 32) return launch_tiles<T, kTileM, 4, kSource>(p, row_tiles, col_tiles, stream);
+  return launch_tiles<T, kTileM, 8, kSource>(p, row_tiles, col_tiles, stream);
 }
 
-template <typename T, bool kWords>
+template <typename T, Source kSource>
 cudaError_t launch_layout(const TiledCSLMMParams& p, int64_t row_tiles, int col_tiles, cudaStream_t stream) {
-  return p.tile_m == 256 ? launch_n<T, 256, kWords>(p, row_tiles, col_tiles, stream)
-                         : launch_n<T, 128, kWords>(p, row_tiles, col_tiles, stream);
+  return p.tile_m == 256 ? launch_n<T, 256, kSource>(p, row_tiles, col_tiles, stream)
+                         : launch_n<T, 128, kSource>(p, row_tiles, col_tiles, stream);
 }
-
-// The pair source: the stream or the word layout.
-enum class Source { kStream, kWords };
 
 template <typename T>
 cudaError_t launch(const TiledCSLMMParams& p, Source source, int64_t row_tiles, int col_tiles, cudaStream_t stream) {
   switch (source) {
-    case Source::kStream: return launch_layout<T, false>(p, row_tiles, col_tiles, stream);
-    case Source::kWords: return launch_layout<T, true>(p, row_tiles, col_tiles, stream);
+    case Source::kStream: return launch_layout<T, Source::kStream>(p, row_tiles, col_tiles, stream);
+    case Source::kWords: return launch_layout<T, Source::kWords>(p, row_tiles, col_tiles, stream);
+    case Source::kSlices: return launch_layout<T, Source::kSlices>(p, row_tiles, col_tiles, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -512,6 +612,10 @@ cudaError_t tiled_csl_mm(const TiledCSLMMParams& p, cudaStream_t stream) { retur
 
 cudaError_t tiled_csl_mm_words(const TiledCSLMMParams& p, cudaStream_t stream) {
   return run_mm(p, Source::kWords, stream);
+}
+
+cudaError_t tiled_csl_mm_slices(const TiledCSLMMParams& p, cudaStream_t stream) {
+  return run_mm(p, Source::kSlices, stream);
 }
 
 }  // namespace spmm::kernels
