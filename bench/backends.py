@@ -134,8 +134,8 @@ def _spmm_sparse24_sm90(c: Case, config: Optional[str] = None, swizzle: int = 0,
 
 def sm90_config_backends() -> List[Backend]:
     """The Hopper GEMM pinned to each of its configs (`sm90_<config>`), the persistent ones also with a wider tile
-    raster swizzle (`..._sw4`, `..._sw8`), the stream-K ones also as split-K into k slices (`..._k2` .. `_k16`), and the decode kernel at any N (`decode`): the sweep that tunes the
-    heuristic. Empty where spmm cannot be imported."""
+    raster swizzle (`..._sw4`, `..._sw8`), the stream-K ones also as split-K into k slices (`..._k2` .. `_k16`),
+    and the decode kernel at any N (`decode`): the sweep that tunes the heuristic. Empty where spmm cannot be imported."""
     try:
         names = _ops().SM90_CONFIGS
     except Exception:  # the sweep then has nothing to run; the harness reports the suite as skipped
@@ -157,8 +157,7 @@ TILE_M, TILE_K = 256, 64  # Flash-LLM's tile
 
 def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, source: str = "layer") -> Prepared:
     """source: "layer" (TiledCSLLinear: its kernel layout, what a model gets), "words" (the word-layout kernel),
-    "ring" (the same layout on the Hopper ring-pipelined kernel), "slices" (the words cut per warp, barrier-free
-    kernel), "bitmap" (the Hopper pair-bitmap kernel, experimental) or "stream" (the kernel on the Tiled-CSL stream itself,
+    "bitmap" (the Hopper pair-bitmap kernel, experimental) or "stream" (the kernel on the Tiled-CSL stream itself,
     what the functional op runs on CUDA)."""
     ops = _ops()
     m = c.w.shape[0]
@@ -180,14 +179,11 @@ def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, source: str = "layer") -> Pre
                                            c.bias)
         layout = [t for t in (layer.words, layer.word_offsets) if t is not None] or [values, locations, offsets]
         return Prepared(lambda x: lambda: layer(x), _nbytes(*layout))
-    if source in ("words", "ring", "slices"):
+    if source == "words":
         _require_cuda_kernel(c, "_tiled_csl_mm_words", "the word-layout kernel")
-        if source == "ring" and not ops.tiled_csl_ring_supported(c.w.device):
-            raise NotImplementedError("the ring-pipelined kernel needs an sm_90a build and a compute capability 9.0 GPU")
-        build = ops.tiled_csl_slice_words if source == "slices" else ops.tiled_csl_words
-        words, word_offsets = build(values, locations, offsets, tile_m, TILE_K)
-        mm = {"ring": ops.tiled_csl_mm_words_ring, "slices": ops.tiled_csl_mm_slices}.get(source, ops.tiled_csl_mm_words)
-        return Prepared(lambda x: lambda: mm(x, words, word_offsets, m, tile_m, c.bias), _nbytes(words, word_offsets))
+        words, word_offsets = ops.tiled_csl_words(values, locations, offsets, tile_m, TILE_K)
+        return Prepared(lambda x: lambda: ops.tiled_csl_mm_words(x, words, word_offsets, m, tile_m, c.bias),
+                        _nbytes(words, word_offsets))
 
     def bind(x: Tensor) -> Callable[[], Tensor]:
         return lambda: ops.tiled_csl_mm(x, values, locations, offsets, m, tile_m, TILE_K, c.bias)
@@ -218,14 +214,6 @@ SPMM_TILED_CSL = Backend("spmm", _spmm_tiled_csl)
 SPMM_TILED_CSL_STREAM = Backend("spmm_stream", lambda c: _spmm_tiled_csl(c, source="stream"), cuda_only=True)
 # The experimental Hopper pair-bitmap kernel (sm_90a), next to the layer's word layout.
 SPMM_TILED_CSL_BITMAP = Backend("spmm_bitmap", lambda c: _spmm_tiled_csl(c, source="bitmap"), cuda_only=True)
-# The word layout cut per warp, on the kernel whose warps run without block barriers.
-SPMM_TILED_CSL_SLICES = Backend("spmm_slices", lambda c: _spmm_tiled_csl(c, source="slices"), cuda_only=True)
-SPMM_TILED_CSL_SLICES_TM128 = Backend("spmm_slices_tm128", lambda c: _spmm_tiled_csl(c, tile_m=128, source="slices"),
-                                      cuda_only=True)
-# The word layout on the Hopper ring-pipelined kernel (sm_90a; producer warp, bulk copies, cluster split-K).
-SPMM_TILED_CSL_RING = Backend("spmm_ring", lambda c: _spmm_tiled_csl(c, source="ring"), cuda_only=True)
-SPMM_TILED_CSL_RING_TM128 = Backend("spmm_ring_tm128", lambda c: _spmm_tiled_csl(c, tile_m=128, source="ring"),
-                                    cuda_only=True)
 # 128-row tiles: twice the row tiles, so fewer K splits and partials for the same SM fill; a tuning comparison.
 SPMM_TILED_CSL_TM128 = Backend("spmm_tm128", lambda c: _spmm_tiled_csl(c, tile_m=128, source="words"),
                                 cuda_only=True)

@@ -34,16 +34,11 @@ def main() -> None:
         packed = ops.tiled_csl_compress(tcsl.w, tcsl.mask, 256, 64)
         bitmap = ops.tiled_csl_bitmap(tcsl.w) if ops.tiled_csl_bitmap_supported(device) else None
         words = ops.tiled_csl_words(*packed, 256, 64)
-        slices = ops.tiled_csl_slice_words(*packed, 256, 64)
         calls = {
             "sparse24_decode": lambda x: ops.sparse24_decode_mm(x, dv, dm, layer.M, case24.bias),
             f"tiled_csl_{a.sparsity:g}": lambda x: ops.tiled_csl_mm(x, *packed, layer.M, 256, 64, tcsl.bias),
             f"tiled_csl_words_{a.sparsity:g}": lambda x: ops.tiled_csl_mm_words(x, *words, layer.M, 256, tcsl.bias),
-            f"tiled_csl_slices_{a.sparsity:g}": lambda x: ops.tiled_csl_mm_slices(x, *slices, layer.M, 256, tcsl.bias),
         }
-        if ops.tiled_csl_ring_supported(device):
-            calls[f"tiled_csl_ring_{a.sparsity:g}"] = lambda x: ops.tiled_csl_mm_words_ring(x, *words, layer.M, 256,
-                                                                                          tcsl.bias)
         if bitmap is not None:
             calls[f"tiled_csl_bitmap_{a.sparsity:g}"] = lambda x: ops.tiled_csl_bitmap_mm(x, *bitmap[:2], layer.M,
                                                                                          bitmap[2], tcsl.bias)

@@ -57,22 +57,6 @@ def words_mm(x, packed, m, bias=None, tile=(256, 64)):
     return ops.tiled_csl_mm_words(x, words, word_offsets, m, tile[0], bias)
 
 
-def slices_mm(x, packed, m, bias=None, tile=(256, 64)):
-    """The word layout cut per warp (slice words), on its barrier-free kernel."""
-    words, word_offsets = ops.tiled_csl_slice_words(*packed, *tile)
-    return ops.tiled_csl_mm_slices(x, words, word_offsets, m, tile[0], bias)
-
-
-HAS_RING_KERNEL = torch.cuda.is_available() and ops.tiled_csl_ring_supported(torch.device("cuda"))
-NO_RING_KERNEL = "the ring-pipelined kernel needs an sm_90a build and a compute capability 9.0 GPU"
-
-
-def ring_mm(x, packed, m, bias=None, tile=(256, 64)):
-    """The word layout on the Hopper ring-pipelined kernel."""
-    words, word_offsets = ops.tiled_csl_words(*packed, *tile)
-    return ops.tiled_csl_mm_words_ring(x, words, word_offsets, m, tile[0], bias)
-
-
 HAS_BITMAP_KERNEL = torch.cuda.is_available() and ops.tiled_csl_bitmap_supported(torch.device("cuda"))
 NO_BITMAP_KERNEL = "the pair-bitmap kernel needs an sm_90a build and a compute capability 9.0 GPU"
 _bitmap_layouts = {}
@@ -90,15 +74,13 @@ def bitmap_mm(x, packed, m, bias=None, tile=(256, 64)):
     return ops.tiled_csl_bitmap_mm(x, records, offsets, m, longest, bias)
 
 
-@pytest.fixture(params=["stream", "words", "slices", "ring", "bitmap"])
+@pytest.fixture(params=["stream", "words", "bitmap"])
 def mm(request):
     """Every matmul test runs on each kernel: the stream's, the word layout's, and (compute capability 9.0) the
-    word layout's ring-pipelined one and the pair bitmap's."""
+    pair bitmap's."""
     if request.param == "bitmap" and not HAS_BITMAP_KERNEL:
         pytest.skip(NO_BITMAP_KERNEL)
-    if request.param == "ring" and not HAS_RING_KERNEL:
-        pytest.skip(NO_RING_KERNEL)
-    return {"stream": stream_mm, "words": words_mm, "slices": slices_mm, "ring": ring_mm, "bitmap": bitmap_mm}[request.param]
+    return {"stream": stream_mm, "words": words_mm, "bitmap": bitmap_mm}[request.param]
 
 
 def test_has_cuda_kernels():
@@ -385,77 +367,39 @@ def test_word_layout_holds_each_tiles_pairs_padded_to_16_bytes(tile_m):
         assert (run[count:, 1] == tile_m * 64).all()  # padding aims at the scratch slot past the tile
 
 
-@pytest.fixture(params=["words", "slices", "ring"])
-def words_kernel(request):
-    """The word layouts' kernels: (the spmm.ops function, the torch op, the layout builder, runs per tile)."""
-    if request.param == "ring" and not HAS_RING_KERNEL:
-        pytest.skip(NO_RING_KERNEL)
-    if request.param == "ring":
-        return ops.tiled_csl_mm_words_ring, torch.ops.spmm._tiled_csl_mm_words_ring, ops.tiled_csl_words, 1
-    if request.param == "slices":
-        return ops.tiled_csl_mm_slices, torch.ops.spmm._tiled_csl_mm_slices, ops.tiled_csl_slice_words, 8
-    return ops.tiled_csl_mm_words, torch.ops.spmm._tiled_csl_mm_words, ops.tiled_csl_words, 1
-
-
-@pytest.mark.parametrize("tile_m", [256, 128])
-@pytest.mark.parametrize("sparsity", [0.0, 0.7, 1.0])
-def test_slice_words_hold_each_warps_rows_padded_to_16_bytes(tile_m, sparsity):
-    w, mask, _, _ = int_case(600, 330, 1, torch.float16, sparsity, 26, nonzero=True)
-    values, locations, offsets = ops.tiled_csl_compress(w, mask, tile_m, 64)
-    words, word_offsets = ops.tiled_csl_slice_words(values, locations, offsets, tile_m, 64)
-    bits = words.view(torch.int16).cpu().numpy().view("uint16").astype("int64")
-    v_bits = values.view(torch.int16).cpu().numpy().view("uint16").astype("int64")
-    locs, offs, woffs = locations.cpu().numpy().view("uint16"), offsets.cpu().tolist(), word_offsets.cpu().tolist()
-    rows = tile_m // 8
-    assert len(woffs) == 8 * (len(offs) - 1) + 1 and woffs[0] == 0 and woffs[-1] <= words.shape[0]
-    for t in range(len(offs) - 1):
-        tile_locs, tile_vals = locs[offs[t]:offs[t + 1]], v_bits[offs[t]:offs[t + 1]]
-        for s in range(8):
-            mine = (tile_locs // 64 // rows) == s
-            count, run = int(mine.sum()), bits[woffs[8 * t + s]:woffs[8 * t + s + 1]]
-            assert len(run) == -(-count // 4) * 4
-            assert (run[:count, 0] == tile_vals[mine]).all()
-            assert (unswizzle(run[:count, 1]) == tile_locs[mine]).all()
-            assert (run[count:, 1] == tile_m * 64).all()
-
-
-def test_word_layout_misaligned_words_are_copied(words_kernel):
-    mm_words, build = words_kernel[0], words_kernel[2]
+def test_word_layout_misaligned_words_are_copied():
     w, mask, x, bias = int_case(300, 520, 5, torch.float16, 0.7, 22)
-    words, word_offsets = build(*ops.tiled_csl_compress(w, mask), 256, 64)
+    words, word_offsets = ops.tiled_csl_words(*ops.tiled_csl_compress(w, mask), 256, 64)
     shifted = torch.cat([words[:1], words])[1:]  # starts 4 bytes into its buffer
     assert shifted.data_ptr() % 16 != 0
-    y = mm_words(x, shifted, word_offsets, 300, 256, bias)
+    y = ops.tiled_csl_mm_words(x, shifted, word_offsets, 300, 256, bias)
     assert torch.equal(y, reference(x, w, mask, bias))
 
 
-def test_word_layout_opcheck(words_kernel):
+def test_word_layout_opcheck():
     w, mask, x, bias = int_case(300, 200, 5, torch.float16, 0.6, 23)
     packed = ops.tiled_csl_compress(w, mask)
-    words, word_offsets = words_kernel[2](*packed, 256, 64)
-    torch.library.opcheck(words_kernel[1], (x, words, word_offsets, 300, 256, bias))
-    torch.library.opcheck(words_kernel[1], (x, words, word_offsets, 300, 256, None))
+    words, word_offsets = ops.tiled_csl_words(*packed, 256, 64)
+    torch.library.opcheck(torch.ops.spmm._tiled_csl_mm_words, (x, words, word_offsets, 300, 256, bias))
     torch.library.opcheck(torch.ops.spmm._tiled_csl_words, (*packed, 256, 64))
-    torch.library.opcheck(torch.ops.spmm._tiled_csl_slice_words, (*packed, 256, 64))
 
 
-def test_word_layout_rejects_bad_input(words_kernel):
-    mm_words, build, runs = words_kernel[0], words_kernel[2], words_kernel[3]
+def test_word_layout_rejects_bad_input():
     w, mask, x, bias = int_case(300, 200, 4, torch.float16, 0.5, 24)
     packed = ops.tiled_csl_compress(w, mask)
-    words, word_offsets = build(*packed, 256, 64)
+    words, word_offsets = ops.tiled_csl_words(*packed, 256, 64)
     with pytest.raises(TypeError, match=r"`words` must be BFloat16"):  # the weight's dtype must be x's
-        mm_words(x.bfloat16(), words, word_offsets, 300, 256)
-    with pytest.raises(ValueError, match=rf"`word_offsets` must have {12 * runs + 1} entries for a 600 x 200 weight"):
-        mm_words(x, words, word_offsets, 600, 256)
+        ops.tiled_csl_mm_words(x.bfloat16(), words, word_offsets, 300, 256)
+    with pytest.raises(ValueError, match=r"`word_offsets` must have 13 entries for a 600 x 200 weight"):
+        ops.tiled_csl_mm_words(x, words, word_offsets, 600, 256)
     with pytest.raises(ValueError, match=r"`words` must be \[4j, 2\]"):
-        mm_words(x, words[:-1], word_offsets, 300, 256)
+        ops.tiled_csl_mm_words(x, words[:-1], word_offsets, 300, 256)
     with pytest.raises(NotImplementedError, match=r"`tile_m` = 64"):
-        mm_words(x, words, word_offsets, 300, 64)
+        ops.tiled_csl_mm_words(x, words, word_offsets, 300, 64)
     with pytest.raises(ValueError, match=r"`bias` must have out_features = 300 elements"):
-        mm_words(x, words, word_offsets, 300, 256, bias[:7])
+        ops.tiled_csl_mm_words(x, words, word_offsets, 300, 256, bias[:7])
     with pytest.raises(ValueError, match=r"`words` is on cpu but `x` is on cuda"):
-        mm_words(x, words.cpu(), word_offsets, 300, 256)
+        ops.tiled_csl_mm_words(x, words.cpu(), word_offsets, 300, 256)
     with pytest.raises(TypeError, match=r"`values` must be float16 or bfloat16"):
         ops.tiled_csl_words(packed[0].float(), *packed[1:], 256, 64)
     with pytest.raises(ValueError, match=r"`locations` must have one entry per value"):

@@ -28,11 +28,6 @@ TORCH_LIBRARY(spmm, m) {
   // made from the stream, and its matmul.
   m.def("_tiled_csl_words(Tensor values, Tensor locations, Tensor tile_offsets, int tile_m, int tile_k) -> (Tensor words, Tensor word_offsets)");
   m.def("_tiled_csl_mm_words(Tensor x, Tensor words, Tensor word_offsets, int out_features, int tile_m, Tensor? bias) -> Tensor");
-  // Internal (CUDA): the word layout cut per warp (one run per warp's rows of a tile) and the product on it.
-  m.def("_tiled_csl_slice_words(Tensor values, Tensor locations, Tensor tile_offsets, int tile_m, int tile_k) -> (Tensor words, Tensor word_offsets)");
-  m.def("_tiled_csl_mm_slices(Tensor x, Tensor words, Tensor word_offsets, int out_features, int tile_m, Tensor? bias) -> Tensor");
-  // Internal (CUDA, sm_90a): the same product on the ring-pipelined Hopper kernel.
-  m.def("_tiled_csl_mm_words_ring(Tensor x, Tensor words, Tensor word_offsets, int out_features, int tile_m, Tensor? bias) -> Tensor");
   // Internal (CUDA, sm_90a): matmul on the Tiled-CSL pair-bitmap layout (spmm.ops.tiled_csl_bitmap builds it in torch).
   m.def("_tiled_csl_bitmap_mm(Tensor x, Tensor records, Tensor record_offsets, int out_features, int max_record_words, Tensor? bias) -> Tensor");
   // Spense: dense row block + 2:4 row block, output rows placed by row_index (dense rows first). CPU.

@@ -8,9 +8,6 @@
 #include <torch/library.h>
 
 #include "kernels/tiled_csl/tiled_csl_spmm.h"
-#if SPMM_HAS_TILED_CSL_RING
-#include "kernels/tiled_csl/tiled_csl_ring.h"
-#endif
 #include "ops/cuda_common.h"
 #include "ops/tiled_csl_common.h"
 
@@ -119,10 +116,10 @@ at::Tensor tiled_csl_mm_cuda(const at::Tensor& x, const at::Tensor& values, cons
 // The stream -> the kernel's word layout (tiled_csl_spmm.h): words [capacity, 2] of the weight's dtype (element 0
 // of a row = the value, element 1 = its swizzled shared-tile offset; the dtype says how to read the values),
 // capacity = nnz + 3 per tile rounded up to 4 rows; word_offsets int32 [tiles + 1]. Made once per weight.
-// runs_per_tile: 1 (the word layout) or kTiledCSLSlicesPerTile (slice words, one run per warp's rows).
-std::tuple<at::Tensor, at::Tensor> build_words_cuda(const char* op, const at::Tensor& values, const at::Tensor& locations,
-                                                    const at::Tensor& tile_offsets, int64_t tile_m, int64_t tile_k,
-                                                    int64_t runs_per_tile) {
+std::tuple<at::Tensor, at::Tensor> tiled_csl_words_cuda(const at::Tensor& values, const at::Tensor& locations,
+                                                        const at::Tensor& tile_offsets, int64_t tile_m,
+                                                        int64_t tile_k) {
+  constexpr const char* op = "spmm::_tiled_csl_words";
   check_dim(op, "values", values, 1);
   check_half_dtype(op, "values", values);
   check_kernel_tile(op, tile_m, tile_k);
@@ -137,37 +134,22 @@ std::tuple<at::Tensor, at::Tensor> build_words_cuda(const char* op, const at::Te
   TORCH_CHECK_VALUE(tile_offsets.numel() >= 1, op, ": `tile_offsets` must have tiles + 1 >= 1 entries");
   const c10::cuda::CUDAGuard guard(values.device());
   const int64_t tiles = tile_offsets.numel() - 1;
-  const int64_t runs = tiles * runs_per_tile;
-  const int64_t capacity = std::max<int64_t>(ceil_div(values.numel() + 3 * runs, 4) * 4, 4);
+  const int64_t capacity = std::max<int64_t>(ceil_div(kernels::tiled_csl_words_capacity(values.numel(), tiles), 4) * 4, 4);
   check_nnz_fits(op, capacity);
   const at::Tensor vals = values.contiguous(), locs = locations.contiguous(), offs = tile_offsets.contiguous();
   at::Tensor words = at::zeros({capacity, 2}, values.options());  // zeros: the rows past the last run are read too
-  at::Tensor word_offsets = at::empty({runs + 1}, values.options().dtype(at::kInt));
-  at::Tensor scratch = at::empty({runs + 1}, values.options().dtype(at::kLong));
+  at::Tensor word_offsets = at::empty({tiles + 1}, values.options().dtype(at::kInt));
+  at::Tensor scratch = at::empty({tiles + 1}, values.options().dtype(at::kLong));
   const kernels::TiledCSLWordsParams p{static_cast<const uint16_t*>(vals.data_ptr()), locs.data_ptr<int16_t>(),
                                        offs.data_ptr<int32_t>(), tiles, tile_m, scratch.data_ptr<int64_t>(),
                                        static_cast<uint32_t*>(words.data_ptr()), word_offsets.data_ptr<int32_t>()};
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  check_cuda(op, runs_per_tile == 1 ? kernels::tiled_csl_to_words(p, stream) : kernels::tiled_csl_to_slice_words(p, stream));
+  check_cuda(op, kernels::tiled_csl_to_words(p, at::cuda::getCurrentCUDAStream()));
   return {words, word_offsets};
 }
 
-std::tuple<at::Tensor, at::Tensor> tiled_csl_words_cuda(const at::Tensor& values, const at::Tensor& locations,
-                                                        const at::Tensor& tile_offsets, int64_t tile_m, int64_t tile_k) {
-  return build_words_cuda("spmm::_tiled_csl_words", values, locations, tile_offsets, tile_m, tile_k, 1);
-}
-
-std::tuple<at::Tensor, at::Tensor> tiled_csl_slice_words_cuda(const at::Tensor& values, const at::Tensor& locations,
-                                                              const at::Tensor& tile_offsets, int64_t tile_m,
-                                                              int64_t tile_k) {
-  return build_words_cuda("spmm::_tiled_csl_slice_words", values, locations, tile_offsets, tile_m, tile_k,
-                          kernels::kTiledCSLSlicesPerTile);
-}
-
-// Checks of the word-layout matmuls' arguments (the layout's contents are trusted, see the top of the file).
-void check_words_mm_args(const char* op, const at::Tensor& x, const at::Tensor& words, const at::Tensor& word_offsets,
-                         int64_t out_features, int64_t tile_m, const std::optional<at::Tensor>& bias,
-                         int64_t runs_per_tile = 1) {
+at::Tensor tiled_csl_mm_words_cuda(const at::Tensor& x, const at::Tensor& words, const at::Tensor& word_offsets,
+                                   int64_t out_features, int64_t tile_m, const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "spmm::_tiled_csl_mm_words";
   check_activation(op, x);
   check_half_dtype(op, "x", x);
   check_kernel_tile(op, tile_m, kernels::kTiledCSLTileK);
@@ -182,19 +164,13 @@ void check_words_mm_args(const char* op, const at::Tensor& x, const at::Tensor& 
   }
   TORCH_CHECK_VALUE(words.size(1) == 2 && words.size(0) % 4 == 0 && words.size(0) > 0, op,
                     ": `words` must be [4j, 2] (from _tiled_csl_words), got ", words.sizes());
-  const int64_t k = x.size(-1), runs = runs_per_tile * tile_count(out_features, k, tile_m, kernels::kTiledCSLTileK);
-  TORCH_CHECK_VALUE(word_offsets.numel() == runs + 1, op, ": `word_offsets` must have ", runs + 1, " entries for a ",
+  const int64_t k = x.size(-1), tiles = tile_count(out_features, k, tile_m, kernels::kTiledCSLTileK);
+  TORCH_CHECK_VALUE(word_offsets.numel() == tiles + 1, op, ": `word_offsets` must have ", tiles + 1, " entries for a ",
                     out_features, " x ", k, " weight in ", tile_m, " x 64 tiles, got ", word_offsets.numel());
   check_bias(op, bias, x, out_features);
-}
-
-at::Tensor tiled_csl_mm_words_cuda(const at::Tensor& x, const at::Tensor& words, const at::Tensor& word_offsets,
-                                   int64_t out_features, int64_t tile_m, const std::optional<at::Tensor>& bias) {
-  constexpr const char* op = "spmm::_tiled_csl_mm_words";
-  check_words_mm_args(op, x, words, word_offsets, out_features, tile_m, bias);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = leading_rows(x);
-  if (n == 0 || out_features == 0 || x.size(-1) == 0) return empty_product(x, n, out_features, bias);
+  if (n == 0 || out_features == 0 || k == 0) return empty_product(x, n, out_features, bias);
   const at::Tensor w = aligned16(words);
   kernels::TiledCSLMMParams p{};
   p.values = w.data_ptr();
@@ -203,58 +179,6 @@ at::Tensor tiled_csl_mm_words_cuda(const at::Tensor& x, const at::Tensor& words,
   return launch_tiled_csl(op, p, x, out_features, tile_m, bias, kernels::tiled_csl_mm_words);
 }
 
-// The same product on the slice words (one run per warp's rows, tiled_csl_spmm.h).
-at::Tensor tiled_csl_mm_slices_cuda(const at::Tensor& x, const at::Tensor& words, const at::Tensor& word_offsets,
-                                    int64_t out_features, int64_t tile_m, const std::optional<at::Tensor>& bias) {
-  constexpr const char* op = "spmm::_tiled_csl_mm_slices";
-  check_words_mm_args(op, x, words, word_offsets, out_features, tile_m, bias, kernels::kTiledCSLSlicesPerTile);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t n = leading_rows(x);
-  if (n == 0 || out_features == 0 || x.size(-1) == 0) return empty_product(x, n, out_features, bias);
-  const at::Tensor w = aligned16(words);
-  kernels::TiledCSLMMParams p{};
-  p.values = w.data_ptr();
-  p.tile_offsets = word_offsets.data_ptr<int32_t>();
-  p.nnz = words.size(0);
-  return launch_tiled_csl(op, p, x, out_features, tile_m, bias, kernels::tiled_csl_mm_slices);
-}
-
-#if SPMM_HAS_TILED_CSL_RING
-// The same product on the Hopper ring-pipelined kernel (tiled_csl_ring.h): same layout, no workspace (cluster
-// split-K, its factor chosen by the kernel's launcher).
-at::Tensor tiled_csl_mm_words_ring_cuda(const at::Tensor& x, const at::Tensor& words, const at::Tensor& word_offsets,
-                                        int64_t out_features, int64_t tile_m, const std::optional<at::Tensor>& bias) {
-  constexpr const char* op = "spmm::_tiled_csl_mm_words_ring";
-  check_words_mm_args(op, x, words, word_offsets, out_features, tile_m, bias);
-  TORCH_CHECK_NOT_IMPLEMENTED(kernels::tiled_csl_ring_available(), op,
-                              ": the kernel runs on compute capability 9.0 GPUs (sm_90a) only");
-  const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t n = leading_rows(x), k = x.size(-1);
-  if (n == 0 || out_features == 0 || k == 0) return empty_product(x, n, out_features, bias);
-  const at::Tensor xk = kernel_ready_activation(x, n, k);
-  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const at::Tensor w = aligned16(words);
-  at::Tensor y = at::empty({n, out_features}, x.options());
-  kernels::TiledCSLMMParams p{};
-  p.x = xk.data_ptr();
-  p.x_ld = xk.stride(0);
-  p.values = w.data_ptr();
-  p.tile_offsets = word_offsets.data_ptr<int32_t>();
-  p.nnz = words.size(0);
-  p.bias = bias.has_value() ? b.data_ptr() : nullptr;
-  p.y = y.data_ptr();
-  p.y_ld = out_features;
-  p.m = out_features;
-  p.n = n;
-  p.k = xk.size(1);
-  p.tile_m = tile_m;
-  p.dtype = kernel_dtype(x.scalar_type());
-  p.splits = 0;  // the launcher's choice
-  check_cuda(op, kernels::tiled_csl_mm_words_ring(p, at::cuda::getCurrentCUDAStream()));
-  return with_leading_dims_of(y, x);
-}
-#endif
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(spmm, CUDA, m) {
@@ -262,11 +186,6 @@ TORCH_LIBRARY_IMPL(spmm, CUDA, m) {
   m.impl("tiled_csl_mm", &tiled_csl_mm_cuda);
   m.impl("_tiled_csl_words", &tiled_csl_words_cuda);
   m.impl("_tiled_csl_mm_words", &tiled_csl_mm_words_cuda);
-  m.impl("_tiled_csl_slice_words", &tiled_csl_slice_words_cuda);
-  m.impl("_tiled_csl_mm_slices", &tiled_csl_mm_slices_cuda);
-#if SPMM_HAS_TILED_CSL_RING
-  m.impl("_tiled_csl_mm_words_ring", &tiled_csl_mm_words_ring_cuda);
-#endif
 }
 
 }  // namespace spmm::ops

@@ -199,35 +199,6 @@ def tiled_csl_mm_words(
     return _ops._tiled_csl_mm_words(x, words, word_offsets, out_features, tile_m, bias)
 
 
-def tiled_csl_slice_words(
-    values: Tensor, locations: Tensor, tile_offsets: Tensor, tile_m: int, tile_k: int
-) -> Tuple[Tensor, Tensor]:
-    """As tiled_csl_words, with each tile's run cut per warp of the kernel (8 runs per tile, each padded to 16
-    bytes; word_offsets [8 tiles + 1]): the layout of tiled_csl_mm_slices. CUDA only."""
-    return _ops._tiled_csl_slice_words(values, locations, tile_offsets, tile_m, tile_k)
-
-
-def tiled_csl_mm_slices(
-    x: Tensor, words: Tensor, word_offsets: Tensor, out_features: int, tile_m: int, bias: Optional[Tensor] = None
-) -> Tensor:
-    """y = x @ W.T (+ bias) with W [out_features, K] in the slice words of tiled_csl_slice_words (each warp of the
-    kernel works on its own rows, no block barriers)."""
-    return _ops._tiled_csl_mm_slices(x, words, word_offsets, out_features, tile_m, bias)
-
-
-def tiled_csl_mm_words_ring(
-    x: Tensor, words: Tensor, word_offsets: Tensor, out_features: int, tile_m: int, bias: Optional[Tensor] = None
-) -> Tensor:
-    """tiled_csl_mm_words on the Hopper kernel that streams the words through a shared-memory ring (CUDA, sm_90a)."""
-    return _ops._tiled_csl_mm_words_ring(x, words, word_offsets, out_features, tile_m, bias)
-
-
-def tiled_csl_ring_supported(device: torch.device) -> bool:
-    """Whether this build has the ring-pipelined word-layout kernel and `device` runs it (compute capability 9.0)."""
-    return (device.type == "cuda" and has_cuda_kernel("_tiled_csl_mm_words_ring")
-            and torch.cuda.get_device_capability(device) == (9, 0))
-
-
 def tiled_csl_words_supported(tile_m: int, tile_k: int, device: torch.device) -> bool:
     """Whether this build has the word-layout kernel for these tiles on `device`."""
     return device.type == "cuda" and has_cuda_kernel("_tiled_csl_mm_words") and tile_k == 64 and tile_m in (128, 256)
@@ -343,16 +314,7 @@ def _tiled_csl_words_fake(values, locations, tile_offsets, tile_m, tile_k):
     return values.new_empty(capacity, 2), tile_offsets.new_empty(tiles + 1)
 
 
-@torch.library.register_fake("spmm::_tiled_csl_slice_words")
-def _tiled_csl_slice_words_fake(values, locations, tile_offsets, tile_m, tile_k):
-    runs = (tile_offsets.shape[0] - 1) * 8
-    capacity = max(-(-(values.shape[0] + 3 * runs) // 4) * 4, 4)
-    return values.new_empty(capacity, 2), tile_offsets.new_empty(runs + 1)
-
-
 @torch.library.register_fake("spmm::_tiled_csl_mm_words")
-@torch.library.register_fake("spmm::_tiled_csl_mm_words_ring")
-@torch.library.register_fake("spmm::_tiled_csl_mm_slices")
 def _tiled_csl_mm_words_fake(x, words, word_offsets, out_features, tile_m, bias):
     return x.new_empty(*x.shape[:-1], out_features)
 

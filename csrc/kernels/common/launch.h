@@ -15,30 +15,18 @@ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // 16-byte alignment, what the kernels' vector and bulk loads need of every operand they are given.
 inline bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
 
-// Sets a function attribute of kKernel once per device (the runtime keeps it per function and device).
-template <auto kKernel, cudaFuncAttribute kAttribute>
-cudaError_t set_attribute_once(int value) {
+// Over 48 KB of dynamic shared memory must be opted into, once per kernel and device.
+template <auto kKernel>
+cudaError_t allow_dynamic_smem(size_t bytes) {
   static std::atomic<uint64_t> done_devices{0};
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
   const uint64_t bit = device >= 0 && device < 64 ? uint64_t{1} << device : 0;
   if (bit != 0 && (done_devices.load(std::memory_order_relaxed) & bit)) return cudaSuccess;
-  err = cudaFuncSetAttribute(kKernel, kAttribute, value);
+  err = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   if (err == cudaSuccess) done_devices.fetch_or(bit, std::memory_order_relaxed);
   return err;
-}
-
-// Over 48 KB of dynamic shared memory must be opted into, once per kernel and device.
-template <auto kKernel>
-cudaError_t allow_dynamic_smem(size_t bytes) {
-  return set_attribute_once<kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize>(static_cast<int>(bytes));
-}
-
-// Clusters of more than 8 blocks (up to 16 on Hopper) must be opted into, too.
-template <auto kKernel>
-cudaError_t allow_large_clusters() {
-  return set_attribute_once<kKernel, cudaFuncAttributeNonPortableClusterSizeAllowed>(1);
 }
 
 // The current device's compute capability major version (asked once per device); 0 if it cannot be read.

@@ -194,71 +194,20 @@ __global__ void __launch_bounds__(kThreads) words_fill_kernel(TiledCSLWordsParam
   if (threadIdx.x == 0 && t == p.tiles - 1) p.word_offsets[p.tiles] = static_cast<int32_t>(p.scratch[p.tiles]);
 }
 
-// Slice s of tile t: its elements are those with in-tile row in [s R, (s + 1) R), R = tile_m / 8 -- a contiguous
-// piece of the tile's run, the locations being ascending. Its first element, by binary search.
-__device__ __forceinline__ int64_t slice_begin(const TiledCSLWordsParams& p, int64_t t, int64_t s) {
-  const uint32_t first_location = static_cast<uint32_t>(s * (p.tile_m / kTiledCSLSlicesPerTile) * 64);
-  int64_t lo = p.tile_offsets[t], hi = p.tile_offsets[t + 1];
-  while (lo < hi) {
-    const int64_t mid = (lo + hi) / 2;
-    if (static_cast<uint16_t>(p.locations[mid]) < first_location) lo = mid + 1; else hi = mid;
-  }
-  return lo;
-}
-
-__global__ void slice_padded_counts_kernel(TiledCSLWordsParams p) {  // scratch[i + 1] = slice i's run rounded up to 4
-  const int64_t slices = p.tiles * kTiledCSLSlicesPerTile;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < slices; i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t t = i / kTiledCSLSlicesPerTile, s = i % kTiledCSLSlicesPerTile;
-    const int64_t end = s + 1 < kTiledCSLSlicesPerTile ? slice_begin(p, t, s + 1) : p.tile_offsets[t + 1];
-    p.scratch[i + 1] = (end - slice_begin(p, t, s) + 3) / 4 * 4;
-  }
-}
-
-__global__ void __launch_bounds__(kThreads) slice_words_fill_kernel(TiledCSLWordsParams p) {  // one block per tile
-  const int64_t t = blockIdx.x;
-  __shared__ int64_t begin[kTiledCSLSlicesPerTile + 1];
-  if (threadIdx.x <= kTiledCSLSlicesPerTile)
-    begin[threadIdx.x] = threadIdx.x < kTiledCSLSlicesPerTile ? slice_begin(p, t, threadIdx.x) : p.tile_offsets[t + 1];
-  __syncthreads();
-  const uint32_t scratch_slot = static_cast<uint32_t>(p.tile_m * 64);  // one past the tile
-  for (int s = 0; s < kTiledCSLSlicesPerTile; ++s) {
-    const int64_t i = t * kTiledCSLSlicesPerTile + s, out = p.scratch[i], padded = p.scratch[i + 1] - out;
-    const int64_t first = begin[s], count = begin[s + 1] - first;
-    for (int64_t e = threadIdx.x; e < padded; e += kThreads)
-      p.words[out + e] = e < count ? swizzled(static_cast<uint16_t>(p.locations[first + e])) << 16 | p.values[first + e]
-                                   : scratch_slot << 16;
-    if (threadIdx.x == 0) p.word_offsets[i] = static_cast<int32_t>(out);
-  }
-  if (threadIdx.x == 0 && t == p.tiles - 1)
-    p.word_offsets[p.tiles * kTiledCSLSlicesPerTile] = static_cast<int32_t>(p.scratch[p.tiles * kTiledCSLSlicesPerTile]);
-}
-
-// Shared by tiled_csl_to_words and tiled_csl_to_slice_words: padded run lengths, their running sums, the fill.
-template <auto kCounts, auto kFill>
-cudaError_t build_words(const TiledCSLWordsParams& p, int64_t runs, cudaStream_t stream) {
-  if (p.tiles < 0 || p.tiles > INT_MAX / kTiledCSLSlicesPerTile || (p.tile_m != 256 && p.tile_m != 128) ||
-      p.scratch == nullptr || p.word_offsets == nullptr ||
-      (p.tiles > 0 && (p.tile_offsets == nullptr || p.words == nullptr)))
-    return cudaErrorInvalidValue;
-  if (p.tiles == 0) return cudaMemsetAsync(p.word_offsets, 0, sizeof(int32_t), stream);
-  kCounts<<<static_cast<unsigned>(std::min<int64_t>((runs + 255) / 256, 1024)), 256, 0, stream>>>(p);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-  scan_kernel<<<1, kScanThreads, 0, stream>>>(p.scratch, runs);  // scratch[0] = 0, running sums
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  kFill<<<static_cast<unsigned>(p.tiles), kThreads, 0, stream>>>(p);
-  return cudaGetLastError();
-}
-
 }  // namespace
 
-cudaError_t tiled_csl_to_slice_words(const TiledCSLWordsParams& p, cudaStream_t stream) {
-  return build_words<slice_padded_counts_kernel, slice_words_fill_kernel>(p, p.tiles * kTiledCSLSlicesPerTile, stream);
-}
-
 cudaError_t tiled_csl_to_words(const TiledCSLWordsParams& p, cudaStream_t stream) {
-  return build_words<padded_counts_kernel, words_fill_kernel>(p, p.tiles, stream);
+  if (p.tiles < 0 || p.tiles > INT_MAX || (p.tile_m != 256 && p.tile_m != 128) || p.scratch == nullptr ||
+      p.word_offsets == nullptr || (p.tiles > 0 && (p.tile_offsets == nullptr || p.words == nullptr)))
+    return cudaErrorInvalidValue;
+  if (p.tiles == 0) return cudaMemsetAsync(p.word_offsets, 0, sizeof(int32_t), stream);
+  padded_counts_kernel<<<static_cast<unsigned>(std::min<int64_t>((p.tiles + 255) / 256, 1024)), 256, 0, stream>>>(p);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  scan_kernel<<<1, kScanThreads, 0, stream>>>(p.scratch, p.tiles);  // scratch[0] = 0, running sums
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  words_fill_kernel<<<static_cast<unsigned>(p.tiles), kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
 }
 
 cudaError_t tiled_csl_pack_count(const TiledCSLPackParams& p, cudaStream_t stream) {

@@ -99,20 +99,4 @@ cudaError_t tiled_csl_to_words(const TiledCSLWordsParams& p, cudaStream_t stream
 // multiple of 4); locations unused.
 cudaError_t tiled_csl_mm_words(const TiledCSLMMParams& p, cudaStream_t stream);
 
-// --------------------------------------------------------------------------- slice words (v4) ------------------
-// The word layout cut per warp: tile t's words for the rows warp w of the kernel owns (rows (tile_m / 8) w ..
-// + tile_m / 8 - 1) are run t * 8 + w, each padded to a multiple of 4 words, so each warp loads, scatters and
-// multiplies its rows alone, with no block barrier. Same words as tiled_csl_to_words (the stream is sorted by
-// location, so a slice is a contiguous piece of its tile's run), at most 12 more bytes per slice.
-constexpr int64_t kTiledCSLSlicesPerTile = 8;
-inline int64_t tiled_csl_slice_words_capacity(int64_t nnz, int64_t tiles) {
-  return nnz + 3 * kTiledCSLSlicesPerTile * tiles;
-}
-
-// As tiled_csl_to_words, with scratch and word_offsets [tiles * 8 + 1] and words [tiled_csl_slice_words_capacity].
-cudaError_t tiled_csl_to_slice_words(const TiledCSLWordsParams& p, cudaStream_t stream);
-
-// y = x W^T (+ bias) from the slice words: as tiled_csl_mm_words, with tile_offsets = the slice offsets.
-cudaError_t tiled_csl_mm_slices(const TiledCSLMMParams& p, cudaStream_t stream);
-
 }  // namespace spmm::kernels

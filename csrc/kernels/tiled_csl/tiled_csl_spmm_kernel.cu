@@ -329,155 +329,19 @@ __global__ void __launch_bounds__(kThreads, kNTiles == 1 ? 3 : 2)
   finish_tile_rows<T, kTileM>(p, acc, row_tile, split, warp_row, lane);
 }
 
-// ------------------------------------------------------------------------------- slice words (v4) ------
-// The word layout cut per warp: tile t's words for the rows of warp w (rows kRows w .. + kRows - 1) are run t * 8 + w
-// of tiled_csl_to_slice_words, padded to whole granules. So a warp needs nothing from the other warps: it loads its
-// slice's words (one tile ahead, in registers), scatters them into its own rows of the shared tile, multiplies those
-// rows with x's fragments read straight from global memory (L1-cached: every warp of the SM reads the same chunk),
-// and zeroes them again -- no block barrier, no shared x, so the 24 warps of an SM run out of step and hide each
-// other's latencies (the block-wide kernel above spends most cycles with no eligible warp).
-
-template <typename T, int kTileM, int kNTiles>
-__global__ void __launch_bounds__(kThreads, kNTiles == 1 ? 3 : 2)
-    tiled_csl_slices_kernel(TiledCSLMMParams p, int col_tiles) {
-  constexpr int kMTiles = kTileM / (kWarps * 16);
-  constexpr int kRows = kMTiles * 16;  // rows per warp
-  constexpr int kTileElems = kTileM * kTileK + 8;  // + the padding words' scratch slot
-  // Granules per lane per batch: 512 words per warp (a 32-row slice at 80% holds ~410); 256 at 64 tokens, whose
-  // accumulators need the registers.
-  constexpr int kSliceGranules = kNTiles >= 8 ? 2 : 4;
-  constexpr int kBatchWords = kSliceGranules * 32 * 4;
-  extern __shared__ uint4 smem[];
-  uint16_t* wtiles = reinterpret_cast<uint16_t*>(smem);  // [2][kTileElems], swizzled; warp w owns its rows of each
-
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t row_tile = blockIdx.y, split = blockIdx.x;
-  const int c_begin = static_cast<int>(split * col_tiles / p.splits);
-  const int c_end = static_cast<int>((split + 1) * col_tiles / p.splits);
-  const int warp_row = warp * kRows;
-  // Slice (c, warp) is words [offsets[c * 8], offsets[c * 8 + 1]) (the next slice's start), clamped to the words and
-  // kept to whole granules: a corrupt layout gives wrong numbers, never a fault.
-  const int32_t* offsets = p.tile_offsets + row_tile * col_tiles * kWarps + warp;
-  const uint4* words = static_cast<const uint4*>(p.values);
-  const int n_words = static_cast<int>(p.nnz);
-  // Raw offsets are loaded two tiles ahead and clamped only when used, so no load waits on them.
-  struct RawRun { int32_t first, last; };
-  auto raw_run = [&](int c) { return RawRun{__ldg(offsets + c * kWarps), __ldg(offsets + c * kWarps + 1)}; };
-  auto clamp_run = [&](const RawRun& r, int& lo, int& hi) {
-    lo = min(max(r.first, 0), n_words) & ~3;
-    hi = min(max(r.last, lo), n_words) & ~3;
-  };
-  auto load = [&](uint4 (&batch)[kSliceGranules], int lo, int hi, int b) {
-    const int g0 = lo / 4 + b * kSliceGranules * 32 + lane;
-#pragma unroll
-    for (int i = 0; i < kSliceGranules; ++i)
-      if (g0 + i * 32 < hi / 4) batch[i] = ptx::load_streaming(words + g0 + i * 32);
-  };
-  auto scatter = [&](const uint4 (&batch)[kSliceGranules], int lo, int hi, int b, uint16_t* tile) {
-    const int g0 = lo / 4 + b * kSliceGranules * 32 + lane;
-#pragma unroll
-    for (int i = 0; i < kSliceGranules; ++i) {
-      if (g0 + i * 32 >= hi / 4) continue;
-      const uint32_t w[4] = {batch[i].x, batch[i].y, batch[i].z, batch[i].w};
-#pragma unroll
-      for (int j = 0; j < 4; ++j) tile[min(w[j] >> 16, static_cast<uint32_t>(kTileM * kTileK))] = static_cast<uint16_t>(w[j]);
-    }
-  };
-  auto zero_rows = [&](uint16_t* tile) {
-    uint4* rows = reinterpret_cast<uint4*>(tile + warp_row * kTileK);
-#pragma unroll
-    for (int i = lane; i < kRows * kTileK / 8; i += 32) rows[i] = make_uint4(0, 0, 0, 0);
-  };
-  // This lane's B register of m16n8k16 for tile c: x[token 8 nt + lane / 4][column 64 c + 16 step + 8 half +
-  // 2 (lane % 4), +1], zero past N and K (K % 8 == 0: a pair is wholly inside or outside).
-  const T* x = static_cast<const T*>(p.x);
-  auto b_at = [&](int c, int step, int nt, int half) -> uint32_t {
-    const int64_t n = nt * 8 + lane / 4, k = int64_t{c} * kTileK + step * 16 + half * 8 + 2 * (lane % 4);
-    return n < p.n && k < p.k ? __ldg(reinterpret_cast<const unsigned int*>(x + n * p.x_ld + k)) : 0u;
-  };
-
-  zero_rows(wtiles);
-  zero_rows(wtiles + kTileElems);
-  float acc[kMTiles][kNTiles][4] = {};
-  uint4 cur[kSliceGranules], next[kSliceGranules];
-  // Few tokens: x's fragments of the next tile are requested with its words (registers), so their latency hides
-  // behind a whole tile; more tokens read them per k16 step (their registers would cost occupancy).
-  constexpr bool kEarlyB = kNTiles <= 2;
-  constexpr int kBSteps = kEarlyB ? 4 : 1, kBTiles = kEarlyB ? kNTiles : 1;
-  uint32_t b_cur[kBSteps][kBTiles][2], b_next[kBSteps][kBTiles][2];
-  auto load_b = [&](uint32_t (&b)[kBSteps][kBTiles][2], int c) {
-    if constexpr (kEarlyB) {
-#pragma unroll
-      for (int step = 0; step < 4; ++step)
-#pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt)
-#pragma unroll
-          for (int half = 0; half < 2; ++half) b[step][nt][half] = b_at(c, step, nt, half);
-    }
-  };
-  int lo = 0, hi = 0;
-  RawRun run_next{0, 0}, run_after{0, 0};
-  if (c_begin < c_end) {
-    clamp_run(raw_run(c_begin), lo, hi);
-    load(cur, lo, hi, 0);
-    load_b(b_cur, c_begin);
-    if (c_begin + 1 < c_end) run_next = raw_run(c_begin + 1);
-  }
-  for (int c = c_begin; c < c_end; ++c) {
-    uint16_t* tile = wtiles + ((c - c_begin) & 1) * kTileElems;
-    int next_lo = 0, next_hi = 0;
-    if (c + 1 < c_end) {
-      clamp_run(run_next, next_lo, next_hi);
-      load(next, next_lo, next_hi, 0);
-      load_b(b_next, c + 1);
-      if (c + 2 < c_end) run_after = raw_run(c + 2);
-    }
-    __syncwarp();  // (the zeroing of this buffer two tiles ago is done in every lane)
-    scatter(cur, lo, hi, 0, tile);
-    for (int b = 1; b * kBatchWords < hi - lo; ++b) {  // a denser slice than one batch: the rest, loaded now
-      load(cur, lo, hi, b);
-      scatter(cur, lo, hi, b, tile);
-    }
-    __syncwarp();  // the warp's rows are whole
-    if constexpr (kEarlyB) {
-      tiled_csl::multiply_tile_b<T, kMTiles, kNTiles>(
-          acc, tile, warp_row, lane, [&](int step, int nt, int half) { return b_cur[step][nt][half]; });
-    } else {
-      tiled_csl::multiply_tile_b<T, kMTiles, kNTiles>(
-          acc, tile, warp_row, lane, [&](int step, int nt, int half) { return b_at(c, step, nt, half); });
-    }
-    __syncwarp();  // every lane's ldmatrix reads are done
-    zero_rows(tile);
-#pragma unroll
-    for (int i = 0; i < kSliceGranules; ++i) cur[i] = next[i];
-    if constexpr (kEarlyB) {
-#pragma unroll
-      for (int step = 0; step < 4; ++step)
-#pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) b_cur[step][nt][0] = b_next[step][nt][0], b_cur[step][nt][1] = b_next[step][nt][1];
-    }
-    lo = next_lo;
-    hi = next_hi;
-    run_next = run_after;
-  }
-  finish_tile_rows<T, kTileM>(p, acc, row_tile, split, warp_row, lane);
-}
-
 // ----------------------------------------------------------------------------------------------- launch ------
-// The pair source: the stream, the word layout, or the word layout cut per warp.
-enum class Source { kStream, kWords, kSlices };
+// The pair source: the stream or the word layout.
+enum class Source { kStream, kWords };
 
 template <int kTileM, int kNTiles, Source kSource = Source::kStream>
 constexpr size_t smem_bytes() {
-  if constexpr (kSource == Source::kSlices) return 2 * (kTileM * kTileK + 8) * 2;  // no x chunk in shared memory
   constexpr bool words = kSource == Source::kWords;
   return (2 * (kTileM * kTileK + Pairs<words>::kScratch) + 2 * kNTiles * 8 * kTileK) * 2;
 }
 
 template <typename T, int kTileM, int kNTiles, Source kSource = Source::kStream>
 constexpr auto kernel_of() {
-  if constexpr (kSource == Source::kSlices) return tiled_csl_slices_kernel<T, kTileM, kNTiles>;
-  else return tiled_csl_mm_kernel<T, kTileM, kNTiles, kSource == Source::kWords>;
+  return tiled_csl_mm_kernel<T, kTileM, kNTiles, kSource == Source::kWords>;
 }
 
 template <typename T, int kTileM, int kNTiles, Source kSource = Source::kStream>
@@ -539,7 +403,6 @@ cudaError_t launch(const TiledCSLMMParams& p, Source source, int64_t row_tiles, 
   switch (source) {
     case Source::kStream: return launch_layout<T, Source::kStream>(p, row_tiles, col_tiles, stream);
     case Source::kWords: return launch_layout<T, Source::kWords>(p, row_tiles, col_tiles, stream);
-    case Source::kSlices: return launch_layout<T, Source::kSlices>(p, row_tiles, col_tiles, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -612,10 +475,6 @@ cudaError_t tiled_csl_mm(const TiledCSLMMParams& p, cudaStream_t stream) { retur
 
 cudaError_t tiled_csl_mm_words(const TiledCSLMMParams& p, cudaStream_t stream) {
   return run_mm(p, Source::kWords, stream);
-}
-
-cudaError_t tiled_csl_mm_slices(const TiledCSLMMParams& p, cudaStream_t stream) {
-  return run_mm(p, Source::kSlices, stream);
 }
 
 }  // namespace spmm::kernels

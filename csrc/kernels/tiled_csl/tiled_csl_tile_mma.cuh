@@ -1,5 +1,5 @@
-// The dense half of "load as sparse, compute as dense", shared by the Tiled-CSL kernels that decode into a shared
-// tile (tiled_csl_spmm_kernel.cu, tiled_csl_ring_kernel.cu): the swizzled shared layout of W's dense tile and of x's
+// The dense half of "load as sparse, compute as dense", of the Tiled-CSL kernel that decodes into a shared tile
+// (tiled_csl_spmm_kernel.cu; kept apart so a new pipeline around the same tile can reuse it): the swizzled shared layout of W's dense tile and of x's
 // 64-column chunk, and one warp's mma.sync over its rows of the tile.
 #pragma once
 
@@ -65,27 +65,6 @@ __device__ __forceinline__ void multiply_tile(float (&acc)[kMTiles][kNTiles][4],
           ptx::mma_16816<T>(acc[mt][nt + 1], a[mt], b[2], b[3]);
         }
       }
-    }
-  }
-}
-
-// As multiply_tile, with x's fragments from the caller instead of a shared chunk: b_of(step, nt, half) is this lane's
-// B register for k16 step `step`, token tile nt, k half `half` (tokens 8 nt + lane / 4, columns 16 step + 8 half +
-// 2 (lane % 4), +1).
-template <typename T, int kMTiles, int kNTiles, typename BOf>
-__device__ __forceinline__ void multiply_tile_b(float (&acc)[kMTiles][kNTiles][4], const uint16_t* tile, int warp_row,
-                                                int lane, BOf&& b_of) {
-#pragma unroll
-  for (int step = 0; step < kTileK / 16; ++step) {
-    uint32_t a[kMTiles][4];
-#pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt)
-      ptx::ldmatrix_x4(a[mt], tile + a_offset(warp_row, mt, step * 16, lane));
-#pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt) {
-      const uint32_t b0 = b_of(step, nt, 0), b1 = b_of(step, nt, 1);
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) ptx::mma_16816<T>(acc[mt][nt], a[mt], b0, b1);
     }
   }
 }
