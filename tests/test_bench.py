@@ -58,3 +58,22 @@ def test_wrong_or_failing_backend_is_reported_not_timed():
     assert w["correct"] is False and w["time_us"] is None and w["speedup"] is None
     assert w["error"].startswith("wrong result")
     assert f["correct"] is None and f["time_us"] is None and f["error"].startswith("ZeroDivisionError")
+
+
+def test_summary_medians_per_op_and_layer_wins():
+    from bench.summary import summarize
+
+    def rec(op, backend, layer, n, time_us, dense_us, correct=True):
+        return {"op": op, "backend": backend, "layer": layer, "N": n, "sparsity": 0.8, "time_us": time_us,
+                "speedup": dense_us / time_us, "pct_copy_bw": 50.0, "correct": correct, "error": None}
+
+    records = [rec("tiled_csl_mm", "cublas", "a", 1, 10.0, 10.0)]
+    records += [rec("tiled_csl_mm", "spmm", layer, 1, t, 10.0) for layer, t in (("a", 5.0), ("b", 8.0), ("c", 10.0))]
+    records += [rec("tiled_csl_mm", "spmm_x", layer, 1, t, 10.0) for layer, t in (("a", 4.0), ("b", 9.0), ("c", 9.0))]
+    records += [rec("sparse24_mm", "spmm", "a", 1, 2.0, 10.0), rec("sparse24_mm", "spmm", "b", 1, 1.0, 10.0, False)]
+    lines = summarize(records).splitlines()
+    by_name = {line.split()[0]: line for line in lines[1:]}
+    assert set(by_name) == {"sparse24_mm:spmm", "tiled_csl_mm:spmm", "tiled_csl_mm:spmm_x"}  # no dense rows
+    assert "1.25x" in by_name["tiled_csl_mm:spmm"]       # median of 2.0, 1.25, 1.0
+    assert "w2/3" in by_name["tiled_csl_mm:spmm_x"]      # faster than spmm on layers a and c
+    assert "5.00x" in by_name["sparse24_mm:spmm"]        # the incorrect row is left out
