@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <climits>
 
+#include "kernels/common/cluster.cuh"
 #include "kernels/common/epilogue.cuh"
 #include "kernels/common/launch.h"
 #include "kernels/common/ptx.cuh"
@@ -324,20 +325,12 @@ __global__ void __launch_bounds__(DecodeConfig<kNTiles, kWgmma>::kThreads)
       float* red = reinterpret_cast<float*>(smem);
       __syncthreads();
       emit([&](int r, int n, float v) { red[n * kGroupRows + r] = v; });
-      asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+      cluster::sync();
       const int quads = static_cast<int>(p.n) * (kGroupRows / 4), share = (quads + p.splits - 1) / p.splits;
       const uint32_t red_addr = ptx::smem_addr(red);
       reduce_quads(static_cast<int>(split) * share, min(quads, static_cast<int>(split + 1) * share),
-                   [&](int sp, int n, int r) {
-                     uint32_t peer;
-                     asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
-                                  : "=r"(peer) : "r"(red_addr + (n * kGroupRows + r) * 4), "r"(sp));
-                     float4 v;
-                     asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
-                                  : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(peer) : "memory");
-                     return v;
-                   });
-      asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+                   [&](int sp, int n, int r) { return cluster::load_peer(red_addr + (n * kGroupRows + r) * 4, sp); });
+      cluster::sync();
       return;
     }
   }

@@ -1,6 +1,6 @@
-// The dense half of "load as sparse, compute as dense", of the Tiled-CSL kernel that decodes into a shared tile
-// (tiled_csl_spmm_kernel.cu; kept apart so a new pipeline around the same tile can reuse it): the swizzled shared layout of W's dense tile and of x's
-// 64-column chunk, and one warp's mma.sync over its rows of the tile.
+// The dense half of "load as sparse, compute as dense" in the Tiled-CSL kernel that decodes into a shared tile
+// (tiled_csl_spmm_kernel.cu): the swizzled shared layout of W's dense tile and of x's 64-column chunk, and one warp's
+// mma.sync over its rows of the tile. Apart from the kernel's pipeline, so another pipeline can reuse it.
 #pragma once
 
 #include <cstdint>
