@@ -4,6 +4,8 @@
 #include <ATen/ATen.h>
 #include <cuda_runtime_api.h>
 
+#include <utility>
+
 #include "kernels/common/dtype.h"
 #include "ops/checks.h"
 
@@ -38,6 +40,20 @@ inline at::Tensor empty_product(const at::Tensor& x, int64_t n, int64_t m, const
   at::Tensor y = bias.has_value() ? bias->unsqueeze(0).expand({n, m}).clone(at::MemoryFormat::Contiguous)
                                   : at::zeros({n, m}, x.options());
   return with_leading_dims_of(y, x);
+}
+
+// A word-based kernel layout's two tensors: `data` [rows, 2] of x's dtype (so a dtype mismatch with x is caught; the
+// kernel reads 32-bit words) and `offsets` int32 [tiles + 1], both contiguous and on x's device.
+inline void check_kernel_layout(const char* op, const at::Tensor& x, const char* data_name, const at::Tensor& data,
+                                const char* offsets_name, const at::Tensor& offsets) {
+  check_dim(op, data_name, data, 2);
+  check_dim(op, offsets_name, offsets, 1);
+  check_dtype(op, data_name, data, x.scalar_type());
+  check_dtype(op, offsets_name, offsets, at::kInt);
+  for (auto [name, t] : {std::pair{data_name, &data}, {offsets_name, &offsets}}) {
+    check_contiguous(op, name, *t);
+    check_same_device(op, name, *t, x);
+  }
 }
 
 inline void check_half_dtype(const char* op, const char* arg, const at::Tensor& t) {

@@ -14,8 +14,8 @@
 namespace spmm::ops {
 namespace {
 
-// records [words, 2] of the weight's dtype (so a dtype mismatch with x is caught; the kernel reads 32-bit words),
-// record_offsets int32 [tiles + 1] in words, max_record_words = the longest record.
+// records [words, 2] of the weight's dtype, record_offsets int32 [tiles + 1] in words, max_record_words = the longest
+// record.
 at::Tensor tiled_csl_bitmap_mm_cuda(const at::Tensor& x, const at::Tensor& records, const at::Tensor& record_offsets,
                                     int64_t out_features, int64_t max_record_words,
                                     const std::optional<at::Tensor>& bias) {
@@ -23,14 +23,7 @@ at::Tensor tiled_csl_bitmap_mm_cuda(const at::Tensor& x, const at::Tensor& recor
   check_activation(op, x);
   check_half_dtype(op, "x", x);
   TORCH_CHECK_VALUE(out_features >= 0, op, ": `out_features` must be >= 0, got ", out_features);
-  check_dim(op, "records", records, 2);
-  check_dim(op, "record_offsets", record_offsets, 1);
-  check_dtype(op, "records", records, x.scalar_type());
-  check_dtype(op, "record_offsets", record_offsets, at::kInt);
-  for (auto [name, t] : {std::pair{"records", &records}, {"record_offsets", &record_offsets}}) {
-    check_contiguous(op, name, *t);
-    check_same_device(op, name, *t, x);
-  }
+  check_kernel_layout(op, x, "records", records, "record_offsets", record_offsets);
   TORCH_CHECK_VALUE(records.size(1) == 2 && records.size(0) % 4 == 0, op,
                     ": `records` must be [4j, 2] (from spmm.ops.tiled_csl_bitmap), got ", records.sizes());
   TORCH_CHECK_VALUE(max_record_words >= kernels::kBitmapHeaderWords &&

@@ -154,14 +154,7 @@ at::Tensor tiled_csl_mm_words_cuda(const at::Tensor& x, const at::Tensor& words,
   check_half_dtype(op, "x", x);
   check_kernel_tile(op, tile_m, kernels::kTiledCSLTileK);
   TORCH_CHECK_VALUE(out_features >= 0, op, ": `out_features` must be >= 0, got ", out_features);
-  check_dim(op, "words", words, 2);
-  check_dim(op, "word_offsets", word_offsets, 1);
-  check_dtype(op, "words", words, x.scalar_type());
-  check_dtype(op, "word_offsets", word_offsets, at::kInt);
-  for (auto [name, t] : {std::pair{"words", &words}, {"word_offsets", &word_offsets}}) {
-    check_contiguous(op, name, *t);
-    check_same_device(op, name, *t, x);
-  }
+  check_kernel_layout(op, x, "words", words, "word_offsets", word_offsets);
   TORCH_CHECK_VALUE(words.size(1) == 2 && words.size(0) % 4 == 0 && words.size(0) > 0, op,
                     ": `words` must be [4j, 2] (from _tiled_csl_words), got ", words.sizes());
   const int64_t k = x.size(-1), tiles = tile_count(out_features, k, tile_m, kernels::kTiledCSLTileK);
