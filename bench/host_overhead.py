@@ -1,10 +1,11 @@
 """python -m bench.host_overhead [--out DIR]   (CUDA; run from the repository root)
 
 Two costs that are not kernel time:
-- Host overhead per eager call, on a tiny layer, two ways: the CPU time to enqueue a short burst of calls (fewer
-  than the launch queue holds, no synchronization inside: what the host itself spends per call), and the wall time
-  of a long back-to-back loop (bounded by the host or by the GPU, whichever is slower). The same call replayed in a
-  CUDA graph gives the GPU's own time per call. cuBLAS F.linear is the yardstick.
+- Host overhead per eager call, on a tiny layer at 1 to 2048 tokens (every kernel Sparse24Linear picks), two ways:
+  the CPU time to enqueue a short burst of calls (fewer than the launch queue holds, no synchronization inside: what
+  the host itself spends per call), and the wall time of a long back-to-back loop (bounded by the host or by the
+  GPU, whichever is slower). The same call replayed in a CUDA graph gives the GPU's own time per call. cuBLAS
+  F.linear is the yardstick.
 - Packing: how long the GPU packers take for the linears of a Llama-2-7B model (4 layer shapes x 32 blocks),
   timed on one block and multiplied by 32, for 2:4 (Sparse24Linear, with its kernel layouts) and 80% Tiled-CSL.
 Writes host_overhead.json to --out.
@@ -29,6 +30,9 @@ from .problems import mask_24, mask_random
 from .timing import Timer
 
 OUT = Path(__file__).with_name("out") / "host_overhead"
+# On Hopper a 256 x 256 layer runs the decode kernel up to 16 tokens, then the GEMM: the 32-token stream-K tile to
+# 64 tokens, and the 128x128 stream-K tile at 2048.
+TOKENS = (1, 16, 17, 64, 2048)
 LLAMA2_7B = [("qkv", 12288, 4096), ("o", 4096, 4096), ("gate_up", 22016, 4096), ("down", 4096, 11008)]
 
 
@@ -48,7 +52,18 @@ def us_per_call(fn, calls: int, include_gpu: bool) -> float:
     return (t1 - t0) / calls * 1e6
 
 
+def kernel_of(layer: Sparse24Linear, tokens: int) -> str:
+    """Which kernel Sparse24Linear.forward runs for `tokens` rows (its own dispatch rule, read back)."""
+    if layer.dvalues is None:
+        return "cpu reference"
+    if layer.prefill_a is not None and tokens > layer._decode_max_tokens:
+        return "hopper gemm" if layer._prefill_gemm is spmm.ops.sparse24_sm90_mm else "ampere gemm"
+    return "decode kernel"
+
+
 def host_overhead(dtype) -> list:
+    """Each call at each token count: the decode kernel (1 token) and both sides of every dispatch threshold of
+    Sparse24Linear, so the CUTLASS GEMM's host path (TMA descriptors, stream-K workspace) is measured too."""
     m = k = 256
     w = torch.randn(m, k, device="cuda", dtype=dtype)
     mask = mask_24(w)
@@ -60,22 +75,25 @@ def host_overhead(dtype) -> list:
         linear.bias.copy_(bias)
     sparse24 = Sparse24Linear.from_dense(linear, mask)
     tcsl = spmm.nn.TiledCSLLinear.from_dense(linear, mask)
-    x = torch.randn(1, k, device="cuda", dtype=dtype)
     timer = Timer(torch.device("cuda"), reps=200, warmup=20, flush="none")
     rows = []
-    for name, fn in [("cublas F.linear", lambda: F.linear(x, w, bias)),
-                     ("Sparse24Linear", lambda: sparse24(x)),
-                     ("spmm.ops.sparse24_decode_mm", lambda: spmm.ops.sparse24_decode_mm(
-                         x, sparse24.dvalues, sparse24.dmeta, m, bias)),
-                     ("TiledCSLLinear", lambda: tcsl(x))]:
-        with torch.no_grad():
-            enqueue = us_per_call(fn, 200, include_gpu=False)  # 200: well under the launch queue's depth
-            host = us_per_call(fn, 2000, include_gpu=True)
-            gpu = timer.time_us(timer.runner(fn, graph=True)[0])
-        rows.append(dict(call=name, shape=f"{m}x{k}", tokens=1, host_enqueue_us_per_call=enqueue,
-                         eager_wall_us_per_call=host, graph_gpu_us=gpu))
-        print(f"{name:30s} host {enqueue:6.1f} us/call   eager loop {host:6.1f} us/call   "
-              f"graph replay (GPU) {gpu:6.1f} us")
+    for tokens in TOKENS:
+        x = torch.randn(tokens, k, device="cuda", dtype=dtype)
+        calls = [("cublas F.linear", "cublas", lambda: F.linear(x, w, bias)),
+                 ("Sparse24Linear", kernel_of(sparse24, tokens), lambda: sparse24(x)),
+                 ("TiledCSLLinear", "tiled-csl", lambda: tcsl(x))]
+        if tokens == 1:
+            calls.append(("spmm.ops.sparse24_decode_mm", "decode kernel", lambda: spmm.ops.sparse24_decode_mm(
+                x, sparse24.dvalues, sparse24.dmeta, m, bias)))
+        for name, kernel, fn in calls:
+            with torch.no_grad():
+                enqueue = us_per_call(fn, 200, include_gpu=False)  # 200: well under the launch queue's depth
+                host = us_per_call(fn, 2000, include_gpu=True)
+                gpu = timer.time_us(timer.runner(fn, graph=True)[0])
+            rows.append(dict(call=name, kernel=kernel, shape=f"{m}x{k}", tokens=tokens,
+                             host_enqueue_us_per_call=enqueue, eager_wall_us_per_call=host, graph_gpu_us=gpu))
+            print(f"{name:28s} N={tokens:<5d} {kernel:14s} host {enqueue:6.1f} us/call   eager loop {host:6.1f} "
+                  f"us/call   graph replay (GPU) {gpu:6.1f} us")
     return rows
 
 
