@@ -124,7 +124,8 @@ def _spmm_sparse24_sm90(c: Case, config: Optional[str] = None, swizzle: int = 0,
     ops = _ops()
     _require_cuda_kernel(c, "_sparse24_sm90_mm", "the Hopper prefill GEMM (sm_90a kernels)")
     if "sm90_pack" not in c.extra:  # one pack per weight, shared by the config sweep's backends
-        c.extra["sm90_pack"] = ops.sparse24_sm90_pack(*ops.sparse24_compress(c.w, c.mask))
+        values, meta = ops.sparse24_compress(c.w, c.mask)
+        c.extra["sm90_pack"] = values, ops.sparse24_sm90_pack(values, meta)  # the GEMM reads the canonical values
     a, e = c.extra["sm90_pack"]
     m = c.w.shape[0]
     return Prepared(lambda x: lambda: ops.sparse24_sm90_mm(x, a, e, m, c.bias, config=config, swizzle=swizzle,

@@ -56,7 +56,7 @@ def kernel_of(layer: Sparse24Linear, tokens: int) -> str:
     """Which kernel Sparse24Linear.forward runs for `tokens` rows (its own dispatch rule, read back)."""
     if layer.dvalues is None:
         return "cpu reference"
-    if layer.prefill_a is not None and tokens > layer._decode_max_tokens:
+    if layer.prefill_e is not None and tokens > layer._decode_max_tokens:
         return "hopper gemm" if layer._prefill_gemm is spmm.ops.sparse24_sm90_mm else "ampere gemm"
     return "decode kernel"
 

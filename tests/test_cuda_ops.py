@@ -158,11 +158,12 @@ def test_sparse24_layer_both_kernels(dtype, mk, tokens, prefill_kernel):
     layer = spmm.nn.Sparse24Linear.from_dense(linear, mask).use_prefill_kernel(prefill_kernel)
     hopper = ops.sparse24_sm90_supported(*mk, torch.device("cuda"))
     ampere = ops.sparse24_sm80_supported(*mk, torch.device("cuda"))
-    assert (layer.prefill_a is not None) == ((hopper or ampere) and prefill_kernel)
+    assert (layer.prefill_e is not None) == ((hopper or ampere) and prefill_kernel)
+    assert (layer.prefill_a is not None) == (ampere and not hopper and prefill_kernel)  # Hopper reads `values`
     if prefill_kernel and (hopper or ampere):
         assert layer._prefill_gemm is (ops.sparse24_sm90_mm if hopper else ops.sparse24_sm80_mm)
     if torch.cuda.get_device_capability() in ((8, 0), (9, 0)) and prefill_kernel:
-        assert layer.prefill_a is not None  # never silently off on the GPUs these paths are for
+        assert layer.prefill_e is not None  # never silently off on the GPUs these paths are for
     assert layer._decode_max_tokens == ops.sparse24_decode_max_tokens(*mk, hopper and prefill_kernel)
     with torch.no_grad():
         y = layer(x)

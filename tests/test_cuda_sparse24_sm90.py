@@ -20,7 +20,9 @@ DTYPES = [torch.float16, torch.bfloat16]
 
 
 def packed(w, mask):
-    return ops.sparse24_sm90_pack(*ops.sparse24_compress(w, mask))
+    """What the GEMM reads: the canonical values and the metadata the pack reorders for it."""
+    values, meta = ops.sparse24_compress(w, mask)
+    return values, ops.sparse24_sm90_pack(values, meta)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -71,9 +73,23 @@ def test_opcheck():
     w, mask, x, bias = int_case(256, 1024, 33, torch.float16, 7)
     values, meta = ops.sparse24_compress(w, mask)
     torch.library.opcheck(torch.ops.spmm._sparse24_sm90_pack, (values, meta))
-    a, e = ops.sparse24_sm90_pack(values, meta)
-    torch.library.opcheck(torch.ops.spmm._sparse24_sm90_mm, (x, a, e, 256, bias))
-    torch.library.opcheck(torch.ops.spmm._sparse24_sm90_mm, (x, a, e, 256, bias, 3, 2, 0))
+    e = ops.sparse24_sm90_pack(values, meta)
+    torch.library.opcheck(torch.ops.spmm._sparse24_sm90_mm, (x, values, e, 256, bias))
+    torch.library.opcheck(torch.ops.spmm._sparse24_sm90_mm, (x, values, e, 256, bias, 3, 2, 0))
+
+
+@pytest.mark.parametrize("mk", [(8, 16), (264, 1040), (4096, 4096)])
+def test_pack_is_a_byte_permutation_of_the_canonical_meta(mk):
+    # Each byte of canonical meta (two groups' codes) is one byte of e, moved; the rest of e (rows padded to 64,
+    # columns to 128) is zero. Also: the GEMM needs no copy of the values, and e is M x K / 8 bytes, padded.
+    m, k = mk
+    w, mask, _, _ = int_case(m, k, 1, torch.float16, m + k)
+    values, meta = ops.sparse24_compress(w, mask)
+    e = ops.sparse24_sm90_pack(values, meta)
+    assert e.dtype == torch.uint8 and e.numel() == -(-m // 64) * 64 * (-(-k // 128) * 128) // 8
+    nonzero_e = torch.sort(e[e != 0].long()).values
+    nonzero_meta = torch.sort(meta[meta != 0].flatten().long()).values
+    assert torch.equal(nonzero_e, nonzero_meta)
 
 
 def test_rejects_shapes_and_layouts_it_cannot_take():
@@ -83,10 +99,12 @@ def test_rejects_shapes_and_layouts_it_cannot_take():
         ops.sparse24_sm90_pack(values[:260].contiguous(), meta[:260].contiguous())
     with pytest.raises(ValueError, match=r"needs out_features % 8 == 0 and in_features % 16 == 0.*264 x 1032"):
         ops.sparse24_sm90_pack(values[:, :516].contiguous(), meta[:, :129].contiguous())
-    a, e = ops.sparse24_sm90_pack(values, meta)
-    with pytest.raises(ValueError, match=r"do not hold the Hopper GEMM layout of a 256 x 1040 weight"):
+    a, e = values, ops.sparse24_sm90_pack(values, meta)
+    with pytest.raises(ValueError, match=r"`values` must be the canonical \[256, 520\] of a 256 x 1040 weight"):
         ops.sparse24_sm90_mm(x, a, e, 256)
-    with pytest.raises(TypeError, match=r"`a` must be BFloat16"):
+    with pytest.raises(ValueError, match=r"`e` does not hold the Hopper GEMM metadata of a 264 x 1040 weight"):
+        ops.sparse24_sm90_mm(x, a, e[:-16], 264)
+    with pytest.raises(TypeError, match=r"`values` must be BFloat16"):
         ops.sparse24_sm90_mm(x.bfloat16(), a, e, 264)
     with pytest.raises(ValueError, match=r"`config` must be one of"):
         ops.sparse24_sm90_mm(x, a, e, 264, config="coop64x64")

@@ -14,11 +14,11 @@ TORCH_LIBRARY(spmm, m) {
   // Internal (CUDA): the 2:4 decode kernel's weight layout, made from the canonical one, and its matmul.
   m.def("_sparse24_decode_pack(Tensor values, Tensor meta, int meta_layout=0) -> (Tensor dvalues, Tensor dmeta)");
   m.def("_sparse24_decode_mm(Tensor x, Tensor dvalues, Tensor dmeta, int out_features, Tensor? bias, str loader=\"auto\") -> Tensor");
-  // Internal (CUDA, sm_90a): the Hopper prefill GEMM's weight layout (CUTLASS's compressed values + metadata) and
-  // its matmul; config -1 = the heuristic's pick, else a number of spmm.ops.SM90_CONFIGS; swizzle and splits are
-  // tile-scheduler knobs for tuning (0 = its own choice).
-  m.def("_sparse24_sm90_pack(Tensor values, Tensor meta) -> (Tensor a, Tensor e)");
-  m.def("_sparse24_sm90_mm(Tensor x, Tensor a, Tensor e, int out_features, Tensor? bias, int config=-1, "
+  // Internal (CUDA, sm_90a): the Hopper prefill GEMM's metadata (CUTLASS's reordered layout; the GEMM reads the
+  // canonical values as they are) and its matmul; config -1 = the heuristic's pick, else a number of
+  // spmm.ops.SM90_CONFIGS; swizzle and splits are tile-scheduler knobs for tuning (0 = its own choice).
+  m.def("_sparse24_sm90_pack(Tensor values, Tensor meta) -> Tensor e");
+  m.def("_sparse24_sm90_mm(Tensor x, Tensor values, Tensor e, int out_features, Tensor? bias, int config=-1, "
         "int swizzle=0, int splits=0) -> Tensor");
   // Internal (CUDA, sm_80 / sm_90a): the Ampere prefill GEMM's weight layout (values padded to 32 x 64, CUTLASS 2.x's
   // reordered metadata) and its matmul.

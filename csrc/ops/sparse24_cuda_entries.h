@@ -18,11 +18,12 @@ at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalue
 // Hopper prefill GEMM (sparse24_sm90_cuda.cpp): spmm::_sparse24_sm90_pack / _sparse24_sm90_mm.
 // Whether it can take a weight [m, k] on the device of `like` (an sm_90 GPU, m % 8 == 0, k % 16 == 0).
 bool sparse24_sm90_usable(const at::Tensor& like, int64_t m, int64_t k);
-std::tuple<at::Tensor, at::Tensor> sparse24_sm90_pack_cuda(const at::Tensor& values, const at::Tensor& meta);
+// The metadata e for the canonical (values, meta); the GEMM reads the canonical values themselves.
+at::Tensor sparse24_sm90_pack_cuda(const at::Tensor& values, const at::Tensor& meta);
 // config -1: the heuristic's; swizzle, splits 0: the tile scheduler's own (the op's tuning knobs).
-at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& a, const at::Tensor& e, int64_t out_features,
-                                 const std::optional<at::Tensor>& bias, int64_t config = -1, int64_t swizzle = 0,
-                                 int64_t splits = 0);
+at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& e,
+                                 int64_t out_features, const std::optional<at::Tensor>& bias, int64_t config = -1,
+                                 int64_t swizzle = 0, int64_t splits = 0);
 #endif
 
 #if SPMM_HAS_SPARSE24_SM80

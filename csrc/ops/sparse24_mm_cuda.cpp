@@ -31,8 +31,7 @@ at::Tensor sparse24_mm_cuda(const at::Tensor& x, const at::Tensor& values, const
   const bool prefill = leading_rows(x) > kernels::sparse24_decode_max_tokens(m, k, hopper_gemm);
 #if SPMM_HAS_SPARSE24_SM90
   if (prefill && hopper_gemm) {
-    const auto [a, e] = sparse24_sm90_pack_cuda(values, meta);
-    return sparse24_sm90_mm_cuda(x, a, e, m, bias);
+    return sparse24_sm90_mm_cuda(x, values, sparse24_sm90_pack_cuda(values, meta), m, bias);
   }
 #endif
 #if SPMM_HAS_SPARSE24_SM80

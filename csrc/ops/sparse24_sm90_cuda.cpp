@@ -1,5 +1,6 @@
 // CUDA entries of the Hopper prefill 2:4 GEMM (CUTLASS, kernels/sparse24/sparse24_sm90_gemm.h): the canonical ->
-// CUTLASS layout pack and y = x W^T (+ bias) on it. Internal ops; built only with the sm_90a kernel family.
+// CUTLASS metadata pack and y = x W^T (+ bias) on the canonical values and that metadata. Internal ops; built only
+// with the sm_90a kernel family.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -26,17 +27,6 @@ void check_sm90_status(const char* op, cudaError_t status) {
   check_cuda(op, status);
 }
 
-// The canonical layout expanded to the dense masked weight [M, K] (what CUTLASS's compressor takes).
-at::Tensor canonical_to_dense(const at::Tensor& values, const at::Tensor& meta) {
-  const int64_t m = values.size(0), groups = values.size(1) / 2;
-  const at::Tensor nibbles = at::stack({at::bitwise_and(meta, 0xF), at::bitwise_right_shift(meta, 4)}, -1);
-  const at::Tensor codes = nibbles.reshape({m, -1}).narrow(1, 0, groups).to(at::kLong);
-  const at::Tensor columns = at::stack({at::bitwise_and(codes, 3), at::bitwise_right_shift(codes, 2)}, -1);
-  at::Tensor dense = at::zeros({m, groups, 4}, values.options());
-  dense.scatter_(2, columns, values.reshape({m, groups, 2}));
-  return dense.reshape({m, groups * 4});
-}
-
 }  // namespace
 
 bool sparse24_sm90_usable(const at::Tensor& like, int64_t m, int64_t k) {
@@ -45,44 +35,40 @@ bool sparse24_sm90_usable(const at::Tensor& like, int64_t m, int64_t k) {
   return props->major == 9 && props->minor == 0;
 }
 
-std::tuple<at::Tensor, at::Tensor> sparse24_sm90_pack_cuda(const at::Tensor& values, const at::Tensor& meta) {
+at::Tensor sparse24_sm90_pack_cuda(const at::Tensor& values, const at::Tensor& meta) {
   constexpr const char* op = "spmm::_sparse24_sm90_pack";
   check_half_dtype(op, "values", values);
   check_canonical_layout(op, values, meta);
   const int64_t m = values.size(0), k = values.size(1) * 2;
   check_sm90_shape(op, m, k);
   const c10::cuda::CUDAGuard guard(values.device());
-  const at::Tensor dense = canonical_to_dense(values, meta);
-  size_t a_bytes = 0, e_bytes = 0;
-  const kernels::DType dtype = kernel_dtype(values.scalar_type());
-  check_cuda(op, kernels::sparse24_sm90_compressed_sizes(m, k, dtype, &a_bytes, &e_bytes));
-  at::Tensor a = at::empty({static_cast<int64_t>(a_bytes / 2)}, values.options());
+  size_t e_bytes = 0;
+  check_cuda(op, kernels::sparse24_sm90_meta_bytes(m, k, &e_bytes));
   at::Tensor e = at::empty({static_cast<int64_t>(e_bytes)}, values.options().dtype(at::kByte));
-  kernels::Sparse24Sm90CompressParams p{};
-  p.dense = dense.data_ptr();
-  p.dense_ld = k;
-  p.a = a.data_ptr();
+  kernels::Sparse24Sm90MetaParams p{};
+  p.meta = meta.data_ptr<uint8_t>();
+  p.meta_ld = meta.size(1);
   p.e = e.data_ptr();
   p.m = m;
   p.k = k;
-  p.dtype = dtype;
-  check_sm90_status(op, kernels::sparse24_sm90_compress(p, at::cuda::getCurrentCUDAStream()));
-  return {a, e};
+  check_sm90_status(op, kernels::sparse24_sm90_pack_meta(p, at::cuda::getCurrentCUDAStream()));
+  return e;
 }
 
-at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& a, const at::Tensor& e, int64_t out_features,
-                                 const std::optional<at::Tensor>& bias, int64_t config, int64_t swizzle,
-                                 int64_t splits) {
+at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& e,
+                                 int64_t out_features, const std::optional<at::Tensor>& bias, int64_t config,
+                                 int64_t swizzle, int64_t splits) {
   constexpr const char* op = "spmm::_sparse24_sm90_mm";
-  check_gemm_operands(op, x, a, 1, e, at::kByte);
+  check_gemm_operands(op, x, values, 2, e, at::kByte, "values");
   const int64_t k = x.size(-1), n = leading_rows(x), m = out_features;
   check_sm90_shape(op, m, k);
   const kernels::DType dtype = kernel_dtype(x.scalar_type());
-  size_t a_bytes = 0, e_bytes = 0;
-  check_cuda(op, kernels::sparse24_sm90_compressed_sizes(m, k, dtype, &a_bytes, &e_bytes));
-  TORCH_CHECK_VALUE(static_cast<size_t>(a.numel()) * 2 == a_bytes && static_cast<size_t>(e.numel()) == e_bytes, op,
-                    ": `a`/`e` do not hold the Hopper GEMM layout of a ", m, " x ", k,
-                    " weight; pack it with _sparse24_sm90_pack");
+  TORCH_CHECK_VALUE(values.size(0) == m && values.size(1) == k / 2, op, ": `values` must be the canonical [",
+                    m, ", ", k / 2, "] of a ", m, " x ", k, " weight, got ", values.sizes());
+  size_t e_bytes = 0;
+  check_cuda(op, kernels::sparse24_sm90_meta_bytes(m, k, &e_bytes));
+  TORCH_CHECK_VALUE(static_cast<size_t>(e.numel()) == e_bytes, op, ": `e` does not hold the Hopper GEMM metadata of a ",
+                    m, " x ", k, " weight (", e_bytes, " bytes); pack it with _sparse24_sm90_pack");
   check_bias(op, bias, x, m);
   TORCH_CHECK_VALUE(config >= -1 && config < kernels::kSparse24Sm90NumConfigs, op, ": `config` must be -1 (the "
                     "heuristic's choice) or a config number 0..", kernels::kSparse24Sm90NumConfigs - 1, ", got ", config);
@@ -98,7 +84,7 @@ at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& a, const
                                    : kernels::sparse24_sm90_pick_config(
                                          m, n, k, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   kernels::Sparse24Sm90GemmParams p{};
-  p.a = a.data_ptr();
+  p.a = values.data_ptr();
   p.e = e.data_ptr();
   p.x = xk.data_ptr();
   p.x_ld = xk.stride(0);

@@ -81,8 +81,9 @@ def sparse24_decode_mm(
     return _ops._sparse24_decode_mm(x, dvalues, dmeta, out_features, bias, loader)
 
 
-def sparse24_sm90_pack(values: Tensor, meta: Tensor) -> Tuple[Tensor, Tensor]:
-    """Canonical 2:4 layout -> the Hopper prefill GEMM's layout (CUTLASS's compressed values `a`, metadata `e`).
+def sparse24_sm90_pack(values: Tensor, meta: Tensor) -> Tensor:
+    """Canonical 2:4 layout -> the Hopper prefill GEMM's metadata `e` (CUTLASS's reordered layout, uint8); the GEMM
+    reads the canonical `values` themselves, so this is all the extra memory it needs (1/8 byte per weight element).
     CUDA, sm_90a builds only; needs out_features % 8 == 0 and in_features % 16 == 0."""
     return _ops._sparse24_sm90_pack(values, meta)
 
@@ -136,7 +137,7 @@ SM90_CONFIGS: Tuple[str, ...] = _C.sm90_configs
 
 def sparse24_sm90_mm(
     x: Tensor,
-    a: Tensor,
+    values: Tensor,
     e: Tensor,
     out_features: int,
     bias: Optional[Tensor] = None,
@@ -144,7 +145,8 @@ def sparse24_sm90_mm(
     swizzle: int = 0,
     splits: int = 0,
 ) -> Tensor:
-    """y = x @ W.T (+ bias) on the Hopper prefill GEMM (CUTLASS wgmma.sp), W in the layout of sparse24_sm90_pack.
+    """y = x @ W.T (+ bias) on the Hopper prefill GEMM (CUTLASS wgmma.sp): W's canonical `values` and the metadata
+    `e` of sparse24_sm90_pack.
 
     For tuning only: `config` (a name of SM90_CONFIGS; default: the built-in heuristic's pick by M, N, K),
     `swizzle` (the tile raster's max swizzle: 1, 2, 4, 8) and `splits` (stream-K configs: force split-K into this
@@ -155,7 +157,7 @@ def sparse24_sm90_mm(
         number = SM90_CONFIGS.index(config)
     else:
         raise ValueError(f"spmm.ops.sparse24_sm90_mm: `config` must be one of {SM90_CONFIGS} or None, got {config!r}")
-    return _ops._sparse24_sm90_mm(x, a, e, out_features, bias, number, swizzle, splits)
+    return _ops._sparse24_sm90_mm(x, values, e, out_features, bias, number, swizzle, splits)
 
 
 # ------------------------------------------------------------------------------------------ Tiled-CSL ------------
@@ -270,11 +272,11 @@ def _sparse24_decode_mm_fake(x, dvalues, dmeta, out_features, bias, loader="auto
 def _sparse24_sm90_pack_fake(values, meta):
     m, k = values.shape[0], values.shape[1] * 2
     e_bytes = -(-m // 64) * 64 * (-(-k // 128) * 128) // 8  # CUTLASS's metadata: rows to 64, columns to 128
-    return values.new_empty(m * k // 2), values.new_empty(e_bytes, dtype=torch.uint8)
+    return values.new_empty(e_bytes, dtype=torch.uint8)
 
 
 @torch.library.register_fake("spmm::_sparse24_sm90_mm")
-def _sparse24_sm90_mm_fake(x, a, e, out_features, bias, config=-1, swizzle=0, splits=0):
+def _sparse24_sm90_mm_fake(x, values, e, out_features, bias, config=-1, swizzle=0, splits=0):
     return x.new_empty(*x.shape[:-1], out_features)
 
 

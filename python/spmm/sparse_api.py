@@ -25,9 +25,10 @@ class Sparse24Config:
     """2:4 sparsity, every layer at 50%. pruner: "magnitude", "wanda" or "sparsegpt" (the last two need
     calibration data: spmm.sparsify(..., calibration=...)), or any name registered with register_pruner.
     prefill_kernel: on CUDA (Hopper, or Ampere-class GPUs), also keep a CUTLASS prefill GEMM's layout of each weight
-    (what runs above 8-16 tokens on Hopper, 32 on Ampere: spmm.ops.sparse24_decode_max_tokens; about 0.56 of the
-    dense bytes more); False saves that memory where speed above those token counts does not matter (the decode
-    kernel then runs every N, 64 tokens at a time)."""
+    (what runs above 8-16 tokens on Hopper, 32 on Ampere: spmm.ops.sparse24_decode_max_tokens; on Hopper only its
+    metadata, 0.06 of the dense bytes, as it reads the canonical values; on Ampere a padded copy, about 0.56); False
+    saves that memory where speed above those token counts does not matter (the decode kernel then runs every N, 64
+    tokens at a time)."""
 
     pruner: str = "magnitude"
     prefill_kernel: bool = True

@@ -1,6 +1,6 @@
 // Entry points of the sm_90a 2:4 sparse GEMM (sparse24_sm90_gemm.h): argument checks, the device check, dtype
 // dispatch and the config heuristic. No CUTLASS here: the kernels live in sm90/<config>_<dtype>.cu and the
-// compressor in sparse24_sm90_compress.cu.
+// metadata pack in sparse24_sm90_pack_kernel.cu.
 #include <array>
 #include <cstdint>
 #include <utility>
@@ -62,24 +62,17 @@ bool sparse24_sm90_weight_supported(int64_t m, int64_t k) {
   return m > 0 && k > 0 && m % kSm90RowMultiple == 0 && k % kSm90ColMultiple == 0 && m <= kMaxDim && k <= kMaxDim;
 }
 
-cudaError_t sparse24_sm90_compressed_sizes(int64_t m, int64_t k, DType dtype, size_t* a_bytes, size_t* e_bytes) {
-  if (!sparse24_sm90_weight_supported(m, k) || a_bytes == nullptr || e_bytes == nullptr) return cudaErrorInvalidValue;
-  switch (dtype) {
-    case DType::kFloat16: detail::Sparse24Sm90Compressor<DType::kFloat16>::compressed_sizes(m, k, a_bytes, e_bytes); break;
-    case DType::kBFloat16: detail::Sparse24Sm90Compressor<DType::kBFloat16>::compressed_sizes(m, k, a_bytes, e_bytes); break;
-    default: return cudaErrorInvalidValue;
-  }
+cudaError_t sparse24_sm90_meta_bytes(int64_t m, int64_t k, size_t* e_bytes) {
+  if (!sparse24_sm90_weight_supported(m, k) || e_bytes == nullptr) return cudaErrorInvalidValue;
+  *e_bytes = detail::sparse24_sm90_meta_bytes_unchecked(m, k);
   return cudaSuccess;
 }
 
-cudaError_t sparse24_sm90_compress(const Sparse24Sm90CompressParams& p, cudaStream_t stream) {
-  if (!sparse24_sm90_weight_supported(p.m, p.k) || !supported_dtype(p.dtype) || p.dense_ld < p.k ||
-      p.dense == nullptr || p.a == nullptr || p.e == nullptr || !aligned16(p.a) || !aligned16(p.e))
+cudaError_t sparse24_sm90_pack_meta(const Sparse24Sm90MetaParams& p, cudaStream_t stream) {
+  if (!sparse24_sm90_weight_supported(p.m, p.k) || p.meta_ld < p.k / 8 || p.meta == nullptr || p.e == nullptr ||
+      !aligned16(p.e))
     return cudaErrorInvalidValue;
-  int device = 0, sm_count = 0;
-  if (const cudaError_t err = current_sm90_device(&device, &sm_count); err != cudaSuccess) return err;
-  return p.dtype == DType::kFloat16 ? detail::Sparse24Sm90Compressor<DType::kFloat16>::compress(p, stream)
-                                    : detail::Sparse24Sm90Compressor<DType::kBFloat16>::compress(p, stream);
+  return detail::sparse24_sm90_pack_meta_unchecked(p, stream);
 }
 
 // Coarse buckets of N, then of M and the tile waves, from the H200 sweep of every config on the 14 standard layers

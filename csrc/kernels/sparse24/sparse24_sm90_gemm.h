@@ -3,7 +3,8 @@
 //
 // Maths (nn.Linear):  y[n, m] = sum_k x[n, k] * W[m, k] + bias[m],   W [M, K] 2:4-sparse along K.
 // Operand swap: y^T = W x^T, so CUTLASS computes D[M, N] = A[M, K] * B[K, N] (+ bias per row of D) with
-//   A = W      sparse, row-major (K-major), stored compressed in CUTLASS's own layout (values + metadata E),
+//   A = W      sparse, row-major (K-major): its kept values in our canonical layout (row-major [M, K/2], which is
+//              CUTLASS's compressed A for these shapes) + metadata E in CUTLASS's reordered layout,
 //   B = x^T    column-major [K, N] = x row-major [N, K], leading dimension x_ld,
 //   D = y^T    column-major [M, N] = y row-major [N, M], leading dimension y_ld.
 // fp16 or bf16 in and out (A, B, bias and y share one dtype), fp32 accumulation, one rounding at the end (the bias is
@@ -16,8 +17,9 @@
 //   N any (>= 0); M, N, K < 2^31. N == 0 or M == 0 launches nothing.
 // A device that is not compute capability 9.0 gets cudaErrorNoKernelImageForDevice (the code is sm_90a only).
 //
-// Weights are packed once: the dense masked weight [M, K] -> sparse24_sm90_compress -> (a, e) buffers of
-// sparse24_sm90_compressed_sizes() bytes. Every config below reads the same (a, e) layout.
+// Weights are packed once: the canonical metadata [M, K/8] -> sparse24_sm90_pack_meta -> e (sparse24_sm90_meta_bytes()
+// bytes); the canonical values serve as a unchanged, so the GEMM keeps no second copy of them. Every config below
+// reads the same (a, e) layout.
 #pragma once
 
 #include <cstddef>
@@ -33,21 +35,18 @@ namespace spmm::kernels {
 // Kernel configs (sparse24_sm90_configs.h); sparse24_sm90_pick_config chooses one. Every config has a K tile of
 // 128, so all share one compressed layout (CUTLASS's sparse layout depends on min(tile K, 128) only).
 
-struct Sparse24Sm90CompressParams {
-  const void* dense;  // [m, k] masked weight, row stride dense_ld (elements); at most 2 nonzeros per group of 4
-                      // along K (-0.0 counts as zero). More than two is undefined behaviour in CUTLASS's
-                      // compressor: the caller guarantees 2:4 (the op expands our checked canonical layout).
-  int64_t dense_ld;
-  void* a;            // out: compressed values, a_bytes of sparse24_sm90_compressed_sizes, 16-byte aligned
-  void* e;            // out: metadata, e_bytes, 16-byte aligned
+struct Sparse24Sm90MetaParams {
+  const uint8_t* meta;  // canonical metadata [m, k/8], row stride meta_ld bytes: byte j of a row holds the 4-bit codes
+                        // (idx0 | idx1 << 2) of groups 2j (low nibble) and 2j + 1 (high nibble)
+  int64_t meta_ld;
+  void* e;              // out: sparse24_sm90_meta_bytes() bytes, 16-byte aligned
   int64_t m;
   int64_t k;
-  DType dtype;        // kFloat16 or kBFloat16
 };
 
 struct Sparse24Sm90GemmParams {
-  const void* a;      // compressed W (sparse24_sm90_compress's a)
-  const void* e;      // its metadata (sparse24_sm90_compress's e)
+  const void* a;      // W's kept values, canonical layout: row-major [m, k/2]
+  const void* e;      // its metadata (sparse24_sm90_pack_meta's e)
   const void* x;      // [n, k], row stride x_ld (elements)
   int64_t x_ld;
   const void* bias;   // [m], or nullptr for no bias
@@ -64,15 +63,16 @@ struct Sparse24Sm90GemmParams {
   int splits;         // stream-K configs only: > 1 forces split-K into this many K slices instead of stream-K
 };
 
-// True if a weight [m, k] fits the kernels (m % 8, k % 16, sizes); decide at pack time, before compressing.
+// True if a weight [m, k] fits the kernels (m % 8, k % 16, sizes); decide at pack time.
 bool sparse24_sm90_weight_supported(int64_t m, int64_t k);
 
-// Bytes of the compressed values (a) and metadata (e) for a weight [m, k]. cudaErrorInvalidValue if the weight is
-// not supported or the dtype is not fp16/bf16.
-cudaError_t sparse24_sm90_compressed_sizes(int64_t m, int64_t k, DType dtype, size_t* a_bytes, size_t* e_bytes);
+// Bytes of the metadata e for a weight [m, k] (rows padded to 64, columns to 128; the same for fp16 and bf16).
+// cudaErrorInvalidValue if the weight is not supported.
+cudaError_t sparse24_sm90_meta_bytes(int64_t m, int64_t k, size_t* e_bytes);
 
-// Enqueues CUTLASS's sm90 compressor on `stream`: dense [m, k] -> (a, e). Writes every byte of a and e.
-cudaError_t sparse24_sm90_compress(const Sparse24Sm90CompressParams& params, cudaStream_t stream);
+// Enqueues the metadata reorder on `stream`: canonical meta -> e. Writes every byte of e (the padding with zeros).
+// Any device can run it (plain CUDA, built for sm_90a only like the GEMM).
+cudaError_t sparse24_sm90_pack_meta(const Sparse24Sm90MetaParams& params, cudaStream_t stream);
 
 // Config for a problem, from coarse buckets of the tile count against the SM count (132 on an H100 SXM).
 Sparse24Sm90Config sparse24_sm90_pick_config(int64_t m, int64_t n, int64_t k, int sm_count = 132);
@@ -91,13 +91,10 @@ cudaError_t sparse24_sm90_gemm(const Sparse24Sm90GemmParams& params, Sparse24Sm9
 
 namespace detail {
 // Defined in sparse24_sm90_gemm_impl.cuh; each config x dtype is instantiated in its own file under sm90/
-// (sm90/<config>_<dtype>.cu), the compressor in sparse24_sm90_compress.cu, so nvcc builds them in parallel.
+// (sm90/<config>_<dtype>.cu), the metadata pack in sparse24_sm90_pack_kernel.cu, so nvcc builds them in parallel.
 // Callers use the functions above, which check the arguments and dispatch on config and dtype.
-template <DType kDType>
-struct Sparse24Sm90Compressor {
-  static void compressed_sizes(int64_t m, int64_t k, size_t* a_bytes, size_t* e_bytes);
-  static cudaError_t compress(const Sparse24Sm90CompressParams& params, cudaStream_t stream);
-};
+size_t sparse24_sm90_meta_bytes_unchecked(int64_t m, int64_t k);
+cudaError_t sparse24_sm90_pack_meta_unchecked(const Sparse24Sm90MetaParams& params, cudaStream_t stream);
 template <Sparse24Sm90Config kConfig, DType kDType>
 struct Sparse24Sm90Kernel {
   static cudaError_t workspace_bytes(const Sparse24Sm90GemmParams& params, int device, int sm_count, size_t* bytes);

@@ -1,15 +1,17 @@
 // The CUTLASS 3.x sm_90a 2:4 sparse GEMM behind sparse24_sm90_gemm.h, shared by the instantiation files (one per
-// config x dtype under sm90/, and sparse24_sm90_compress.cu for the compressor). Built like CUTLASS example 62 (Hopper sparse GEMM):
-// the sparse collective builder (wgmma.sp, TMA, warp-specialized) for the mainloop, CUTLASS's own structured-sparse
-// compressor for the weight, and a TMA epilogue with the per-row-bias fusion instead of the example's plain one.
+// config x dtype under sm90/, and sparse24_sm90_pack_kernel.cu for the metadata layout). Built like CUTLASS example 62
+// (Hopper sparse GEMM): the sparse collective builder (wgmma.sp, TMA, warp-specialized) for the mainloop, and a TMA
+// epilogue with the per-row-bias fusion instead of the example's plain one. The weight is not run through CUTLASS's
+// compressor: for K-major A with K % 16 == 0 its compressed A is exactly our canonical values (row-major [M, K/2]),
+// and its metadata E holds the canonical 4-bit codes, reordered (sparse24_sm90_pack_kernel.cu).
 //
 //   D[M, N] = A[M, K] * B[K, N] + bias[M] (broadcast along N)  ==  y^T = W x^T + bias
-//   A = W: sparse, RowMajor (K-major), CUTLASS-compressed (values [M, K/2] + metadata E in its reordered layout)
+//   A = W: sparse, RowMajor (K-major): canonical values [M, K/2] + metadata E in CUTLASS's reordered layout
 //   B = x^T: ColumnMajor, i.e. x row-major [N, K], leading dimension x_ld
 //   D = y^T: ColumnMajor, i.e. y row-major [N, M], leading dimension y_ld; no source C (beta = 0)
 //
 // The compressed layout (Sm90GemmSparseConfig) depends on the element type and on min(tile K, 128) only; every config
-// here has tile K = 128, so one compressor serves them all (checked by a static_assert below).
+// here has tile K = 128, so one metadata layout serves them all (checked by a static_assert below).
 #pragma once
 
 #include <cstdint>
@@ -25,8 +27,6 @@
 #include <cutlass/gemm/dispatch_policy.hpp>
 #include <cutlass/gemm/kernel/gemm_universal.hpp>
 #include <cutlass/half.h>
-#include <cutlass/transform/device/transform_universal_adapter.hpp>
-#include <cutlass/transform/kernel/sparse_gemm_compressor.hpp>
 
 #include "kernels/sparse24/sparse24_sm90_gemm.h"
 
@@ -51,7 +51,7 @@ using ProblemShape = Shape<int, int, int, int>;  // (M, N, K, L), L = 1
 template <class Element, class TileShape_, class ClusterShape_, class KernelSchedule, class EpilogueSchedule,
           class TileScheduler = cutlass::gemm::PersistentScheduler>
 struct GemmConfig {
-  using ElementA = Element;                         // W (sparse, compressed by CUTLASS)
+  using ElementA = Element;                         // W (sparse: canonical values + metadata E)
   using LayoutTagA = cutlass::layout::RowMajor;     // K-major
   static constexpr int AlignmentA = 128 / cutlass::sizeof_bits<ElementA>::value;  // 16 bytes
   using ElementB = Element;                         // x^T
@@ -137,18 +137,10 @@ struct ConfigOf<Sparse24Sm90Config::kCoop128x32StreamK, E>
     : GemmConfig<E, Shape<_128, _32, _128>, Shape<_1, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
                  cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::StreamKScheduler> {};
 
-// The compressor: CUTLASS's sm90 structured-sparse compressor for the layout all configs share.
+// The layout every config reads (and sparse24_sm90_pack_kernel.cu writes): that of the 128x128 fp16 config. fp16 and
+// bf16 are both 16-bit, so their metadata layouts are one (checked where it is written).
 template <class Element>
-struct Compression {
-  using SparseConfig = typename ConfigOf<Sparse24Sm90Config::kCoop128x128, Element>::SparseConfig;
-  using LayoutTagA = cutlass::layout::RowMajor;
-  using StrideA = cutlass::gemm::TagToStrideA_t<LayoutTagA>;  // (M, K, L): (lda, 1, 0)
-  using Utility = cutlass::transform::kernel::StructuredSparseCompressorUtility<ProblemShape, Element, LayoutTagA,
-                                                                                 SparseConfig>;
-  using Kernel = cutlass::transform::kernel::StructuredSparseCompressor<ProblemShape, Element, LayoutTagA,
-                                                                        SparseConfig, cutlass::arch::Sm90>;
-  using Adapter = cutlass::transform::device::TransformUniversalAdapter<Kernel>;
-};
+using SharedSparseConfig = typename ConfigOf<Sparse24Sm90Config::kCoop128x128, Element>::SparseConfig;
 
 template <class Config>
 typename Config::Gemm::Arguments make_arguments(const Sparse24Sm90GemmParams& p, int device, int sm_count) {
@@ -196,44 +188,13 @@ cudaError_t run_gemm(const Sparse24Sm90GemmParams& p, int device, int sm_count, 
 
 namespace spmm::kernels::detail {
 
-template <DType kDType>
-void Sparse24Sm90Compressor<kDType>::compressed_sizes(int64_t m, int64_t k, size_t* a_bytes, size_t* e_bytes) {
-  using namespace sm90_sparse24;
-  using C = Compression<typename ElementOf<kDType>::type>;
-  const typename C::Utility utility(ProblemShape{static_cast<int>(m), 1, static_cast<int>(k), 1},
-                                    make_stride(k, Int<1>{}, int64_t(0)));
-  // Products in 64 bits (the utility's own byte count of A multiplies ints).
-  *a_bytes = size_t(utility.get_tensorA_m_physical()) * size_t(utility.get_tensorA_k_physical()) *
-             sizeof(typename ElementOf<kDType>::type);
-  *e_bytes = size_t(utility.get_metadata_m_physical()) * size_t(utility.get_metadata_k_physical()) *
-             sizeof(typename C::SparseConfig::ElementEMmaRaw);
-}
-
-template <DType kDType>
-cudaError_t Sparse24Sm90Compressor<kDType>::compress(const Sparse24Sm90CompressParams& p, cudaStream_t stream) {
-  using namespace sm90_sparse24;
-  using Adapter = typename Compression<typename ElementOf<kDType>::type>::Adapter;
-  const typename Adapter::Arguments args{
-      ProblemShape{static_cast<int>(p.m), 1, static_cast<int>(p.k), 1},
-      {p.dense, make_stride(p.dense_ld, Int<1>{}, int64_t(0)), p.a, p.e},
-      {}};
-  if (Adapter::can_implement(args) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
-  Adapter compressor;
-  // The compressor stages its tiles in dynamic shared memory, not in the workspace (its workspace size is reported
-  // for compatibility only and never read), so none is passed.
-  if (compressor.initialize(args, nullptr, stream) != cutlass::Status::kSuccess) return cudaErrorInvalidConfiguration;
-  if (compressor.run(stream) != cutlass::Status::kSuccess) return cudaErrorInvalidConfiguration;
-  return cudaSuccess;
-}
-
 template <Sparse24Sm90Config kConfig, DType kDType>
 cudaError_t Sparse24Sm90Kernel<kConfig, kDType>::workspace_bytes(const Sparse24Sm90GemmParams& p, int device,
                                                                  int sm_count, size_t* bytes) {
   using namespace sm90_sparse24;
   using Config = ConfigOf<kConfig, typename ElementOf<kDType>::type>;
-  static_assert(std::is_same_v<typename Config::SparseConfig,
-                               typename Compression<typename ElementOf<kDType>::type>::SparseConfig>,
-                "every config must read the one compressed layout sparse24_sm90_compress writes");
+  static_assert(std::is_same_v<typename Config::SparseConfig, SharedSparseConfig<typename ElementOf<kDType>::type>>,
+                "every config must read the one metadata layout sparse24_sm90_pack_meta writes");
   Sparse24Sm90GemmParams shape = p;  // only sizes and knobs matter; strides as for contiguous operands
   shape.x_ld = p.k;
   shape.y_ld = p.m;

@@ -3,9 +3,10 @@
 //
 // Integer-valued inputs (CUTLASS examples 15/62): every product and partial sum is an integer below 2^24, exact in fp32
 // in any order, so the kernel and a plain fp32 reference GEMM round the same exact value once and must agree exactly.
-// The weight's 2:4 groups include the compressor's corner cases: one nonzero (also at position 3), none, and -0.0.
-// For every dtype x shape, the weight is compressed once and every config runs on the same (a, e): that also checks
-// that all configs read one compressed layout. Output padding (y_ld > M, one row past N) must stay untouched.
+// The weight's 2:4 groups include the corner cases: one nonzero (also at position 3), none, and a kept -0.0. For every
+// dtype x shape the weight is packed once, as the library does (canonical values + meta on the host here, the
+// metadata reordered by sparse24_sm90_pack_meta), and every config runs on the same (a, e): that also checks that all
+// configs read one layout. Output padding (y_ld > M, one row past N) must stay untouched.
 // Exit code: 0 all passed, 1 some case failed, 2 no sm_90 device or a CUDA error outside the kernels under test.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -101,6 +102,35 @@ std::vector<uint16_t> random_weight(int m, int k, std::mt19937& rng) {
   return w;
 }
 
+// The canonical layout of a 2:4 weight (spmm.ops.sparse24_compress): per group of 4 the kept positions i < j (a
+// -0.0 counts as kept; groups keeping fewer are padded with +0.0 positions) -> values [m, k/2] and the 4-bit code
+// i | j << 2, group 2c in the low nibble of meta byte c.
+struct Canonical {
+  std::vector<uint16_t> values;
+  std::vector<uint8_t> meta;
+};
+Canonical canonical_of(const std::vector<uint16_t>& w, int m, int k) {
+  Canonical c{std::vector<uint16_t>(size_t(m) * k / 2), std::vector<uint8_t>(size_t(m) * k / 8, 0)};
+  for (int r = 0; r < m; ++r) {
+    for (int g = 0; g < k / 4; ++g) {
+      const uint16_t* group = &w[size_t(r) * k + g * 4];
+      int kept[2], count = 0;
+      for (int p = 0; p < 4; ++p)
+        if (group[p] != 0 && count < 2) kept[count++] = p;
+      if (count == 0) {
+        kept[0] = 0, kept[1] = 1;
+      } else if (count == 1) {  // pad with a zero position after it (before it when it is the last)
+        if (kept[0] == 3) kept[0] = 2, kept[1] = 3;
+        else kept[1] = 3;
+      }
+      c.values[size_t(r) * k / 2 + g * 2] = group[kept[0]];
+      c.values[size_t(r) * k / 2 + g * 2 + 1] = group[kept[1]];
+      c.meta[size_t(r) * k / 8 + g / 2] |= uint8_t((kept[0] | kept[1] << 2) << (g % 2 ? 4 : 0));
+    }
+  }
+  return c;
+}
+
 template <class T>
 std::vector<uint16_t> random_ints(size_t count, int lo, int hi, std::mt19937& rng) {
   std::uniform_int_distribution<int> value(lo, hi);
@@ -159,15 +189,19 @@ void run_case(const Case& c, DType dtype, const char* dtype_name, bool time_it, 
   CHECK(cudaMemcpy(ref.data(), d_ref.ptr, ref.size() * 2, cudaMemcpyDeviceToHost));
 
   char what[256];
-  size_t a_bytes = 0, e_bytes = 0;
-  CHECK(sparse24_sm90_compressed_sizes(c.m, c.k, dtype, &a_bytes, &e_bytes));
-  DeviceBuffer d_a(a_bytes), d_e(e_bytes);
-  Sparse24Sm90CompressParams cp{d_w.ptr, c.k, d_a.ptr, d_e.ptr, c.m, c.k, dtype};
-  const cudaError_t compress_status = sparse24_sm90_compress(cp, nullptr);
-  std::snprintf(what, sizeof what, "%s compress m=%d k=%d (a %zu B, e %zu B): %s", dtype_name, c.m, c.k, a_bytes,
-                e_bytes, cudaGetErrorString(compress_status));
-  report(compress_status == cudaSuccess, what);
-  if (compress_status != cudaSuccess) return;
+  const Canonical canonical = canonical_of(w, c.m, c.k);
+  size_t e_bytes = 0;
+  CHECK(sparse24_sm90_meta_bytes(c.m, c.k, &e_bytes));
+  DeviceBuffer d_a(canonical.values.size() * 2), d_meta(canonical.meta.size()), d_e(e_bytes);
+  d_a.upload(canonical.values);
+  d_meta.upload(canonical.meta);
+  const Sparse24Sm90MetaParams mp{static_cast<const uint8_t*>(d_meta.ptr), c.k / 8, d_e.ptr, c.m, c.k};
+  cudaError_t pack_status = sparse24_sm90_pack_meta(mp, nullptr);
+  if (pack_status == cudaSuccess) pack_status = cudaDeviceSynchronize();
+  std::snprintf(what, sizeof what, "%s pack m=%d k=%d (e %zu B): %s", dtype_name, c.m, c.k, e_bytes,
+                cudaGetErrorString(pack_status));
+  report(pack_status == cudaSuccess, what);
+  if (pack_status != cudaSuccess) return;
 
   const Sparse24Sm90Config picked = sparse24_sm90_pick_config(c.m, c.n, c.k);
   for (int ci = 0; ci < kSparse24Sm90NumConfigs; ++ci) {

@@ -16,11 +16,12 @@ class Sparse24Linear(SparseLinear):
     """y = x @ W.T + b with W 2:4 sparse (in_features % 4 == 0). Buffers: values, meta (canonical layout, saved),
     bias; on CUDA also the kernels' layouts, rebuilt from the canonical one whenever the layer moves or loads a
     state dict (not saved): dvalues, dmeta for the decode kernel (a few tokens: ops.sparse24_decode_max_tokens, 8-16
-    on Hopper, 32 on Ampere), and prefill_a, prefill_e for a CUTLASS GEMM (more tokens): the Hopper one (wgmma.sp,
-    with stream-K tiles for decode-sized N) where it takes the shape, else the Ampere one (mma.sp; any shape, on
-    compute capability 8.x and 9.0). Each layout holds about as many bytes as the canonical one; pass
-    prefill_kernel=False (or call use_prefill_kernel(False)) to skip the prefill one and its memory: prefill then
-    runs the decode kernel 64 tokens at a time.
+    on Hopper, 32 on Ampere), and what a CUTLASS GEMM needs for more tokens: on Hopper (wgmma.sp, with stream-K
+    tiles for decode-sized N) only its metadata prefill_e, as it reads the canonical values themselves; else the
+    Ampere GEMM's padded copy prefill_a, prefill_e (mma.sp; any shape, on compute capability 8.x and 9.0).
+    Memory per weight element, fp16: canonical 1.125 bytes, decode layout 1.125, Hopper GEMM 0.125 (Ampere 1.125),
+    i.e. 1.19x of the dense weight's 2 bytes on Hopper. Pass prefill_kernel=False (or call
+    use_prefill_kernel(False)) to skip the GEMM's part: prefill then runs the decode kernel 64 tokens at a time.
     Edit the weight through load_state_dict, not in place."""
 
     format_cls = Sparse24Weight
@@ -51,8 +52,9 @@ class Sparse24Linear(SparseLinear):
         prefill, self._prefill_gemm = (None, None), None
         m, k = self.out_features, self.in_features
         if self.prefill_kernel and self.values.dtype in _DECODE_DTYPES:
-            if ops.sparse24_sm90_supported(m, k, self.values.device):
-                prefill, self._prefill_gemm = ops.sparse24_sm90_pack(self.values, self.meta), ops.sparse24_sm90_mm
+            if ops.sparse24_sm90_supported(m, k, self.values.device):  # reads `values`: no copy of them
+                prefill = (None, ops.sparse24_sm90_pack(self.values, self.meta))
+                self._prefill_gemm = ops.sparse24_sm90_mm
             elif ops.sparse24_sm80_supported(m, k, self.values.device):
                 prefill, self._prefill_gemm = ops.sparse24_sm80_pack(self.values, self.meta), ops.sparse24_sm80_mm
         # A plain int, read in forward (traceable by torch.compile); set once per layout.
@@ -62,7 +64,8 @@ class Sparse24Linear(SparseLinear):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.dvalues is not None and x.is_cuda:
-            if self.prefill_a is not None and x.numel() > self._decode_max_tokens * self.in_features:
-                return self._prefill_gemm(x, self.prefill_a, self.prefill_e, self.out_features, self.bias)
+            if self.prefill_e is not None and x.numel() > self._decode_max_tokens * self.in_features:
+                a = self.values if self.prefill_a is None else self.prefill_a
+                return self._prefill_gemm(x, a, self.prefill_e, self.out_features, self.bias)
             return ops.sparse24_decode_mm(x, self.dvalues, self.dmeta, self.out_features, self.bias)
         return ops.sparse24_mm(x, self.values, self.meta, self.bias)
