@@ -110,14 +110,15 @@ def _require_cuda_kernel(c: Case, op: str, what: str) -> None:
         raise NotImplementedError(f"{what} needs a CUDA build")
 
 
-def _spmm_sparse24_decode(c: Case, loader: str = "auto") -> Prepared:
-    """The decode kernel called directly at any N, with the given weight loader."""
+def _spmm_sparse24_decode(c: Case, loader: str = "auto", splits: int = 0) -> Prepared:
+    """The decode kernel called directly at any N, with the given weight loader (and split-K factor; 0: its own)."""
     ops = _ops()
     _require_cuda_kernel(c, "_sparse24_decode_mm", "the decode kernel")
     dvalues, dmeta = ops.sparse24_decode_pack(*ops.sparse24_compress(c.w, c.mask))
     m = c.w.shape[0]
-    return Prepared(lambda x: lambda: ops.sparse24_decode_mm(x, dvalues, dmeta, m, c.bias, loader=loader),
-                    _nbytes(dvalues, dmeta))
+    splits = min(splits, -(-c.w.shape[1] // 128))  # no more splits than 128-column chunks (small probe shapes)
+    return Prepared(lambda x: lambda: ops.sparse24_decode_mm(x, dvalues, dmeta, m, c.bias, loader=loader,
+                                                             splits=splits), _nbytes(dvalues, dmeta))
 
 
 def _spmm_sparse24_sm90(c: Case, config: Optional[str] = None, swizzle: int = 0, splits: int = 0) -> Prepared:
@@ -136,12 +137,15 @@ def _spmm_sparse24_sm90(c: Case, config: Optional[str] = None, swizzle: int = 0,
 def sm90_config_backends() -> List[Backend]:
     """The Hopper GEMM pinned to each of its configs (`sm90_<config>`), the persistent ones also with a wider tile
     raster swizzle (`..._sw4`, `..._sw8`), the stream-K ones also as split-K into k slices (`..._k2` .. `_k16`),
-    and the decode kernel at any N (`decode`): the sweep that tunes the heuristic. Empty where spmm cannot be imported."""
+    and the decode kernel at any N (`decode`, and with k splits of K: `decode_s<k>`): the sweep that tunes the
+    heuristics. Empty where spmm cannot be imported."""
     try:
         names = _ops().SM90_CONFIGS
     except Exception:  # the sweep then has nothing to run; the harness reports the suite as skipped
         return []
     out = [Backend("decode", _spmm_sparse24_decode, cuda_only=True)]
+    out += [Backend(f"decode_s{k}", partial(_spmm_sparse24_decode, splits=k), cuda_only=True)
+            for k in (1, 2, 3, 4, 6, 8)]
     for name in names:
         out.append(Backend(f"sm90_{name}", partial(_spmm_sparse24_sm90, config=name), cuda_only=True))
         if "streamk" not in name:

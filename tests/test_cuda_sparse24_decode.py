@@ -59,6 +59,16 @@ def test_each_loader_exact(loader, dtype, mk, n):
     assert torch.equal(y, reference(x, w, mask, bias))
 
 
+@pytest.mark.parametrize("splits", [1, 2, 3, 5, 8, 12])
+@pytest.mark.parametrize("n", [1, 16, 40])
+def test_every_split_factor_exact(splits, n):
+    """The tuning knob: any split of K (up to 8 summed in a cluster on sm_90, more through the global workspace),
+    including splits that leave some blocks a single 128-column chunk (K = 1536: 12 chunks)."""
+    w, mask, x, bias = int_case(1024, 1536, n, torch.bfloat16, splits * 100 + n)
+    y = ops.sparse24_decode_mm(x, *packed(w, mask), 1024, bias, splits=splits)
+    assert torch.equal(y, reference(x, w, mask, bias))
+
+
 def test_leading_dims_non_contiguous_and_unaligned_x():
     w, mask, x, bias = int_case(128, 512, 12, torch.float16, 3)
     dv, dm = packed(w, mask)
@@ -121,3 +131,5 @@ def test_rejects_bad_input():
         ops.sparse24_decode_mm(x, dv, dm, 64, loader="tma")
     with pytest.raises(TypeError, match=r"`x` must be float16 or bfloat16"):
         ops.sparse24_decode_mm(x.float(), dv.float(), dm, 64)
+    with pytest.raises(ValueError, match=r"`splits` must be 0 \(the kernel's choice\) or 1\.\.2 .*got 3"):
+        ops.sparse24_decode_mm(x, dv, dm, 64, splits=3)

@@ -13,7 +13,8 @@ TORCH_LIBRARY(spmm, m) {
   m.def("tiled_csl_mm(Tensor x, Tensor values, Tensor locations, Tensor tile_offsets, int out_features, int tile_m, int tile_k, Tensor? bias) -> Tensor");
   // Internal (CUDA): the 2:4 decode kernel's weight layout, made from the canonical one, and its matmul.
   m.def("_sparse24_decode_pack(Tensor values, Tensor meta, int meta_layout=0) -> (Tensor dvalues, Tensor dmeta)");
-  m.def("_sparse24_decode_mm(Tensor x, Tensor dvalues, Tensor dmeta, int out_features, Tensor? bias, str loader=\"auto\") -> Tensor");
+  m.def("_sparse24_decode_mm(Tensor x, Tensor dvalues, Tensor dmeta, int out_features, Tensor? bias, "
+        "str loader=\"auto\", int splits=0) -> Tensor");
   // Internal (CUDA, sm_90a): the Hopper prefill GEMM's metadata (CUTLASS's reordered layout; the GEMM reads the
   // canonical values as they are) and its matmul; config -1 = the heuristic's pick, else a number of
   // spmm.ops.SM90_CONFIGS; swizzle and splits are tile-scheduler knobs for tuning (0 = its own choice).

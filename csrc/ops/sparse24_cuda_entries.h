@@ -11,8 +11,10 @@ namespace spmm::ops {
 // Decode kernel (sparse24_decode_cuda.cpp): spmm::_sparse24_decode_pack / _sparse24_decode_mm.
 std::tuple<at::Tensor, at::Tensor> sparse24_decode_pack_cuda(const at::Tensor& values, const at::Tensor& meta,
                                                             int64_t meta_layout);
+// splits 0: the kernel's own split-K rule (sparse24_decode_splits); else that many K slices (a tuning knob).
 at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalues, const at::Tensor& dmeta,
-                                   int64_t out_features, const std::optional<at::Tensor>& bias, c10::string_view loader);
+                                   int64_t out_features, const std::optional<at::Tensor>& bias, c10::string_view loader,
+                                   int64_t splits = 0);
 
 #if SPMM_HAS_SPARSE24_SM90
 // Hopper prefill GEMM (sparse24_sm90_cuda.cpp): spmm::_sparse24_sm90_pack / _sparse24_sm90_mm.

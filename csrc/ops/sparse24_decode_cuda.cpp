@@ -63,7 +63,8 @@ std::tuple<at::Tensor, at::Tensor> sparse24_decode_pack_cuda(const at::Tensor& v
 }
 
 at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalues, const at::Tensor& dmeta,
-                                   int64_t out_features, const std::optional<at::Tensor>& bias, c10::string_view loader) {
+                                   int64_t out_features, const std::optional<at::Tensor>& bias, c10::string_view loader,
+                                   int64_t splits) {
   constexpr const char* op = "spmm::_sparse24_decode_mm";
   check_activation(op, x);
   check_half_dtype(op, "x", x);
@@ -82,6 +83,9 @@ at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalue
                     op, ": `dvalues`/`dmeta` do not hold the decode layout of a ", m, " x ", k,
                     " weight; pack it with _sparse24_decode_pack");
   check_bias(op, bias, x, m);
+  TORCH_CHECK_VALUE(splits >= 0 && splits <= std::max<int64_t>(shape.chunks, 1), op, ": `splits` must be 0 (the "
+                    "kernel's choice) or 1..", std::max<int64_t>(shape.chunks, 1), " (the weight's 128-column chunks), got ",
+                    splits);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xk = kernel_ready_activation(x, n, k);
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
@@ -99,7 +103,9 @@ at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalue
   p.k = xk.size(1);
   p.loader = decode_loader(op, loader);
   p.early_launch = early_launch_requested();
-  p.splits = kernels::sparse24_decode_splits(m, n, k, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  p.splits = splits > 0 ? static_cast<int>(splits)
+                        : kernels::sparse24_decode_splits(m, n, k,
+                                                          at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   p.dtype = kernel_dtype(x.scalar_type());
   const size_t ws = kernels::sparse24_decode_workspace_bytes(m, n, p.k, p.splits, p.loader);
   const KernelWorkspace workspace(x, ws);  // none on sm_90 (split-K sums in a cluster)

@@ -73,12 +73,15 @@ def sparse24_decode_mm(
     out_features: int,
     bias: Optional[Tensor] = None,
     loader: str = "auto",
+    splits: int = 0,
 ) -> Tensor:
     """y = x @ W.T (+ bias) with W in the decode layout: the weight-streaming mma.sp kernel (CUDA, fp16/bf16).
     loader: how the weight reaches shared memory -- "bulk" (the sm_90 copy engine), "cp_async" (the sm_80 path as a
     whole, split-K partials through global memory; runs on sm_90 too, for testing), or "auto" (sm_90: bulk up to 32
-    tokens, cp.async above, split-K partials summed in a thread block cluster; before sm_90: cp.async)."""
-    return _ops._sparse24_decode_mm(x, dvalues, dmeta, out_features, bias, loader)
+    tokens, cp.async above, split-K partials summed in a thread block cluster; before sm_90: cp.async).
+    For tuning only: `splits` (1 .. the weight's 128-column chunks) sets the split-K factor; 0 leaves the kernel's
+    rule (up to 8 splits summed in a cluster on sm_90, more through global memory)."""
+    return _ops._sparse24_decode_mm(x, dvalues, dmeta, out_features, bias, loader, splits)
 
 
 def sparse24_sm90_pack(values: Tensor, meta: Tensor) -> Tensor:
@@ -264,7 +267,7 @@ def _sparse24_decode_pack_fake(values, meta, meta_layout=0):
 
 
 @torch.library.register_fake("spmm::_sparse24_decode_mm")
-def _sparse24_decode_mm_fake(x, dvalues, dmeta, out_features, bias, loader="auto"):
+def _sparse24_decode_mm_fake(x, dvalues, dmeta, out_features, bias, loader="auto", splits=0):
     return x.new_empty(*x.shape[:-1], out_features)
 
 

@@ -442,7 +442,8 @@ int sparse24_decode_splits(int64_t m, int64_t n, int64_t k, int num_sms) {
   (void)n;
   // Split K only as far as needed to give ~0.7 blocks per SM: each split adds partials to sum and a tail, and
   // the pipeline keeps enough bytes in flight per block (measured on the H100: one split is best from ~96 row
-  // groups up, 3-8 on 4096-row layers).
+  // groups up, 3-8 on 4096-row layers; re-swept on the H200 at N = 1-32 with every fixed split from 1 to 8, the
+  // rule stayed the best median, bench/results/h200_sparse24_decode_splits_graph.json).
   const Sparse24DecodeShape s = sparse24_decode_shape(m, k);
   const int64_t wanted = (static_cast<int64_t>(std::max(num_sms, 1)) * 7 + 9) / 10;
   int64_t splits = (wanted + std::max<int64_t>(s.groups, 1) - 1) / std::max<int64_t>(s.groups, 1);
