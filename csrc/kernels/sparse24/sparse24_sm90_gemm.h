@@ -18,7 +18,7 @@
 // A device that is not compute capability 9.0 gets cudaErrorNoKernelImageForDevice (the code is sm_90a only).
 //
 // Weights are packed once: the canonical metadata [M, K/8] -> sparse24_sm90_pack_meta -> e (sparse24_sm90_meta_bytes()
-// bytes); the canonical values serve as a unchanged, so the GEMM keeps no second copy of them. Every config below
+// bytes); the canonical values serve as `a` unchanged, so the GEMM keeps no second copy of them. Every config below
 // reads the same (a, e) layout.
 #pragma once
 
@@ -71,7 +71,7 @@ bool sparse24_sm90_weight_supported(int64_t m, int64_t k);
 cudaError_t sparse24_sm90_meta_bytes(int64_t m, int64_t k, size_t* e_bytes);
 
 // Enqueues the metadata reorder on `stream`: canonical meta -> e. Writes every byte of e (the padding with zeros).
-// Any device can run it (plain CUDA, built for sm_90a only like the GEMM).
+// A plain CUDA byte scatter, but built for sm_90a only like the GEMM (elsewhere: cudaErrorNoKernelImageForDevice).
 cudaError_t sparse24_sm90_pack_meta(const Sparse24Sm90MetaParams& params, cudaStream_t stream);
 
 // Config for a problem, from coarse buckets of the tile count against the SM count (132 on an H100 SXM).
