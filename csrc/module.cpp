@@ -4,6 +4,7 @@
 
 #include "kernels/sparse24/sparse24_dispatch_rules.h"
 #include "kernels/sparse24/sparse24_sm90_configs.h"
+#include "kernels/spense/spense_tiles.h"
 
 // The Hopper GEMM's config names, index = config number (a tuple of str).
 static PyObject* sm90_config_names() {
@@ -43,7 +44,8 @@ extern "C" PyMODINIT_FUNC PyInit__C(void) {
   if (PyModule_AddIntConstant(module, "cuda_built", SPMM_WITH_CUDA) < 0 ||
       PyModule_AddStringConstant(module, "cuda_archs", SPMM_CUDA_ARCHS) < 0 ||
       PyModule_AddIntConstant(module, "sm90_row_multiple", spmm::kernels::kSm90RowMultiple) < 0 ||
-      PyModule_AddIntConstant(module, "sm90_col_multiple", spmm::kernels::kSm90ColMultiple) < 0) {
+      PyModule_AddIntConstant(module, "sm90_col_multiple", spmm::kernels::kSm90ColMultiple) < 0 ||
+      PyModule_AddIntConstant(module, "spense_row_tile", spmm::kernels::kSpenseRowTile) < 0) {
     Py_DECREF(module);
     return nullptr;
   }

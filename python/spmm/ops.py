@@ -234,6 +234,11 @@ def tiled_csl_bitmap_supported(device: torch.device) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- Spense ------------
+# The Spense kernels' row tile (csrc/kernels/spense/spense_tiles.h): dense row counts that are multiples of it keep
+# every tile of the GPU decode kernel all dense or all 2:4.
+SPENSE_ROW_TILE: int = _C.spense_row_tile
+
+
 def spense_mm(
     x: Tensor,
     dense_weight: Tensor,
