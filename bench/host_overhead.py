@@ -53,12 +53,13 @@ def us_per_call(fn, calls: int, include_gpu: bool) -> float:
 
 
 def kernel_of(layer: Sparse24Linear, tokens: int) -> str:
-    """Which kernel Sparse24Linear.forward runs for `tokens` rows (its own dispatch rule, read back)."""
+    """Which kernel Sparse24Linear runs for `tokens` rows: the C++ rule (spmm.ops.sparse24_pick_kernel) over the
+    layouts the layer holds."""
     if layer.dvalues is None:
         return "cpu reference"
-    if layer.prefill_e is not None and tokens > layer._decode_max_tokens:
-        return "hopper gemm" if layer._prefill_gemm is spmm.ops.sparse24_sm90_mm else "ampere gemm"
-    return "decode kernel"
+    gemm = "sm90" if layer.sm90_e is not None else "sm80" if layer.sm80_a is not None else None
+    kernel = spmm.ops.sparse24_pick_kernel(layer.out_features, layer.in_features, tokens, True, gemm)
+    return {"decode": "decode kernel", "sm90": "hopper gemm", "sm80": "ampere gemm"}[kernel]
 
 
 def host_overhead(dtype) -> list:

@@ -21,6 +21,45 @@ static PyObject* sm90_config_names() {
   return names;
 }
 
+namespace {
+
+using spmm::kernels::Sparse24Kernel;
+
+// Kernel names as spmm.ops spells them; kDecode as a prefill GEMM means "none" (None in Python).
+const char* kernel_name(Sparse24Kernel kernel) {
+  switch (kernel) {
+    case Sparse24Kernel::kSm90Gemm: return "sm90";
+    case Sparse24Kernel::kSm80Gemm: return "sm80";
+    default: return "decode";
+  }
+}
+
+PyObject* gemm_or_none(Sparse24Kernel gemm) {
+  if (gemm == Sparse24Kernel::kDecode) Py_RETURN_NONE;
+  return PyUnicode_FromString(kernel_name(gemm));
+}
+
+// "sm90" / "sm80" / None -> the kernel; false (with a Python ValueError set) for anything else.
+bool parse_gemm(PyObject* name, Sparse24Kernel* gemm) {
+  if (name == Py_None) {
+    *gemm = Sparse24Kernel::kDecode;
+    return true;
+  }
+  const bool is_str = PyUnicode_Check(name);
+  if (is_str && PyUnicode_CompareWithASCIIString(name, "sm90") == 0) {
+    *gemm = Sparse24Kernel::kSm90Gemm;
+    return true;
+  }
+  if (is_str && PyUnicode_CompareWithASCIIString(name, "sm80") == 0) {
+    *gemm = Sparse24Kernel::kSm80Gemm;
+    return true;
+  }
+  PyErr_SetString(PyExc_ValueError, "gemm must be \"sm90\", \"sm80\" or None");
+  return false;
+}
+
+}  // namespace
+
 // sparse24_decode_max_tokens(out_features, in_features, hopper_gemm) -> int (sparse24_dispatch_rules.h).
 static PyObject* decode_max_tokens(PyObject*, PyObject* args) {
   long long m = 0, k = 0;
@@ -29,10 +68,35 @@ static PyObject* decode_max_tokens(PyObject*, PyObject* args) {
   return PyLong_FromLongLong(spmm::kernels::sparse24_decode_max_tokens(m, k, hopper_gemm != 0));
 }
 
+// sparse24_prefill_gemm(out_features, in_features, compute_capability) -> "sm90" | "sm80" | None, for this build.
+static PyObject* prefill_gemm(PyObject*, PyObject* args) {
+  long long m = 0, k = 0;
+  int capability = 0;
+  if (!PyArg_ParseTuple(args, "LLi", &m, &k, &capability)) return nullptr;
+  return gemm_or_none(spmm::kernels::sparse24_prefill_gemm(m, k, capability));
+}
+
+// sparse24_pick_kernel(out_features, in_features, tokens, has_decode, gemm) -> "decode" | "sm90" | "sm80".
+static PyObject* pick_kernel(PyObject*, PyObject* args) {
+  long long m = 0, k = 0, n = 0;
+  int has_decode = 0;
+  PyObject* gemm_name = nullptr;
+  if (!PyArg_ParseTuple(args, "LLLpO", &m, &k, &n, &has_decode, &gemm_name)) return nullptr;
+  Sparse24Kernel gemm = Sparse24Kernel::kDecode;
+  if (!parse_gemm(gemm_name, &gemm)) return nullptr;
+  return PyUnicode_FromString(kernel_name(spmm::kernels::sparse24_pick_kernel(m, k, n, has_decode != 0, gemm)));
+}
+
 static PyMethodDef spmm_methods[] = {
     {"sparse24_decode_max_tokens", decode_max_tokens, METH_VARARGS,
      "sparse24_decode_max_tokens(out_features, in_features, hopper_gemm): up to how many tokens the 2:4 decode kernel "
      "runs; above it a GEMM"},
+    {"sparse24_prefill_gemm", prefill_gemm, METH_VARARGS,
+     "sparse24_prefill_gemm(out_features, in_features, compute_capability): the 2:4 prefill GEMM this build runs for "
+     "the weight on a device of that capability (major * 10 + minor): 'sm90', 'sm80' or None"},
+    {"sparse24_pick_kernel", pick_kernel, METH_VARARGS,
+     "sparse24_pick_kernel(out_features, in_features, tokens, has_decode, gemm): the 2:4 kernel a call of `tokens` "
+     "rows takes, given the layouts at hand: 'decode', 'sm90' or 'sm80'"},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef spmm_module = {PyModuleDef_HEAD_INIT, "_C", "spmm native ops (registered as torch.ops.spmm)",

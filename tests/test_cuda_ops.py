@@ -147,24 +147,22 @@ def test_sparse24_layer_packs_on_gpu():
 @pytest.mark.parametrize("tokens", [(1,), (8,), (9,), (16,), (17,), (32,), (33,), (64,), (3, 100), (2048,)])
 @pytest.mark.parametrize("prefill_kernel", [True, False])
 def test_sparse24_layer_both_kernels(dtype, mk, tokens, prefill_kernel):
-    """Sparse24Linear runs the decode kernel up to ops.sparse24_decode_max_tokens and a CUTLASS GEMM above: the
-    Hopper one where the shape allows, else the Ampere one (on compute capability 8.x and 9.0); all exact on integer
-    inputs. Token counts on both sides of every threshold (8, 16 on Hopper; 32 on Ampere)."""
+    """Sparse24Linear holds the decode kernel's layout and that of the prefill GEMM the rule names for the device and
+    shape (the Hopper one where the shape allows, else the Ampere one, on compute capability 8.x and 9.0), and
+    sparse24_mm picks between them in C++; all exact on integer inputs. Token counts on both sides of every threshold
+    (8, 16 on Hopper; 32 on Ampere)."""
     w, mask, x, bias, ref = case(*mk, tokens, dtype, 2, random_24_mask)
     linear = torch.nn.Linear(mk[1], mk[0], dtype=dtype, device="cuda")
     with torch.no_grad():
         linear.weight.copy_(w)
         linear.bias.copy_(bias)
     layer = spmm.nn.Sparse24Linear.from_dense(linear, mask).use_prefill_kernel(prefill_kernel)
-    hopper = ops.sparse24_sm90_supported(*mk, torch.device("cuda"))
-    ampere = ops.sparse24_sm80_supported(*mk, torch.device("cuda"))
-    assert (layer.prefill_e is not None) == ((hopper or ampere) and prefill_kernel)
-    assert (layer.prefill_a is not None) == (ampere and not hopper and prefill_kernel)  # Hopper reads `values`
-    if prefill_kernel and (hopper or ampere):
-        assert layer._prefill_gemm is (ops.sparse24_sm90_mm if hopper else ops.sparse24_sm80_mm)
+    gemm = ops.sparse24_prefill_gemm(*mk, torch.device("cuda")) if prefill_kernel else None
+    assert layer.dvalues is not None and layer.dmeta is not None
+    assert (layer.sm90_e is not None) == (gemm == "sm90")  # Hopper reads `values`: no copy of them
+    assert (layer.sm80_a is not None) == (layer.sm80_e is not None) == (gemm == "sm80")
     if torch.cuda.get_device_capability() in ((8, 0), (9, 0)) and prefill_kernel:
-        assert layer.prefill_e is not None  # never silently off on the GPUs these paths are for
-    assert layer._decode_max_tokens == ops.sparse24_decode_max_tokens(*mk, hopper and prefill_kernel)
+        assert gemm is not None  # never silently off on the GPUs these paths are for
     with torch.no_grad():
         y = layer(x)
     assert y.shape == (*tokens, mk[0]) and torch.equal(y.float(), ref.to(dtype).float())

@@ -62,16 +62,17 @@ inline void check_half_dtype(const char* op, const char* arg, const at::Tensor& 
 }
 
 // x and a prefill GEMM's packed weight: a (values, x's dtype, a_dim dims) and e (metadata of e_dtype, 1-D), all
-// contiguous on x's device.
+// contiguous on x's device; a_name, e_name: what the calling op calls them.
 inline void check_gemm_operands(const char* op, const at::Tensor& x, const at::Tensor& a, int64_t a_dim,
-                                const at::Tensor& e, at::ScalarType e_dtype, const char* a_name = "a") {
+                                const at::Tensor& e, at::ScalarType e_dtype, const char* a_name = "a",
+                                const char* e_name = "e") {
   check_activation(op, x);
   check_half_dtype(op, "x", x);
   check_dtype(op, a_name, a, x.scalar_type());
-  check_dtype(op, "e", e, e_dtype);
+  check_dtype(op, e_name, e, e_dtype);
   check_dim(op, a_name, a, a_dim);
-  check_dim(op, "e", e, 1);
-  for (auto [name, t] : {std::pair{a_name, &a}, {"e", &e}}) {
+  check_dim(op, e_name, e, 1);
+  for (auto [name, t] : {std::pair{a_name, &a}, {e_name, &e}}) {
     check_contiguous(op, name, *t);
     check_same_device(op, name, *t, x);
   }

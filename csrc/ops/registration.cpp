@@ -5,8 +5,12 @@
 TORCH_LIBRARY(spmm, m) {
   // 2:4: dense [M, K] (+ keep mask) -> canonical values [M, K/2], meta uint8 [M, ceil(K/8)]. CPU, CUDA.
   m.def("sparse24_compress(Tensor dense, Tensor? mask) -> (Tensor values, Tensor meta)");
-  // y = x @ W.T (+ bias), W in the canonical 2:4 layout. CPU; CUDA (fp16/bf16, through the decode kernel).
-  m.def("sparse24_mm(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor");
+  // y = x @ W.T (+ bias), W in the canonical 2:4 layout. CPU; CUDA (fp16/bf16): the kernel the 2:4 rule picks
+  // (sparse24_dispatch_rules.h) on the kernel layouts given (a layer's, see spmm.ops.sparse24_kernel_layouts: the
+  // decode kernel's dvalues/dmeta, the Hopper GEMM's metadata sm90_e, the Ampere GEMM's sm80_a/sm80_e); with none
+  // the call packs its kernel's layout for itself. The CPU computes from the canonical weight and ignores them.
+  m.def("sparse24_mm(Tensor x, Tensor values, Tensor meta, Tensor? bias=None, Tensor? dvalues=None, "
+        "Tensor? dmeta=None, Tensor? sm90_e=None, Tensor? sm80_a=None, Tensor? sm80_e=None) -> Tensor");
   // Tiled-CSL: dense [M, K] (+ keep mask) -> values [nnz], locations int16 [nnz], tile_offsets int32 [tiles + 1]. CPU.
   m.def("tiled_csl_compress(Tensor dense, Tensor? mask, int tile_m, int tile_k) -> (Tensor values, Tensor locations, Tensor tile_offsets)");
   // y = x @ W.T (+ bias), W [out_features, K] in Tiled-CSL. CPU.
@@ -31,6 +35,9 @@ TORCH_LIBRARY(spmm, m) {
   m.def("_tiled_csl_mm_words(Tensor x, Tensor words, Tensor word_offsets, int out_features, int tile_m, Tensor? bias) -> Tensor");
   // Internal (CUDA, sm_90a): matmul on the Tiled-CSL pair-bitmap layout (spmm.ops.tiled_csl_bitmap builds it in torch).
   m.def("_tiled_csl_bitmap_mm(Tensor x, Tensor records, Tensor record_offsets, int out_features, int max_record_words, Tensor? bias) -> Tensor");
-  // Spense: dense row block + 2:4 row block, output rows placed by row_index (dense rows first). CPU.
-  m.def("spense_mm(Tensor x, Tensor dense_weight, Tensor values, Tensor meta, Tensor row_index, Tensor? bias) -> Tensor");
+  // Spense: dense row block + 2:4 row block, output rows placed by row_index (dense rows first). CPU; CUDA (fp16/bf16:
+  // the 2:4 rows through sparse24_mm's dispatch on the 2:4 block's kernel layouts, the dense rows through cuBLAS).
+  m.def("spense_mm(Tensor x, Tensor dense_weight, Tensor values, Tensor meta, Tensor row_index, Tensor? bias=None, "
+        "Tensor? dvalues=None, Tensor? dmeta=None, Tensor? sm90_e=None, Tensor? sm80_a=None, Tensor? sm80_e=None) "
+        "-> Tensor");
 }

@@ -65,8 +65,11 @@ std::tuple<at::Tensor, at::Tensor> sparse24_compress_cpu(const at::Tensor& dense
   return {values, meta};
 }
 
+// The kernel layouts (dvalues .. sm80_e) are the CUDA kernels' copies of the canonical weight: not read here.
 at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
-                           const std::optional<at::Tensor>& bias) {
+                           const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& /*dvalues*/,
+                           const std::optional<at::Tensor>& /*dmeta*/, const std::optional<at::Tensor>& /*sm90_e*/,
+                           const std::optional<at::Tensor>& /*sm80_a*/, const std::optional<at::Tensor>& /*sm80_e*/) {
   constexpr const char* op = "spmm::sparse24_mm";
   check_activation(op, x);
   const int64_t k = x.size(-1);

@@ -1,5 +1,6 @@
 // CUDA entries of the 2:4 decode kernel: the canonical -> decode layout pack, and y = x W^T (+ bias) on it.
-// Internal ops (leading underscore): layers call them on the layout they cache; users call spmm::sparse24_mm.
+// Internal ops (leading underscore), for tests and tuning; spmm::sparse24_mm runs the kernel on the layout a layer
+// caches (its `dvalues`, `dmeta` arguments).
 #include <cstdlib>
 #include <string_view>
 
@@ -62,10 +63,9 @@ std::tuple<at::Tensor, at::Tensor> sparse24_decode_pack_cuda(const at::Tensor& v
   return {dvalues, dmeta};
 }
 
-at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalues, const at::Tensor& dmeta,
-                                   int64_t out_features, const std::optional<at::Tensor>& bias, c10::string_view loader,
-                                   int64_t splits) {
-  constexpr const char* op = "spmm::_sparse24_decode_mm";
+at::Tensor sparse24_decode_run(const char* op, const at::Tensor& x, const at::Tensor& dvalues, const at::Tensor& dmeta,
+                               int64_t out_features, const std::optional<at::Tensor>& bias, c10::string_view loader,
+                               int64_t splits) {
   check_activation(op, x);
   check_half_dtype(op, "x", x);
   check_dtype(op, "dvalues", dvalues, x.scalar_type());
@@ -113,6 +113,16 @@ at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalue
   check_cuda(op, kernels::sparse24_decode_mm(p, at::cuda::getCurrentCUDAStream()));
   return with_leading_dims_of(y, x);
 }
+
+namespace {
+
+at::Tensor sparse24_decode_mm_cuda(const at::Tensor& x, const at::Tensor& dvalues, const at::Tensor& dmeta,
+                                   int64_t out_features, const std::optional<at::Tensor>& bias, c10::string_view loader,
+                                   int64_t splits) {
+  return sparse24_decode_run("spmm::_sparse24_decode_mm", x, dvalues, dmeta, out_features, bias, loader, splits);
+}
+
+}  // namespace
 
 TORCH_LIBRARY_IMPL(spmm, CUDA, m) {
   m.impl("_sparse24_decode_pack", &sparse24_decode_pack_cuda);

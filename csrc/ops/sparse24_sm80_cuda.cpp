@@ -33,11 +33,6 @@ at::Tensor padded_activation(const at::Tensor& x, int64_t n, int64_t k, int64_t 
 
 }  // namespace
 
-bool sparse24_sm80_usable(const at::Tensor& like) {
-  const cudaDeviceProp* props = at::cuda::getDeviceProperties(like.get_device());
-  return props->major == 8 || (props->major == 9 && props->minor == 0);
-}
-
 std::tuple<at::Tensor, at::Tensor> sparse24_sm80_pack_cuda(const at::Tensor& values, const at::Tensor& meta) {
   constexpr const char* op = "spmm::_sparse24_sm80_pack";
   check_half_dtype(op, "values", values);
@@ -61,17 +56,17 @@ std::tuple<at::Tensor, at::Tensor> sparse24_sm80_pack_cuda(const at::Tensor& val
   return {a, e};
 }
 
-at::Tensor sparse24_sm80_mm_cuda(const at::Tensor& x, const at::Tensor& a, const at::Tensor& e, int64_t out_features,
-                                 const std::optional<at::Tensor>& bias) {
-  constexpr const char* op = "spmm::_sparse24_sm80_mm";
-  check_gemm_operands(op, x, a, 2, e, at::kShort);
+at::Tensor sparse24_sm80_run(const char* op, const char* a_name, const char* e_name, const at::Tensor& x,
+                             const at::Tensor& a, const at::Tensor& e, int64_t out_features,
+                             const std::optional<at::Tensor>& bias) {
+  check_gemm_operands(op, x, a, 2, e, at::kShort, a_name, e_name);
   const int64_t k = x.size(-1), n = leading_rows(x), m = out_features;
   TORCH_CHECK_VALUE(m > 0 && k > 0 && k % 4 == 0, op, ": needs out_features > 0 and in_features (the last dim of `x`)",
                     " a positive multiple of 4, got ", m, " x ", k);
   const int64_t k_pad = kernels::sparse24_sm80_padded_cols(k);
   TORCH_CHECK_VALUE(a.size(0) == kernels::sparse24_sm80_padded_rows(m) && a.size(1) == k_pad / 2 &&
                         e.numel() == kernels::sparse24_sm80_meta_elements(m, k),
-                    op, ": `a`/`e` do not hold the Ampere GEMM layout of a ", m, " x ", k,
+                    op, ": `", a_name, "`/`", e_name, "` do not hold the Ampere GEMM layout of a ", m, " x ", k,
                     " weight; pack it with _sparse24_sm80_pack");
   check_bias(op, bias, x, m);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -96,6 +91,15 @@ at::Tensor sparse24_sm80_mm_cuda(const at::Tensor& x, const at::Tensor& a, const
   check_sm80_status(op, kernels::sparse24_sm80_gemm(p, at::cuda::getCurrentCUDAStream()));
   return with_leading_dims_of(y, x);
 }
+
+namespace {
+
+at::Tensor sparse24_sm80_mm_cuda(const at::Tensor& x, const at::Tensor& a, const at::Tensor& e, int64_t out_features,
+                                 const std::optional<at::Tensor>& bias) {
+  return sparse24_sm80_run("spmm::_sparse24_sm80_mm", "a", "e", x, a, e, out_features, bias);
+}
+
+}  // namespace
 
 TORCH_LIBRARY_IMPL(spmm, CUDA, m) {
   m.impl("_sparse24_sm80_pack", &sparse24_sm80_pack_cuda);

@@ -29,12 +29,6 @@ void check_sm90_status(const char* op, cudaError_t status) {
 
 }  // namespace
 
-bool sparse24_sm90_usable(const at::Tensor& like, int64_t m, int64_t k) {
-  if (!kernels::sparse24_sm90_weight_supported(m, k)) return false;
-  const cudaDeviceProp* props = at::cuda::getDeviceProperties(like.get_device());
-  return props->major == 9 && props->minor == 0;
-}
-
 at::Tensor sparse24_sm90_pack_cuda(const at::Tensor& values, const at::Tensor& meta) {
   constexpr const char* op = "spmm::_sparse24_sm90_pack";
   check_half_dtype(op, "values", values);
@@ -55,11 +49,10 @@ at::Tensor sparse24_sm90_pack_cuda(const at::Tensor& values, const at::Tensor& m
   return e;
 }
 
-at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& e,
-                                 int64_t out_features, const std::optional<at::Tensor>& bias, int64_t config,
-                                 int64_t swizzle, int64_t splits) {
-  constexpr const char* op = "spmm::_sparse24_sm90_mm";
-  check_gemm_operands(op, x, values, 2, e, at::kByte, "values");
+at::Tensor sparse24_sm90_run(const char* op, const char* e_name, const at::Tensor& x, const at::Tensor& values,
+                             const at::Tensor& e, int64_t out_features, const std::optional<at::Tensor>& bias,
+                             int64_t config, int64_t swizzle, int64_t splits) {
+  check_gemm_operands(op, x, values, 2, e, at::kByte, "values", e_name);
   const int64_t k = x.size(-1), n = leading_rows(x), m = out_features;
   check_sm90_shape(op, m, k);
   const kernels::DType dtype = kernel_dtype(x.scalar_type());
@@ -67,7 +60,7 @@ at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& values, 
                     m, ", ", k / 2, "] of a ", m, " x ", k, " weight, got ", values.sizes());
   size_t e_bytes = 0;
   check_cuda(op, kernels::sparse24_sm90_meta_bytes(m, k, &e_bytes));
-  TORCH_CHECK_VALUE(static_cast<size_t>(e.numel()) == e_bytes, op, ": `e` does not hold the Hopper GEMM metadata of a ",
+  TORCH_CHECK_VALUE(static_cast<size_t>(e.numel()) == e_bytes, op, ": `", e_name, "` does not hold the Hopper GEMM metadata of a ",
                     m, " x ", k, " weight (", e_bytes, " bytes); pack it with _sparse24_sm90_pack");
   check_bias(op, bias, x, m);
   TORCH_CHECK_VALUE(config >= -1 && config < kernels::kSparse24Sm90NumConfigs, op, ": `config` must be -1 (the "
@@ -105,6 +98,16 @@ at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& values, 
   check_sm90_status(op, kernels::sparse24_sm90_gemm(p, chosen, at::cuda::getCurrentCUDAStream()));
   return with_leading_dims_of(y, x);
 }
+
+namespace {
+
+at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& e,
+                                 int64_t out_features, const std::optional<at::Tensor>& bias, int64_t config,
+                                 int64_t swizzle, int64_t splits) {
+  return sparse24_sm90_run("spmm::_sparse24_sm90_mm", "e", x, values, e, out_features, bias, config, swizzle, splits);
+}
+
+}  // namespace
 
 TORCH_LIBRARY_IMPL(spmm, CUDA, m) {
   m.impl("_sparse24_sm90_pack", &sparse24_sm90_pack_cuda);

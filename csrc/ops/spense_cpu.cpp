@@ -4,45 +4,23 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
-#include <vector>
-
 #include "ops/sparse24_cpu.h"
+#include "ops/spense_common.h"
 
 namespace spmm::ops {
 namespace {
 
-// row_index must be a permutation of 0..M-1: every output row written exactly once.
-void check_row_index(const char* op, const at::Tensor& row_index) {
-  const int64_t m = row_index.numel();
-  const int32_t* idx = row_index.data_ptr<int32_t>();
-  std::vector<bool> seen(m, false);
-  for (int64_t i = 0; i < m; ++i) {
-    TORCH_CHECK_VALUE(idx[i] >= 0 && idx[i] < m, op, ": `row_index`[", i, "] = ", idx[i], " is outside [0, ", m, ")");
-    TORCH_CHECK_VALUE(!seen[idx[i]], op, ": `row_index` names output row ", idx[i], " twice; it must be a permutation");
-    seen[idx[i]] = true;
-  }
-}
-
+// The kernel layouts of the 2:4 block (dvalues .. sm80_e) are the CUDA kernels' copies: not read here.
 at::Tensor spense_mm_cpu(const at::Tensor& x, const at::Tensor& dense_weight, const at::Tensor& values,
-                         const at::Tensor& meta, const at::Tensor& row_index, const std::optional<at::Tensor>& bias) {
+                         const at::Tensor& meta, const at::Tensor& row_index, const std::optional<at::Tensor>& bias,
+                         const std::optional<at::Tensor>& /*dvalues*/, const std::optional<at::Tensor>& /*dmeta*/,
+                         const std::optional<at::Tensor>& /*sm90_e*/, const std::optional<at::Tensor>& /*sm80_a*/,
+                         const std::optional<at::Tensor>& /*sm80_e*/) {
   constexpr const char* op = "spmm::spense_mm";
-  check_activation(op, x);
+  check_spense_args(op, x, dense_weight, values, meta, row_index, bias);
+  check_row_index_permutation(op, row_index);
   const int64_t k = x.size(-1), n = leading_rows(x);
-  check_dim(op, "dense_weight", dense_weight, 2);
-  check_dtype(op, "dense_weight", dense_weight, x.scalar_type());
-  check_same_device(op, "dense_weight", dense_weight, x);
-  TORCH_CHECK_VALUE(dense_weight.size(1) == k, op, ": `dense_weight` must have K = ", k, " columns (the last dim of `x`), got ",
-                    dense_weight.size(1));
-  check_sparse24_weight(op, x, values, meta, k);
-  check_dim(op, "row_index", row_index, 1);
-  check_dtype(op, "row_index", row_index, at::kInt);
-  check_contiguous(op, "row_index", row_index);
-  check_same_device(op, "row_index", row_index, x);
-  const int64_t md = dense_weight.size(0), ms = values.size(0), m = md + ms;
-  TORCH_CHECK_VALUE(row_index.numel() == m, op, ": `row_index` must have one entry per output row (dense ", md,
-                    " + sparse ", ms, " = ", m, "), got ", row_index.numel());
-  check_bias(op, bias, x, m);
-  check_row_index(op, row_index);
+  const int64_t md = dense_weight.size(0), m = row_index.numel();
   check_sparse24_meta_codes(op, meta, k);
 
   const at::Tensor xf = activation_matrix(x, n, k);

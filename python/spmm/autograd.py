@@ -12,11 +12,23 @@ from __future__ import annotations
 import torch
 
 from .formats import Sparse24Weight, SpenseWeight, TiledCSLWeight
+from .ops import SPARSE24_LAYOUTS
 
 
-def _no_weight_grad(ctx, op: str, weight_args: range) -> None:
-    if any(ctx.needs_input_grad[i] for i in weight_args):
+def _no_weight_grad(ctx, op: str, weight_args) -> None:
+    if any(ctx.needs_input_grad[i] for i in weight_args if i < len(ctx.needs_input_grad)):
         raise RuntimeError(f"spmm::{op}: the packed weight is not differentiable; only x and bias get gradients")
+
+
+# sparse24_mm and spense_mm take the 2:4 weight's kernel layouts after bias: copies of the packed weight for the CUDA
+# kernels, as frozen as it is. The dispatcher leaves out trailing arguments left at their defaults (None), so a
+# backward returns one gradient per input it was given: _per_input.
+_LAYOUT_ARGS = len(SPARSE24_LAYOUTS)
+
+
+def _per_input(ctx, grads):
+    n = len(ctx.needs_input_grad)
+    return tuple(grads[:n]) + (None,) * (n - len(grads))
 
 
 def _grads(ctx, grad_out, weight):
@@ -27,18 +39,18 @@ def _grads(ctx, grad_out, weight):
 
 # --------------------------------------------------------------------------------------------- sparse24_mm ---------
 def _sparse24_setup(ctx, inputs, output):
-    x, values, meta, bias = inputs
+    x, values, meta, bias = inputs[:4]  # setup_context sees every argument, defaults filled in
     ctx.save_for_backward(values, meta)
     ctx.k = x.shape[-1]
     ctx.bias_grad = bias is not None and ctx.needs_input_grad[3]
 
 
 def _sparse24_backward(ctx, grad_out):
-    _no_weight_grad(ctx, "sparse24_mm", range(1, 3))
+    _no_weight_grad(ctx, "sparse24_mm", [1, 2, *range(4, 4 + _LAYOUT_ARGS)])
     values, meta = ctx.saved_tensors
     weight = Sparse24Weight(values, meta, (values.shape[0], ctx.k)).to_dense()
     grad_x, grad_bias = _grads(ctx, grad_out, weight)
-    return grad_x, None, None, grad_bias
+    return _per_input(ctx, (grad_x, None, None, grad_bias))
 
 
 # -------------------------------------------------------------------------------------------- tiled_csl_mm ---------
@@ -59,19 +71,19 @@ def _tiled_csl_backward(ctx, grad_out):
 
 # ----------------------------------------------------------------------------------------------- spense_mm ---------
 def _spense_setup(ctx, inputs, output):
-    x, dense_weight, values, meta, row_index, bias = inputs
+    x, dense_weight, values, meta, row_index, bias = inputs[:6]
     ctx.save_for_backward(dense_weight, values, meta, row_index)
     ctx.k = x.shape[-1]
     ctx.bias_grad = bias is not None and ctx.needs_input_grad[5]
 
 
 def _spense_backward(ctx, grad_out):
-    _no_weight_grad(ctx, "spense_mm", range(1, 5))
+    _no_weight_grad(ctx, "spense_mm", [1, 2, 3, 4, *range(6, 6 + _LAYOUT_ARGS)])
     dense_weight, values, meta, row_index = ctx.saved_tensors
     sparse = Sparse24Weight(values, meta, (values.shape[0], ctx.k))
     weight = SpenseWeight(dense_weight, sparse, row_index).to_dense()
     grad_x, grad_bias = _grads(ctx, grad_out, weight)
-    return grad_x, None, None, None, None, grad_bias
+    return _per_input(ctx, (grad_x, None, None, None, None, grad_bias))
 
 
 torch.library.register_autograd("spmm::sparse24_mm", _sparse24_backward, setup_context=_sparse24_setup)

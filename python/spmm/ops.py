@@ -30,7 +30,7 @@ row_index [Md + Ms] int32 gives the original output row of each block row, dense
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -55,9 +55,71 @@ def sparse24_compress(dense: Tensor, mask: Optional[Tensor] = None) -> Tuple[Ten
     return _ops.sparse24_compress(dense, mask)
 
 
-def sparse24_mm(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """y = x @ W.T (+ bias) with W given in the canonical 2:4 layout. x [..., K] -> y [..., M]."""
-    return _ops.sparse24_mm(x, values, meta, bias)
+def sparse24_mm(
+    x: Tensor,
+    values: Tensor,
+    meta: Tensor,
+    bias: Optional[Tensor] = None,
+    *,
+    dvalues: Optional[Tensor] = None,
+    dmeta: Optional[Tensor] = None,
+    sm90_e: Optional[Tensor] = None,
+    sm80_a: Optional[Tensor] = None,
+    sm80_e: Optional[Tensor] = None,
+) -> Tensor:
+    """y = x @ W.T (+ bias) with W given in the canonical 2:4 layout. x [..., K] -> y [..., M].
+
+    On CUDA (fp16/bf16) the kernel is chosen in C++ by one rule (csrc/kernels/sparse24/sparse24_dispatch_rules.h;
+    sparse24_pick_kernel says which) from the shape, the device and the kernel layouts given: the decode kernel's
+    `dvalues`/`dmeta` up to sparse24_decode_max_tokens tokens, above it the prefill GEMM whose layout is given (the
+    Hopper GEMM's metadata `sm90_e`, which reads `values` itself, or the Ampere GEMM's `sm80_a`/`sm80_e`); either
+    alone serves every N. sparse24_kernel_layouts builds them once per weight (Sparse24Linear holds them). Without
+    layouts the call packs what its kernel reads, for this call only. The CPU computes from values/meta alone."""
+    return _ops.sparse24_mm(x, values, meta, bias, dvalues, dmeta, sm90_e, sm80_a, sm80_e)
+
+
+# The kernel layouts sparse24_mm and spense_mm take (their keyword arguments, in schema order).
+SPARSE24_LAYOUTS: Tuple[str, ...] = ("dvalues", "dmeta", "sm90_e", "sm80_a", "sm80_e")
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def sparse24_kernel_layouts(values: Tensor, meta: Tensor, prefill_gemm: bool = True) -> Dict[str, Optional[Tensor]]:
+    """The kernel layouts of a canonical 2:4 weight (values, meta) for sparse24_mm / spense_mm on CUDA, made once per
+    weight: the decode kernel's (dvalues, dmeta) and, if `prefill_gemm`, those of the prefill GEMM this device runs
+    for the shape (sparse24_prefill_gemm): the Hopper GEMM's sm90_e, or the Ampere GEMM's sm80_a, sm80_e. A dict
+    keyed by SPARSE24_LAYOUTS; all None off CUDA, for dtypes the kernels do not take (fp32), for an empty weight,
+    and in a build without the CUDA kernels."""
+    layouts: Dict[str, Optional[Tensor]] = dict.fromkeys(SPARSE24_LAYOUTS)
+    if not (values.is_cuda and values.dtype in _KERNEL_DTYPES and values.numel() > 0
+            and has_cuda_kernel("_sparse24_decode_mm")):
+        return layouts
+    layouts["dvalues"], layouts["dmeta"] = sparse24_decode_pack(values, meta)
+    gemm = sparse24_prefill_gemm(values.shape[0], 2 * values.shape[1], values.device) if prefill_gemm else None
+    if gemm == "sm90":  # reads `values`: only its metadata
+        layouts["sm90_e"] = sparse24_sm90_pack(values, meta)
+    elif gemm == "sm80":
+        layouts["sm80_a"], layouts["sm80_e"] = sparse24_sm80_pack(values, meta)
+    return layouts
+
+
+def sparse24_prefill_gemm(out_features: int, in_features: int, device: torch.device) -> Optional[str]:
+    """The 2:4 prefill GEMM this build runs on `device` for a weight [out_features, in_features]: "sm90" (the Hopper
+    GEMM: sm_90a build, compute capability 9.0, out_features % 8 == 0, in_features % 16 == 0), "sm80" (the Ampere
+    GEMM: capability 8.x, or 9.0 for shapes the Hopper one does not take) or None (the decode kernel serves every
+    N). The C++ rule itself (sparse24_dispatch_rules.h), asked with the device's capability."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return _C.sparse24_prefill_gemm(out_features, in_features, major * 10 + minor)
+
+
+def sparse24_pick_kernel(out_features: int, in_features: int, tokens: int, has_decode: bool,
+                         gemm: Optional[str]) -> str:
+    """Which kernel sparse24_mm runs on CUDA for `tokens` rows, given the layouts it is handed: has_decode (dvalues,
+    dmeta) and gemm ("sm90", "sm80" or None: the prefill GEMM whose layout is given). "decode", "sm90" or "sm80".
+    The C++ rule itself (sparse24_dispatch_rules.h)."""
+    return _C.sparse24_pick_kernel(out_features, in_features, tokens, has_decode, gemm)
 
 
 def sparse24_decode_pack(values: Tensor, meta: Tensor, meta_layout: int = 0) -> Tuple[Tensor, Tensor]:
@@ -91,35 +153,10 @@ def sparse24_sm90_pack(values: Tensor, meta: Tensor) -> Tensor:
     return _ops._sparse24_sm90_pack(values, meta)
 
 
-def sparse24_sm90_supported(out_features: int, in_features: int, device: torch.device) -> bool:
-    """Whether the Hopper prefill GEMM can take a weight [out_features, in_features] on `device`: a build with the
-    sm_90a kernels, a compute capability 9.0 GPU, out_features % 8 == 0 and in_features % 16 == 0."""
-    device = torch.device(device)
-    return (
-        device.type == "cuda"
-        and has_cuda_kernel("_sparse24_sm90_mm")
-        and torch.cuda.get_device_capability(device) == (9, 0)
-        and out_features > 0
-        and in_features > 0
-        and out_features % _C.sm90_row_multiple == 0
-        and in_features % _C.sm90_col_multiple == 0
-    )
-
-
 def sparse24_sm80_pack(values: Tensor, meta: Tensor) -> Tuple[Tensor, Tensor]:
     """Canonical 2:4 layout -> the Ampere prefill GEMM's layout: values `a` [M to 32, K to 64 / 2] (zero padded) and
     CUTLASS 2.x's reordered metadata `e` (int16). CUDA builds with the sm_80 kernel family only."""
     return _ops._sparse24_sm80_pack(values, meta)
-
-
-def sparse24_sm80_supported(out_features: int, in_features: int, device: torch.device) -> bool:
-    """Whether the Ampere prefill GEMM runs a weight [out_features, in_features] on `device`: a build with the sm_80
-    kernel family and a GPU of compute capability 8.x (or 9.0, where the build has its sm_90a code)."""
-    device = torch.device(device)
-    if device.type != "cuda" or not has_cuda_kernel("_sparse24_sm80_mm") or out_features <= 0 or in_features <= 0:
-        return False
-    major, minor = torch.cuda.get_device_capability(device)
-    return major == 8 or (major, minor) == (9, 0)
 
 
 def sparse24_sm80_mm(x: Tensor, a: Tensor, e: Tensor, out_features: int, bias: Optional[Tensor] = None) -> Tensor:
@@ -129,8 +166,8 @@ def sparse24_sm80_mm(x: Tensor, a: Tensor, e: Tensor, out_features: int, bias: O
 
 def sparse24_decode_max_tokens(out_features: int, in_features: int, hopper_gemm: bool) -> int:
     """Up to how many tokens the 2:4 decode kernel runs for a weight [out_features, in_features]; above it a GEMM
-    (the Hopper one where `hopper_gemm`, i.e. sparse24_sm90_supported, else the Ampere one), where there is one (the
-    decode kernel takes any N). The C++ rule itself (csrc/kernels/sparse24/sparse24_dispatch_rules.h)."""
+    (the Hopper one where `hopper_gemm`, i.e. sparse24_prefill_gemm gives "sm90", else the Ampere one), where there is
+    one (the decode kernel takes any N). The C++ rule itself (csrc/kernels/sparse24/sparse24_dispatch_rules.h)."""
     return _C.sparse24_decode_max_tokens(out_features, in_features, hopper_gemm)
 
 
@@ -246,10 +283,21 @@ def spense_mm(
     meta: Tensor,
     row_index: Tensor,
     bias: Optional[Tensor] = None,
+    *,
+    dvalues: Optional[Tensor] = None,
+    dmeta: Optional[Tensor] = None,
+    sm90_e: Optional[Tensor] = None,
+    sm80_a: Optional[Tensor] = None,
+    sm80_e: Optional[Tensor] = None,
 ) -> Tensor:
     """y = x @ W.T (+ bias) with W split into a dense row block and a 2:4 row block; each output row written once
-    at its original position row_index[i]. x [..., K] -> y [..., Md + Ms]."""
-    return _ops.spense_mm(x, dense_weight, values, meta, row_index, bias)
+    at its original position row_index[i]. x [..., K] -> y [..., Md + Ms].
+
+    On CUDA (fp16/bf16): the 2:4 rows through sparse24_mm's kernel choice, on the 2:4 block's kernel layouts
+    (dvalues .. sm80_e: sparse24_kernel_layouts(values, meta); SpenseLinear holds them), the dense rows through
+    cuBLAS, each into its own columns of y. row_index is checked (a permutation) on the first call that sees it,
+    which reads it back to the host: make that call before capturing a CUDA graph."""
+    return _ops.spense_mm(x, dense_weight, values, meta, row_index, bias, dvalues, dmeta, sm90_e, sm80_a, sm80_e)
 
 
 # ---------------------------------------------------------------------------------------- fake kernels -----------
@@ -260,7 +308,7 @@ def _sparse24_compress_fake(dense, mask):
 
 
 @torch.library.register_fake("spmm::sparse24_mm")
-def _sparse24_mm_fake(x, values, meta, bias):
+def _sparse24_mm_fake(x, values, meta, bias=None, dvalues=None, dmeta=None, sm90_e=None, sm80_a=None, sm80_e=None):
     return x.new_empty(*x.shape[:-1], values.shape[0])
 
 
@@ -335,5 +383,6 @@ def _tiled_csl_bitmap_mm_fake(x, records, record_offsets, out_features, max_reco
 
 
 @torch.library.register_fake("spmm::spense_mm")
-def _spense_mm_fake(x, dense_weight, values, meta, row_index, bias):
+def _spense_mm_fake(x, dense_weight, values, meta, row_index, bias=None, dvalues=None, dmeta=None, sm90_e=None,
+                    sm80_a=None, sm80_e=None):
     return x.new_empty(*x.shape[:-1], row_index.shape[0])

@@ -12,8 +12,6 @@
 namespace spmm::kernels {
 namespace {
 
-constexpr int64_t kMaxDim = INT32_MAX;  // CUTLASS's problem shape holds ints
-
 bool supported_dtype(DType dtype) { return dtype == DType::kFloat16 || dtype == DType::kBFloat16; }
 
 bool valid_config(Sparse24Sm90Config config) {
@@ -59,7 +57,7 @@ bool valid_knobs(const Sparse24Sm90GemmParams& p) {
 }  // namespace
 
 bool sparse24_sm90_weight_supported(int64_t m, int64_t k) {
-  return m > 0 && k > 0 && m % kSm90RowMultiple == 0 && k % kSm90ColMultiple == 0 && m <= kMaxDim && k <= kMaxDim;
+  return sparse24_sm90_shape_supported(m, k);
 }
 
 cudaError_t sparse24_sm90_meta_bytes(int64_t m, int64_t k, size_t* e_bytes) {
@@ -100,7 +98,7 @@ Sparse24Sm90Config sparse24_sm90_pick_config(int64_t m, int64_t n, int64_t k, in
 }
 
 cudaError_t sparse24_sm90_workspace_bytes(const Sparse24Sm90GemmParams& p, Sparse24Sm90Config config, size_t* bytes) {
-  if (bytes == nullptr || !valid_config(config) || !supported_dtype(p.dtype) || p.n < 0 || p.n > kMaxDim ||
+  if (bytes == nullptr || !valid_config(config) || !supported_dtype(p.dtype) || p.n < 0 || p.n > kSparse24GemmMaxDim ||
       !sparse24_sm90_weight_supported(p.m, p.k) || !valid_knobs(p))
     return cudaErrorInvalidValue;
   int device = 0, sm_count = 0;
@@ -109,7 +107,7 @@ cudaError_t sparse24_sm90_workspace_bytes(const Sparse24Sm90GemmParams& p, Spars
 }
 
 cudaError_t sparse24_sm90_gemm(const Sparse24Sm90GemmParams& p, Sparse24Sm90Config config, cudaStream_t stream) {
-  if (!valid_config(config) || !supported_dtype(p.dtype) || p.n < 0 || p.n > kMaxDim ||
+  if (!valid_config(config) || !supported_dtype(p.dtype) || p.n < 0 || p.n > kSparse24GemmMaxDim ||
       !sparse24_sm90_weight_supported(p.m, p.k) || !valid_knobs(p))
     return cudaErrorInvalidValue;
   if (p.n == 0) return cudaSuccess;

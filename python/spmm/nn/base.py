@@ -87,7 +87,14 @@ class SparseLinear(nn.Module):
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the stored (saved) weight format."""
         return self.weight_format.nbytes
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of everything the layer holds on its device: the format, every kernel layout, the bias."""
+        held = [*self.parameters(recurse=False), *self.buffers(recurse=False)]
+        return sum(t.numel() * t.element_size() for t in held)
 
     def format_repr(self) -> str:
         return f"format={self.format_cls.format_name}"

@@ -14,7 +14,10 @@ from .base import SparseLinear
 
 class SpenseLinear(SparseLinear):
     """y = x @ W.T + b with `num_dense_rows` output rows dense, the rest 2:4 (in_features % 4 == 0).
-    Buffers: dense_weight, values, meta, row_index, bias; the dense/sparse split follows a loaded state dict."""
+    Buffers: dense_weight, values, meta, row_index, bias (saved; the dense/sparse split follows a loaded state dict);
+    on CUDA also the 2:4 block's kernel layouts (dvalues .. sm80_e, as in Sparse24Linear: ops.sparse24_kernel_layouts),
+    rebuilt whenever the layer moves or loads a state dict (not saved). forward is ops.spense_mm on all of them: the
+    2:4 rows take the kernel the 2:4 rule picks in C++, the dense rows cuBLAS."""
 
     format_cls = SpenseWeight
     resizable_buffers = ("dense_weight", "values", "meta")
@@ -46,8 +49,14 @@ class SpenseLinear(SparseLinear):
             {"dense_weight": self.dense_weight, "values": self.values, "meta": self.meta, "row_index": self.row_index}
         )
 
+    def _refresh_kernel_layout(self) -> None:
+        for name, layout in ops.sparse24_kernel_layouts(self.values, self.meta).items():
+            self.register_buffer(name, layout, persistent=False)
+
     def forward(self, x: Tensor) -> Tensor:
-        return ops.spense_mm(x, self.dense_weight, self.values, self.meta, self.row_index, self.bias)
+        return ops.spense_mm(x, self.dense_weight, self.values, self.meta, self.row_index, self.bias,
+                             dvalues=self.dvalues, dmeta=self.dmeta, sm90_e=self.sm90_e, sm80_a=self.sm80_a,
+                             sm80_e=self.sm80_e)
 
     def format_repr(self) -> str:
         fmt = self.weight_format
