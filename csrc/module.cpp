@@ -68,12 +68,14 @@ static PyObject* decode_max_tokens(PyObject*, PyObject* args) {
   return PyLong_FromLongLong(spmm::kernels::sparse24_decode_max_tokens(m, k, hopper_gemm != 0));
 }
 
-// sparse24_prefill_gemm(out_features, in_features, compute_capability) -> "sm90" | "sm80" | None, for this build.
+// sparse24_prefill_gemm(out_features, in_features, compute_capability[, sm90_built, sm80_built]) -> "sm90" | "sm80" |
+// None; the built flags default to this build's kernel families (tests pass others to check the rule on any build).
 static PyObject* prefill_gemm(PyObject*, PyObject* args) {
   long long m = 0, k = 0;
   int capability = 0;
-  if (!PyArg_ParseTuple(args, "LLi", &m, &k, &capability)) return nullptr;
-  return gemm_or_none(spmm::kernels::sparse24_prefill_gemm(m, k, capability));
+  int sm90_built = spmm::kernels::kSparse24Sm90Built, sm80_built = spmm::kernels::kSparse24Sm80Built;
+  if (!PyArg_ParseTuple(args, "LLi|pp", &m, &k, &capability, &sm90_built, &sm80_built)) return nullptr;
+  return gemm_or_none(spmm::kernels::sparse24_prefill_gemm(m, k, capability, sm90_built != 0, sm80_built != 0));
 }
 
 // sparse24_pick_kernel(out_features, in_features, tokens, has_decode, gemm) -> "decode" | "sm90" | "sm80".
@@ -92,8 +94,9 @@ static PyMethodDef spmm_methods[] = {
      "sparse24_decode_max_tokens(out_features, in_features, hopper_gemm): up to how many tokens the 2:4 decode kernel "
      "runs; above it a GEMM"},
     {"sparse24_prefill_gemm", prefill_gemm, METH_VARARGS,
-     "sparse24_prefill_gemm(out_features, in_features, compute_capability): the 2:4 prefill GEMM this build runs for "
-     "the weight on a device of that capability (major * 10 + minor): 'sm90', 'sm80' or None"},
+     "sparse24_prefill_gemm(out_features, in_features, compute_capability[, sm90_built, sm80_built]): the 2:4 prefill "
+     "GEMM this build (or one with the given kernel families) runs for the weight on a device of that capability "
+     "(major * 10 + minor): 'sm90', 'sm80' or None"},
     {"sparse24_pick_kernel", pick_kernel, METH_VARARGS,
      "sparse24_pick_kernel(out_features, in_features, tokens, has_decode, gemm): the 2:4 kernel a call of `tokens` "
      "rows takes, given the layouts at hand: 'decode', 'sm90' or 'sm80'"},

@@ -91,3 +91,39 @@ def _isolated():
     torch.manual_seed(0)  # layers built with nn.Linear's own init: same weights whatever ran before
     yield
     torch._dynamo.reset()  # compiled graphs of one test must not count against another's recompile limit
+
+
+@pytest.fixture
+def cublas_fp32_reductions():
+    """cuBLAS sums in fp32 only (torch lets it reduce split-K partials in fp16/bf16 by default): integer-valued inputs
+    then give exact results, as on the 2:4 kernels, for tests that compare cuBLAS's rows with torch.equal."""
+    flags = torch.backends.cuda.matmul
+    saved = flags.allow_fp16_reduced_precision_reduction, flags.allow_bf16_reduced_precision_reduction
+    flags.allow_fp16_reduced_precision_reduction = flags.allow_bf16_reduced_precision_reduction = False
+    yield
+    flags.allow_fp16_reduced_precision_reduction, flags.allow_bf16_reduced_precision_reduction = saved
+
+
+def cuda_kernel_names(fn) -> list:
+    """Names of the CUDA kernels fn() launches (torch.profiler), to tell which kernel a dispatch rule picked:
+    "decode_mm_kernel" (the 2:4 decode kernel), "transpose_bias_kernel" (the Ampere 2:4 GEMM's epilogue),
+    "cutlass" names (the CUTLASS GEMMs), cuBLAS's names."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm-up: lazy inits and packs stay out of the profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+def sparse24_path(names) -> str:
+    """Which 2:4 kernel ran, from cuda_kernel_names: "decode", "sm90" (a CUTLASS kernel without the Ampere GEMM's
+    epilogue) or "sm80"."""
+    if any("decode_mm_kernel" in n for n in names):
+        return "decode"
+    if any("transpose_bias_kernel" in n for n in names):
+        return "sm80"
+    assert any("cutlass" in n.lower() for n in names), names
+    return "sm90"
