@@ -147,6 +147,10 @@ def main(argv=None) -> int:
     report.plot(records, args.out / "speedup.png")
     print(report.table(records))
     print(report.legend(copy_gbps))
+    if any(r["op"] == "spense_mm" for r in records):
+        report.plot_spense(records, args.out / "spense.png")
+        print("Spense: median speedup per dense fraction (its time over the ideal mix f x dense + (1 - f) x 2:4):")
+        print(report.spense_table(records))
     for line in skipped:
         print(f"skipped {line}")
     failed = sorted({f"{r['op']}/{r['backend']}" for r in records if r["error"] and r["correct"] is not False})
@@ -158,7 +162,8 @@ def main(argv=None) -> int:
         status = status or 2
     for line in problems:
         print(f"problem: {line}")
-    print(f"wrote {args.out / 'bench.json'}, {args.out / 'bench.csv'}, {args.out / 'speedup.png'}")
+    spense_png = f", {args.out / 'spense.png'}" if any(r["op"] == "spense_mm" for r in records) else ""
+    print(f"wrote {args.out / 'bench.json'}, {args.out / 'bench.csv'}, {args.out / 'speedup.png'}{spense_png}")
     return status
 
 

@@ -21,6 +21,11 @@ from .problems import Case
 class Prepared:
     bind: Callable[[Tensor], Callable[[], Tensor]]  # x [N, K] -> fn() -> y [N, M]
     weight_bytes: int  # bytes of the stored weight (what the op must read besides x and y)
+    # bytes the backend holds on the device for this weight: every layout and buffer, the bias (None: not known)
+    resident_bytes: Optional[int] = None
+    # a backend that runs a differently pruned weight of the same shape (a timing comparison, e.g. 2:4 beside Spense)
+    # gives the fp32 reference of its own weight; None: the case's reference
+    reference: Optional[Callable[[Tensor], Tensor]] = None
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,7 @@ def _nbytes(*tensors: Optional[Tensor]) -> int:
 
 # ------------------------------------------------------------------------------------------------ dense ------------
 def _dense(c: Case) -> Prepared:
-    return Prepared(lambda x: lambda: F.linear(x, c.w, c.bias), _nbytes(c.w))
+    return Prepared(lambda x: lambda: F.linear(x, c.w, c.bias), _nbytes(c.w), _nbytes(c.w, c.bias))
 
 
 def dense_backend(device: torch.device) -> Backend:
@@ -53,7 +58,7 @@ def _torch_semi_structured(c: Case) -> Prepared:
     SparseSemiStructuredTensor._FORCE_CUTLASS = False
     ws = to_sparse_semi_structured(c.w)
     nbytes = _nbytes(getattr(ws, "packed", None), getattr(ws, "meta", None))
-    return Prepared(lambda x: lambda: F.linear(x, ws, c.bias), nbytes)
+    return Prepared(lambda x: lambda: F.linear(x, ws, c.bias), nbytes, nbytes + _nbytes(c.bias))
 
 
 def _cusparselt(c: Case) -> Prepared:
@@ -66,7 +71,7 @@ def _cusparselt(c: Case) -> Prepared:
         alg_id = int(found[0] if isinstance(found, (tuple, list)) else found)  # some versions return a tuple
         return lambda: torch._cslt_sparse_mm(wc, xt, bias=c.bias, alg_id=alg_id).t()  # [M, N] -> [N, M] view
 
-    return Prepared(bind, _nbytes(wc))
+    return Prepared(bind, _nbytes(wc), _nbytes(wc, c.bias))
 
 
 TORCH_SEMI_STRUCTURED = Backend("torch_semi_structured", _torch_semi_structured, cuda_only=True)
@@ -89,19 +94,50 @@ def _pack(packer, dense: Tensor, *args):
         return tuple(t.to(dense.device) for t in moved)
 
 
-def _spmm_sparse24(c: Case) -> Prepared:
-    ops = _ops()
-    values, meta = _pack(ops.sparse24_compress, c.w, c.mask)
-    if c.w.is_cuda and ops.has_cuda_kernel("_sparse24_decode_mm"):
-        # What a model gets: Sparse24Linear with its kernel layouts made once (decode kernel up to 32 tokens, the
-        # Hopper GEMM above where there is one).
-        from spmm.formats import Sparse24Weight
-        from spmm.nn import Sparse24Linear
+def _layer_prepared(layer, weight_bytes: int) -> Prepared:
+    """A layer as a backend: what a model gets; it holds resident_bytes (format, kernel layouts, bias)."""
+    return Prepared(lambda x: lambda: layer(x), weight_bytes, layer.resident_bytes)
 
-        layer = Sparse24Linear.from_format(Sparse24Weight(values, meta, tuple(c.w.shape)), c.bias)
-        stored = [layer.dvalues, layer.dmeta]
-        return Prepared(lambda x: lambda: layer(x), _nbytes(*stored))
-    return Prepared(lambda x: lambda: ops.sparse24_mm(x, values, meta, c.bias), _nbytes(values, meta))
+
+def _sparse24_layer(w: Tensor, mask: Tensor, bias: Tensor):
+    from spmm.formats import Sparse24Weight
+    from spmm.nn import Sparse24Linear
+
+    values, meta = _pack(_ops().sparse24_compress, w, mask)
+    return Sparse24Linear.from_format(Sparse24Weight(values, meta, tuple(w.shape)), bias)
+
+
+def _decode_bytes(layer) -> int:
+    """What the 2:4 kernels read per call: the decode kernel's layout on CUDA, the canonical weight elsewhere."""
+    return _nbytes(layer.dvalues, layer.dmeta) if layer.dvalues is not None else _nbytes(layer.values, layer.meta)
+
+
+def _spmm_sparse24(c: Case) -> Prepared:
+    """Sparse24Linear: its kernel layouts made once, ops.sparse24_mm choosing the kernel in C++ (decode kernel up to
+    8-32 tokens, the device's GEMM above)."""
+    layer = _sparse24_layer(c.w, c.mask, c.bias)
+    return _layer_prepared(layer, _decode_bytes(layer))
+
+
+def _spmm_sparse24_direct(c: Case) -> Prepared:
+    """The 2:4 kernels called directly, as Sparse24Linear did before its forward became ops.sparse24_mm: the private
+    op of the kernel the rule names for N (decided when x is bound), on the layer's layouts. Beside `spmm` it shows
+    what the public op's dispatch costs, and it keeps today's kernels measurable next to new ones."""
+    ops = _ops()
+    _require_cuda_kernel(c, "_sparse24_decode_mm", "the decode kernel")
+    layer = _sparse24_layer(c.w, c.mask, c.bias)
+    m, k = c.w.shape
+    gemm = "sm90" if layer.sm90_e is not None else "sm80" if layer.sm80_a is not None else None
+
+    def bind(x: Tensor) -> Callable[[], Tensor]:
+        kernel = ops.sparse24_pick_kernel(m, k, x.shape[0], True, gemm)
+        if kernel == "sm90":
+            return lambda: ops.sparse24_sm90_mm(x, layer.values, layer.sm90_e, m, layer.bias)
+        if kernel == "sm80":
+            return lambda: ops.sparse24_sm80_mm(x, layer.sm80_a, layer.sm80_e, m, layer.bias)
+        return lambda: ops.sparse24_decode_mm(x, layer.dvalues, layer.dmeta, m, layer.bias)
+
+    return Prepared(bind, _decode_bytes(layer), layer.resident_bytes)
 
 
 def _require_cuda_kernel(c: Case, op: str, what: str) -> None:
@@ -118,7 +154,8 @@ def _spmm_sparse24_decode(c: Case, loader: str = "auto", splits: int = 0) -> Pre
     m = c.w.shape[0]
     splits = min(splits, -(-c.w.shape[1] // 128))  # no more splits than 128-column chunks (small probe shapes)
     return Prepared(lambda x: lambda: ops.sparse24_decode_mm(x, dvalues, dmeta, m, c.bias, loader=loader,
-                                                             splits=splits), _nbytes(dvalues, dmeta))
+                                                             splits=splits), _nbytes(dvalues, dmeta),
+                    _nbytes(dvalues, dmeta, c.bias))
 
 
 def _spmm_sparse24_sm90(c: Case, config: Optional[str] = None, swizzle: int = 0, splits: int = 0) -> Prepared:
@@ -131,7 +168,7 @@ def _spmm_sparse24_sm90(c: Case, config: Optional[str] = None, swizzle: int = 0,
     m = c.w.shape[0]
     return Prepared(lambda x: lambda: ops.sparse24_sm90_mm(x, a, e, m, c.bias, config=config, swizzle=swizzle,
                                                                      splits=splits),
-                    _nbytes(a, e))
+                    _nbytes(a, e), _nbytes(a, e, c.bias))
 
 
 def sm90_config_backends() -> List[Backend]:
@@ -172,7 +209,7 @@ def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, source: str = "layer") -> Pre
             raise NotImplementedError("the pair-bitmap kernel needs an sm_90a build and a compute capability 9.0 GPU")
         records, record_offsets, longest = ops.tiled_csl_bitmap(c.w)  # c.w: the dense masked weight
         return Prepared(lambda x: lambda: ops.tiled_csl_bitmap_mm(x, records, record_offsets, m, longest, c.bias),
-                        _nbytes(records, record_offsets))
+                        _nbytes(records, record_offsets), _nbytes(records, record_offsets, c.bias))
     if source == "stream":
         _require_cuda_kernel(c, "tiled_csl_mm", "the stream kernel")
     values, locations, offsets = _pack(ops.tiled_csl_compress, c.w, c.mask, tile_m, TILE_K)  # GPU packer on CUDA
@@ -183,33 +220,51 @@ def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, source: str = "layer") -> Pre
         layer = TiledCSLLinear.from_format(TiledCSLWeight(values, locations, offsets, tuple(c.w.shape), tile_m, TILE_K),
                                            c.bias)
         layout = [t for t in (layer.words, layer.word_offsets) if t is not None] or [values, locations, offsets]
-        return Prepared(lambda x: lambda: layer(x), _nbytes(*layout))
+        return _layer_prepared(layer, _nbytes(*layout))
     if source == "words":
         _require_cuda_kernel(c, "_tiled_csl_mm_words", "the word-layout kernel")
         words, word_offsets = ops.tiled_csl_words(values, locations, offsets, tile_m, TILE_K)
         return Prepared(lambda x: lambda: ops.tiled_csl_mm_words(x, words, word_offsets, m, tile_m, c.bias),
-                        _nbytes(words, word_offsets))
+                        _nbytes(words, word_offsets), _nbytes(words, word_offsets, c.bias))
 
     def bind(x: Tensor) -> Callable[[], Tensor]:
         return lambda: ops.tiled_csl_mm(x, values, locations, offsets, m, tile_m, TILE_K, c.bias)
 
-    return Prepared(bind, _nbytes(values, locations, offsets))
+    return Prepared(bind, _nbytes(values, locations, offsets), _nbytes(values, locations, offsets, c.bias))
 
 
 def _spmm_spense(c: Case) -> Prepared:
+    """SpenseLinear (what a model gets): the 2:4 block's kernel layouts made once, ops.spense_mm on them."""
+    from spmm.formats import Sparse24Weight, SpenseWeight
+    from spmm.nn import SpenseLinear
+
     ops = _ops()
     dense_rows, sparse_rows = c.extra["dense_rows"], c.extra["sparse_rows"]
-    dense_w = c.w[dense_rows].contiguous()
     values, meta = _pack(ops.sparse24_compress, c.w[sparse_rows].contiguous(), c.mask[sparse_rows].contiguous())
     row_index = torch.cat([dense_rows, sparse_rows]).to(torch.int32)  # original row of each block row, dense first
+    sparse = Sparse24Weight(values, meta, (len(sparse_rows), c.w.shape[1]))
+    layer = SpenseLinear.from_format(SpenseWeight(c.w[dense_rows].contiguous(), sparse, row_index), c.bias)
+    read = [layer.dense_weight, layer.row_index]
+    read += [layer.dvalues, layer.dmeta] if layer.dvalues is not None else [layer.values, layer.meta]
+    return _layer_prepared(layer, _nbytes(*read))
 
-    def bind(x: Tensor) -> Callable[[], Tensor]:
-        return lambda: ops.spense_mm(x, dense_w, values, meta, row_index, c.bias)
 
-    return Prepared(bind, _nbytes(dense_w, values, meta, row_index))
+def _spmm_spense_beside_24(c: Case) -> Prepared:
+    """Sparse24Linear on the same shape with every row 2:4 (the case's dense rows pruned 2:4 too): the 2:4 end of the
+    Spense sweep, in the same run. Checked against its own weight's reference."""
+    from .problems import mask_24
+
+    w24 = c.w.masked_fill(~mask_24(c.w), 0)
+    layer = _sparse24_layer(w24, mask_24(c.w), c.bias)
+    w32, b32 = w24.float(), c.bias.float()
+    prepared = _layer_prepared(layer, _decode_bytes(layer))
+    prepared.reference = lambda x: F.linear(x.float(), w32, b32)
+    return prepared
 
 
 SPMM_SPARSE24 = Backend("spmm", _spmm_sparse24)
+# Today's path kept beside the public op: the kernels called directly (what Sparse24Linear ran before issue 19).
+SPMM_SPARSE24_DIRECT = Backend("spmm_direct", _spmm_sparse24_direct, cuda_only=True)
 # The Hopper CUTLASS GEMM called directly, whatever N (sparse24_mm picks it for prefill-sized N on its own).
 SPMM_SPARSE24_SM90 = Backend("spmm_sm90", _spmm_sparse24_sm90, cuda_only=True)
 # The decode kernel with the sm_80 loader (cp.async, split-K through global memory), run on whatever GPU this is.
@@ -223,6 +278,8 @@ SPMM_TILED_CSL_BITMAP = Backend("spmm_bitmap", lambda c: _spmm_tiled_csl(c, sour
 SPMM_TILED_CSL_TM128 = Backend("spmm_tm128", lambda c: _spmm_tiled_csl(c, tile_m=128, source="words"),
                                 cuda_only=True)
 SPMM_SPENSE = Backend("spmm", _spmm_spense)
+# 2:4 beside Spense at the same shapes (every row 2:4): the end of the sweep that the dense rows are added to.
+SPMM_SPENSE_BESIDE_24 = Backend("spmm_sparse24", _spmm_spense_beside_24)
 
 
 def probe(backend: Backend, tiny_case: Callable[[], Case]) -> Optional[str]:

@@ -1,7 +1,8 @@
 """python -m bench.e2e [options]   (run from the repository root)
 
 End-to-end decode speed of a Llama-style decoder (bench/decoder.py, random weights) with every block linear
-dense, 2:4 (spmm.Sparse24Config) or 80% unstructured Tiled-CSL (spmm.TiledCSLConfig); lm_head stays dense.
+dense, 2:4 (spmm.Sparse24Config), Spense with 25% dense rows (spmm.SpenseConfig) or 80% unstructured Tiled-CSL
+(spmm.TiledCSLConfig); lm_head stays dense.
 On CUDA: fp16, one decode step (greedy: the argmax is fed back, the position advances) captured in a CUDA graph
 and replayed, CUDA events, median over --steps after --warmup. Without CUDA: the "tiny" preset in fp32, eager,
 perf_counter (a smoke run, not a measurement). linear_share = time of all linears alone (same shapes, one
@@ -28,10 +29,11 @@ from .timing import Timer
 VARIANTS = {
     "dense": (None, None),
     "2:4": (spmm.Sparse24Config(), "sparse24_mm"),
+    "spense25": (spmm.SpenseConfig(dense_fraction=0.25), "spense_mm"),
     "tcsl80": (spmm.TiledCSLConfig(sparsity=0.8), "tiled_csl_mm"),
 }
 FIELDS = ["device", "torch", "cuda", "preset", "variant", "dtype", "graph", "compiled", "batch", "context", "steps",
-          "tokens_per_s", "step_ms", "linear_ms", "linear_share", "speedup", "linear_gb", "linear_gbps", "error"]
+          "tokens_per_s", "step_ms", "linear_ms", "linear_share", "speedup", "linear_gb", "linear_resident_gb", "linear_gbps", "error"]
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 OUT = Path(__file__).with_name("out") / "e2e"
 
@@ -74,9 +76,16 @@ def build(preset: str, variant: str, device, dtype, seed: int) -> Decoder:
 
 
 def linear_bytes(model: Decoder) -> int:
-    """Stored weight bytes of all linears (a sparse layer's format only, not its kernel-layout copy)."""
+    """Stored weight bytes of all linears (a sparse layer's format only, not its kernel layouts)."""
     return sum(m.nbytes if hasattr(m, "nbytes") else m.weight.numel() * m.weight.element_size()
                for _, m in linears(model))
+
+
+def linear_resident_bytes(model: Decoder) -> int:
+    """Bytes all linears hold on the device: a sparse layer's resident_bytes (format, kernel layouts, bias), a dense
+    one's weight and bias."""
+    return sum(m.resident_bytes if hasattr(m, "resident_bytes")
+               else sum(t.numel() * t.element_size() for t in m.parameters()) for _, m in linears(model))
 
 
 def measure(model: Decoder, batch: int, timer: Timer, context: int, compile_step: bool = False):
@@ -119,7 +128,7 @@ def table(records) -> str:
     cols = [("variant", 8, "variant", "s"), ("batch", 5, "batch", "d"), ("tokens/s", 10, "tokens_per_s", ".1f"),
             ("step ms", 9, "step_ms", ".3f"), ("linear ms", 9, "linear_ms", ".3f"),
             ("lin share", 9, "linear_share", ".1%"), ("speedup x", 9, "speedup", ".2f"),
-            ("lin GB/s", 8, "linear_gbps", ".0f")]
+            ("lin GB/s", 8, "linear_gbps", ".0f"), ("resid GB", 8, "linear_resident_gb", ".2f")]
     lines = ["  ".join(n.rjust(w) for n, w, _, _ in cols) + "  note"]
     for r in records:
         cells = ["-" if r[k] is None else format(r[k], f) for _, _, k, f in cols]
@@ -174,7 +183,7 @@ def main(argv=None) -> int:
 
     def record(variant, batch, **kw):
         r = dict(meta, variant=variant, batch=batch, tokens_per_s=None, step_ms=None, linear_ms=None,
-                 linear_share=None, speedup=None, linear_gb=None, linear_gbps=None, error=None)
+                 linear_share=None, speedup=None, linear_gb=None, linear_resident_gb=None, linear_gbps=None, error=None)
         r.update(kw)
         records.append(r)
 
@@ -188,13 +197,13 @@ def main(argv=None) -> int:
         model = None
         try:
             model = build(a.preset, variant, a.device, a.dtype, a.seed)
-            gb = linear_bytes(model) / 1e9
+            gb, resident_gb = linear_bytes(model) / 1e9, linear_resident_bytes(model) / 1e9
             for b in a.batch:
                 try:
                     step_us, lin_us = measure(model, b, timer, a.context, a.compile)
                     record(variant, b, tokens_per_s=b / step_us * 1e6, step_ms=step_us / 1e3,
                            linear_ms=lin_us / 1e3, linear_share=lin_us / step_us, linear_gb=gb,
-                           linear_gbps=gb / lin_us * 1e6)
+                           linear_resident_gb=resident_gb, linear_gbps=gb / lin_us * 1e6)
                 except Exception as e:  # one batch size failing (e.g. out of memory) keeps the others
                     record(variant, b, error=f"{type(e).__name__}: {e}"[:300])
                     status = 2
@@ -219,7 +228,8 @@ def main(argv=None) -> int:
     plot(records, a.out / "e2e.png")
     print(table(records))
     print("speedup = tokens/s / dense tokens/s (same batch); lin share = linears alone (lm_head included) / step; "
-          "lin GB/s = stored linear weight bytes / linears-alone time")
+          "lin GB/s = stored linear weight bytes / linears-alone time; resid GB = what the linears hold on the device "
+          "(kernel layouts included)")
     print(f"wrote {a.out / 'e2e.json'}, {a.out / 'e2e.csv'}, {a.out / 'e2e.png'}")
     return status
 

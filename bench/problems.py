@@ -87,9 +87,11 @@ def tiled_csl_case(layer: Layer, dtype, device, sparsity: float) -> Case:
 
 def spense_case(layer: Layer, dtype, device, dense_fraction: float) -> Case:
     """Rows with the largest 2:4 pruning loss stay dense (what Spense is for); the rest are 2:4."""
+    from spmm.ops import SPENSE_ROW_TILE  # whole row tiles of the Spense kernels, as SpenseConfig rounds them
+
     w = _weight(layer, dtype, device)
     mask = mask_24(w)
-    md = round(dense_fraction * layer.M / 8) * 8  # whole row groups of 8
+    md = round(dense_fraction * layer.M / SPENSE_ROW_TILE) * SPENSE_ROW_TILE
     loss = (w.float() * ~mask).pow(2).sum(dim=1)
     dense_rows = loss.topk(md).indices.sort().values
     is_dense = torch.zeros(layer.M, dtype=torch.bool, device=device)

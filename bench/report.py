@@ -8,7 +8,9 @@ Record fields (one per op x backend x layer x N x level):
   time_us, dense_us, speedup       median µs of this backend and of the dense baseline; speedup = dense_us / time_us
   gbps, pct_copy_bw                (weight_bytes + x + y bytes) / time, in GB/s and as % of copy_gbps
   tflops                           dense-equivalent 2*M*N*K / time, TFLOP/s
-  weight_bytes                     bytes of the stored weight format
+  weight_bytes                     bytes of the weight the backend's kernel reads per call (its stored layout)
+  resident_bytes                   bytes the backend holds on the device for the weight: every layout and buffer,
+                                   the bias (a layer's resident_bytes); compare with the dense baseline's
   max_abs_err, tol, correct        vs the fp32 reference; a wrong backend is not timed
   error                            why there is no time (failure or wrong result); None when fine
 """
@@ -18,14 +20,16 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 import sys
+from collections import defaultdict
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Optional, Tuple
 
 FIELDS = [
     "device", "torch", "cuda", "op", "backend", "dtype", "graph", "layer", "M", "K", "N", "sparsity",
     "dense_fraction", "time_us", "dense_us", "speedup", "gbps", "copy_gbps", "pct_copy_bw", "tflops",
-    "weight_bytes", "max_abs_err", "tol", "correct", "reps", "flush", "error",
+    "weight_bytes", "resident_bytes", "max_abs_err", "tol", "correct", "reps", "flush", "error",
 ]
 DENSE = ("cublas", "torch_cpu")
 
@@ -91,6 +95,81 @@ def plot(records: List[dict], path: Path) -> None:
     fig.suptitle(f"spmm vs dense · {r0.get('device', '')} · {r0.get('dtype', '')}", fontsize=10)
     legend_rows = math.ceil(len(layers) / 4)
     fig.tight_layout(rect=(0, min(0.4, 0.35 * legend_rows / (3.8 * rows + 1)) + 0.02, 1, 0.97))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------- Spense vs dense fraction -----
+SPENSE, SPENSE_24 = "spmm", "spmm_sparse24"  # the spense suite's backends: SpenseLinear, Sparse24Linear beside it
+
+
+def spense_sweep(records: List[dict]) -> Tuple[Dict[int, Dict[float, dict]], Dict[int, float]]:
+    """Medians over layers of the spense suite, per N and dense fraction f: Spense's speedup over the dense baseline,
+    the ideal mix's (time f x dense + (1 - f) x 2:4, both measured in the same case) and Spense's time over the ideal
+    time; and per N the 2:4 layer's median speedup at the same shapes."""
+    ok = [r for r in records if r["op"] == "spense_mm" and r["speedup"] and r["correct"] and not r["error"]]
+    time_24 = {(r["layer"], r["N"], r["dense_fraction"]): r["time_us"] for r in ok if r["backend"] == SPENSE_24}
+    cells: Dict[Tuple[int, float], List[dict]] = defaultdict(list)
+    for r in ok:
+        if r["backend"] == SPENSE:
+            f, t24 = r["dense_fraction"], time_24.get((r["layer"], r["N"], r["dense_fraction"]))
+            ideal_us = f * r["dense_us"] + (1 - f) * t24 if t24 else None
+            cells[(r["N"], f)].append(dict(speedup=r["speedup"], time_us=r["time_us"], dense_us=r["dense_us"],
+                                           ideal_us=ideal_us))
+    sweep: Dict[int, Dict[float, dict]] = defaultdict(dict)
+    for (n, f), rows in sorted(cells.items()):
+        mixed = [c for c in rows if c["ideal_us"]]
+        sweep[n][f] = dict(
+            speedup=statistics.median(c["speedup"] for c in rows),
+            of_ideal=statistics.median(c["time_us"] / c["ideal_us"] for c in mixed) if mixed else None,
+            ideal_speedup=statistics.median(c["dense_us"] / c["ideal_us"] for c in mixed) if mixed else None,
+        )
+    by_n = defaultdict(list)
+    for r in ok:
+        if r["backend"] == SPENSE_24:
+            by_n[r["N"]].append(r["speedup"])
+    return dict(sweep), {n: statistics.median(v) for n, v in sorted(by_n.items())}
+
+
+def spense_table(records: List[dict]) -> str:
+    """One line per N: the 2:4 layer's speedup, then per dense fraction Spense's speedup and its time over the ideal
+    mix's (1.00 = the mix exactly; the issue 17 target is <= 1.03)."""
+    sweep, s24 = spense_sweep(records)
+    lines = []
+    for n, row in sweep.items():
+        cells = [f"{100 * f:g}%: {v['speedup']:.2f}x" + (f" ({v['of_ideal']:.2f} of ideal)" if v["of_ideal"] else "")
+                 for f, v in row.items()]
+        lines.append(f"N={n:<5d} 2:4 {_fmt(s24.get(n), '.2f')}x | " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def plot_spense(records: List[dict], path: Path) -> None:
+    """Speedup over cuBLAS against the dense fraction, one colour per N: Spense (solid), the ideal mix of cuBLAS and
+    2:4 (dashed), the 2:4 layer (a star at 0%), dense (the line at 1.0); medians over layers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep, s24 = spense_sweep(records)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (n, row) in enumerate(sweep.items()):
+        xs = sorted(row)
+        ax.plot([100 * f for f in xs], [row[f]["speedup"] for f in xs], marker="o", color=f"C{i}", label=f"Spense N={n}")
+        ideal = [(100 * f, row[f]["ideal_speedup"]) for f in xs if row[f]["ideal_speedup"]]
+        if ideal:
+            ax.plot(*zip(*ideal), ls="--", color=f"C{i}", alpha=0.6)
+        if n in s24:
+            ax.plot([0], [s24[n]], marker="*", markersize=13, color=f"C{i}", ls="none", label=f"2:4 N={n}")
+    ax.axhline(1.0, color="k", lw=0.8, label="dense")
+    ax.set_xlabel("dense rows (%)")
+    ax.set_ylabel("speedup vs dense (median over layers)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    r0 = records[0] if records else {}
+    ax.set_title(f"Spense vs dense fraction (dashed: ideal mix) · {r0.get('device', '')} · {r0.get('dtype', '')}",
+                 fontsize=9)
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -30,7 +30,7 @@ SUITES: Dict[str, Suite] = {
     s.name: s
     for s in [
         Suite("sparse24", "sparse24_mm", lambda l, dt, dev, _: P.sparse24_case(l, dt, dev),
-              [B.TORCH_SEMI_STRUCTURED, B.CUSPARSELT, B.SPMM_SPARSE24, B.SPMM_SPARSE24_SM90,
+              [B.TORCH_SEMI_STRUCTURED, B.CUSPARSELT, B.SPMM_SPARSE24, B.SPMM_SPARSE24_DIRECT, B.SPMM_SPARSE24_SM90,
                B.SPMM_SPARSE24_CP_ASYNC], None),
         # The Hopper GEMM's configs and the decode kernel side by side, to tune the config and kernel choice.
         Suite("sparse24_sm90", "sparse24_mm", lambda l, dt, dev, _: P.sparse24_case(l, dt, dev),
@@ -38,7 +38,8 @@ SUITES: Dict[str, Suite] = {
         Suite("tiled_csl", "tiled_csl_mm", P.tiled_csl_case,
               [B.SPMM_TILED_CSL, B.SPMM_TILED_CSL_BITMAP, B.SPMM_TILED_CSL_STREAM, B.SPMM_TILED_CSL_TM128],
               0.8),
-        Suite("spense", "spense_mm", P.spense_case, [B.SPMM_SPENSE], 0.25),
+        # SpenseLinear, and Sparse24Linear on the same shapes with every row 2:4 (the sweep's 2:4 end, same run).
+        Suite("spense", "spense_mm", P.spense_case, [B.SPMM_SPENSE, B.SPMM_SPENSE_BESIDE_24], 0.25),
     ]
 }
 
@@ -116,12 +117,14 @@ class Runner:
             self.meta, op=case.op, backend=b.name, dtype=str(self.dtype), layer=case.layer.name, M=m, K=k, N=n,
             sparsity=case.sparsity, dense_fraction=case.dense_fraction, graph=graph,
             time_us=None, dense_us=dense_us, speedup=None, gbps=None, pct_copy_bw=None, tflops=None,
-            weight_bytes=None, max_abs_err=None, tol=None, correct=None, error=None,
+            weight_bytes=None, resident_bytes=None, max_abs_err=None, tol=None, correct=None, error=None,
         )
         try:
             if isinstance(prepared, Exception):
                 raise prepared
-            rec["weight_bytes"] = prepared.weight_bytes
+            rec["weight_bytes"], rec["resident_bytes"] = prepared.weight_bytes, prepared.resident_bytes
+            if prepared.reference is not None:
+                ref = prepared.reference(x)
             run, result = self.timer.runner(prepared.bind(x), graph)
             run()
             out = result()

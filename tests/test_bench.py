@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,7 +19,7 @@ from bench.timing import Timer  # noqa: E402
 
 REQUIRED = ["device", "torch", "cuda", "op", "backend", "dtype", "layer", "M", "K", "N", "sparsity",
             "dense_fraction", "dense_us", "time_us", "speedup", "gbps", "copy_gbps", "pct_copy_bw", "tflops",
-            "max_abs_err", "correct", "graph", "error"]
+            "weight_bytes", "resident_bytes", "max_abs_err", "correct", "graph", "error"]
 
 
 def test_cpu_end_to_end(tmp_path):
@@ -30,7 +31,9 @@ def test_cpu_end_to_end(tmp_path):
     assert (out / "bench.csv").read_text().count("\n") == len(records) + 1
     assert (out / "speedup.png").stat().st_size > 1000
     ops = {"sparse24_mm", "tiled_csl_mm", "spense_mm"}
-    assert {(r["op"], r["backend"]) for r in records} == {(op, b) for op in ops for b in ("torch_cpu", "spmm")}
+    expected = {(op, b) for op in ops for b in ("torch_cpu", "spmm")} | {("spense_mm", "spmm_sparse24")}
+    assert {(r["op"], r["backend"]) for r in records} == expected
+    assert (out / "spense.png").stat().st_size > 1000 and "Spense: median speedup per dense fraction" in proc.stdout
     assert {r["N"] for r in records} == {1, 16}
     for r in records:
         assert set(REQUIRED) <= r.keys()
@@ -41,6 +44,7 @@ def test_cpu_end_to_end(tmp_path):
         assert r["dtype"] == "torch.float16" and r["graph"] is False and r["cuda"] == torch.version.cuda
         assert r["M"] % 64 == 0 and r["K"] % 64 == 0 and r["M"] * r["K"] <= 2**16  # shrunk by 64
         assert 0 <= r["max_abs_err"] <= r["tol"]
+        assert r["resident_bytes"] >= r["weight_bytes"] > 0  # what it holds: at least what it reads, and the bias
     assert "skipped sparse24/cusparselt: needs a CUDA device" in proc.stdout
     assert "time µs" in proc.stdout or "time us" in proc.stdout
 
@@ -77,3 +81,25 @@ def test_summary_medians_per_op_and_layer_wins():
     assert "1.25x" in by_name["tiled_csl_mm:spmm"]       # median of 2.0, 1.25, 1.0
     assert "w2/3" in by_name["tiled_csl_mm:spmm_x"]      # faster than spmm on layers a and c
     assert "5.00x" in by_name["sparse24_mm:spmm"]        # the incorrect row is left out
+
+
+def test_spense_sweep_against_the_ideal_mix():
+    """Spense's time over the ideal mix f x dense + (1 - f) x 2:4 (the same case's records), medians over layers."""
+    from bench.report import spense_sweep, spense_table
+
+    def rec(backend, layer, f, time_us, dense_us=10.0, n=1):
+        return {"op": "spense_mm", "backend": backend, "layer": layer, "N": n, "dense_fraction": f,
+                "time_us": time_us, "dense_us": dense_us, "speedup": dense_us / time_us, "correct": True,
+                "error": None}
+
+    records = [rec("spmm_sparse24", "a", 0.25, 6.0), rec("spmm", "a", 0.25, 7.7),  # ideal 7.0: 1.1x of it
+               rec("spmm_sparse24", "b", 0.25, 5.0), rec("spmm", "b", 0.25, 6.25),  # ideal 6.25: exactly it
+               rec("spmm_sparse24", "c", 0.25, 5.0), rec("spmm", "c", 0.25, 6.0),  # ideal 6.25: 0.96x of it
+               rec("cublas", "a", 0.25, 10.0), rec("spmm", "d", 0.25, 1.0) | {"correct": False}]
+    sweep, s24 = spense_sweep(records)
+    cell = sweep[1][0.25]
+    assert cell["of_ideal"] == pytest.approx(1.0)  # median of 1.1, 1.0, 0.96
+    assert cell["speedup"] == pytest.approx(10 / 6.25)  # median of 10/7.7, 10/6.25, 10/6.0
+    assert cell["ideal_speedup"] == pytest.approx(10 / 6.25)  # median of 10/7, 10/6.25, 10/6.25
+    assert s24 == {1: pytest.approx(2.0)}
+    assert "25%: 1.60x (1.00 of ideal)" in spense_table(records) and "2:4 2.00x" in spense_table(records)

@@ -25,7 +25,8 @@ def test_cpu_suite(tmp_path):
     records = json.loads((out / "e2e.json").read_text())
     assert (out / "e2e.csv").read_text().count("\n") == len(records) + 1
     assert (out / "e2e.png").stat().st_size > 1000
-    assert {(r["variant"], r["batch"]) for r in records} == {(v, b) for v in ("dense", "2:4", "tcsl80") for b in (1, 2)}
+    variants = ("dense", "2:4", "spense25", "tcsl80")
+    assert {(r["variant"], r["batch"]) for r in records} == {(v, b) for v in variants for b in (1, 2)}
     for r in records:
         assert set(FIELDS) <= r.keys()
         assert r["error"] is None, r
@@ -33,6 +34,7 @@ def test_cpu_suite(tmp_path):
         assert r["tokens_per_s"] > 0 and r["step_ms"] > 0 and r["linear_ms"] > 0 and r["speedup"] > 0
         assert abs(r["tokens_per_s"] - r["batch"] / r["step_ms"] * 1e3) < 1e-6 * r["tokens_per_s"]
         assert 0 < r["linear_share"] and r["linear_gb"] > 0
+        assert r["linear_resident_gb"] >= r["linear_gb"]  # resident: the stored format and the rest (CPU: biases)
         if r["variant"] == "dense":
             assert r["speedup"] == 1.0
     assert "tokens/s" in proc.stdout
@@ -50,7 +52,7 @@ def _decode(model, tokens, steps):
     return torch.stack([model.decode_step(tokens, torch.tensor([p])) for p in range(steps)])
 
 
-@pytest.mark.parametrize("variant", ["2:4", "tcsl80"])
+@pytest.mark.parametrize("variant", ["2:4", "spense25", "tcsl80"])
 @torch.no_grad()
 def test_sparse_model_equals_dense_masked(variant):
     sparse = build("tiny", variant, "cpu", torch.float32, seed=3)
@@ -63,6 +65,10 @@ def test_sparse_model_equals_dense_masked(variant):
         masked = s.to_dense_weight()
         if variant == "2:4":
             assert torch.equal(masked, _masked_24(d.weight))
+        elif variant == "spense25":  # a quarter of the rows as they were, the rest 2:4
+            kept = (masked == d.weight).all(dim=1)
+            assert kept.float().mean().item() == pytest.approx(0.25, abs=0.02)
+            assert torch.equal(masked[~kept], _masked_24(d.weight)[~kept])
         else:
             assert (masked == 0).float().mean().item() == pytest.approx(0.8, abs=1e-3)
             assert torch.equal(masked, torch.where(masked != 0, d.weight, 0))
