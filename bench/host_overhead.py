@@ -1,7 +1,9 @@
 """python -m bench.host_overhead [--out DIR]   (CUDA; run from the repository root)
 
 Two costs that are not kernel time:
-- Host overhead per eager call, on a tiny layer at 1 to 2048 tokens (every kernel Sparse24Linear picks), two ways:
+- Host overhead per eager call, on a tiny layer at 1 to 2048 tokens (every kernel Sparse24Linear picks; SpenseLinear's
+  composed path; at 1 token also the decode kernel's private op called directly, what Sparse24Linear called before
+  its forward became the public op), two ways:
   the CPU time to enqueue a short burst of calls (fewer than the launch queue holds, no synchronization inside: what
   the host itself spends per call), and the wall time of a long back-to-back loop (bounded by the host or by the
   GPU, whichever is slower). The same call replayed in a CUDA graph gives the GPU's own time per call. cuBLAS
@@ -52,13 +54,13 @@ def us_per_call(fn, calls: int, include_gpu: bool) -> float:
     return (t1 - t0) / calls * 1e6
 
 
-def kernel_of(layer: Sparse24Linear, tokens: int) -> str:
-    """Which kernel Sparse24Linear runs for `tokens` rows: the C++ rule (spmm.ops.sparse24_pick_kernel) over the
-    layouts the layer holds."""
+def kernel_of(layer, tokens: int) -> str:
+    """Which 2:4 kernel a Sparse24Linear (or SpenseLinear's 2:4 block) runs for `tokens` rows: the C++ rule
+    (spmm.ops.sparse24_pick_kernel) over the layouts the layer holds."""
     if layer.dvalues is None:
         return "cpu reference"
     gemm = "sm90" if layer.sm90_e is not None else "sm80" if layer.sm80_a is not None else None
-    kernel = spmm.ops.sparse24_pick_kernel(layer.out_features, layer.in_features, tokens, True, gemm)
+    kernel = spmm.ops.sparse24_pick_kernel(layer.values.shape[0], layer.in_features, tokens, True, gemm)
     return {"decode": "decode kernel", "sm90": "hopper gemm", "sm80": "ampere gemm"}[kernel]
 
 
@@ -75,6 +77,7 @@ def host_overhead(dtype) -> list:
         linear.weight.copy_(w)
         linear.bias.copy_(bias)
     sparse24 = Sparse24Linear.from_dense(linear, mask)
+    spense = spmm.nn.SpenseLinear.from_dense(linear, mask, dense_fraction=0.25)
     tcsl = spmm.nn.TiledCSLLinear.from_dense(linear, mask)
     timer = Timer(torch.device("cuda"), reps=200, warmup=20, flush="none")
     rows = []
@@ -82,6 +85,7 @@ def host_overhead(dtype) -> list:
         x = torch.randn(tokens, k, device="cuda", dtype=dtype)
         calls = [("cublas F.linear", "cublas", lambda: F.linear(x, w, bias)),
                  ("Sparse24Linear", kernel_of(sparse24, tokens), lambda: sparse24(x)),
+                 ("SpenseLinear 25%", "cublas + " + kernel_of(spense, tokens), lambda: spense(x)),
                  ("TiledCSLLinear", "tiled-csl", lambda: tcsl(x))]
         if tokens == 1:
             calls.append(("spmm.ops.sparse24_decode_mm", "decode kernel", lambda: spmm.ops.sparse24_decode_mm(
