@@ -119,11 +119,12 @@ def cuda_kernel_names(fn) -> list:
 
 
 def sparse24_path(names) -> str:
-    """Which 2:4 kernel ran, from cuda_kernel_names: "decode", "sm90" (a CUTLASS kernel without the Ampere GEMM's
-    epilogue) or "sm80"."""
+    """Which 2:4 kernel ran, from cuda_kernel_names: "decode", "sm80" (the Ampere GEMM, known by its epilogue kernel)
+    or "sm90" (the Hopper GEMM: a CUTLASS sparse kernel, whose name carries its Sparse mainloop types; cuBLAS's dense
+    kernels, which Spense runs beside it, carry none)."""
     if any("decode_mm_kernel" in n for n in names):
         return "decode"
     if any("transpose_bias_kernel" in n for n in names):
         return "sm80"
-    assert any("cutlass" in n.lower() for n in names), names
+    assert any("Sparse" in n for n in names), f"no 2:4 kernel among {names}"
     return "sm90"
