@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import spmm
-from conftest import cuda_kernel_names, gen, int_weight, random_24_mask, sparse24_path
+from conftest import (assert_exact_on_leading_dims_strided_x_and_graph, cuda_kernel_names, gen, int_weight,
+                      random_24_mask, sparse24_path)
 from spmm import ops
 from spmm.formats import SpenseWeight
 from spmm.nn import SpenseLinear
@@ -81,14 +82,11 @@ def test_op_without_layouts_exact(dtype, fraction, n):
     assert torch.equal(y, reference(x, full, bias))
 
 
-def test_leading_dims_and_strided_x():
+def test_leading_dims_strided_x_graph_and_empty_x():
     fmt, full, x, bias = int_case(384, 512, (48,), torch.float16, 0.25, 5)
     layer = layer_of(fmt, bias)
-    expected = reference(x, full, bias)
-    with torch.no_grad():
-        assert torch.equal(layer(x.reshape(4, 12, 512)), expected.reshape(4, 12, 384))
-        strided = torch.stack([x, x], dim=-1).reshape(48, 1024)[:, ::2]
-        assert not strided.is_contiguous() and torch.equal(layer(strided), expected)
+    with torch.no_grad():  # x under leading dims, a column-strided x, a CUDA graph replayed after x changes
+        assert_exact_on_leading_dims_strided_x_and_graph(layer, full, torch.ones_like(full, dtype=torch.bool), x, bias)
         assert layer(x[:0]).shape == (0, 384)
 
 
@@ -121,21 +119,6 @@ def test_the_2_4_rows_take_the_kernel_the_rule_picks(n):
 
 
 # ------------------------------------------------------------------------------ graphs, compile, opcheck, grad -----
-def test_cuda_graph_replay():
-    fmt, full, x, bias = int_case(512, 1024, (16,), torch.float16, 0.25, 7)
-    layer = layer_of(fmt, bias)
-    static_x = x.clone()
-    with torch.no_grad():
-        layer(static_x)  # warm-up outside capture: also checks row_index once
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = layer(static_x)
-    static_x.copy_(-x)
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, reference(-x, full, bias))
-
-
 def test_capture_before_any_call_asks_for_one():
     """row_index is read back once (a sync), which a capture forbids: a capture that comes first is refused, named."""
     fmt, _, x, bias = int_case(512, 1024, (16,), torch.float16, 0.25, 8)

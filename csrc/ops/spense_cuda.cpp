@@ -20,13 +20,13 @@ namespace {
 // row_index must be a permutation: an index outside [0, M) would make index_copy_ fault on the device. Reading it
 // back costs a synchronization, so each row_index (a weight's, unchanged between calls) is read once.
 void check_row_index_cuda(const char* op, const at::Tensor& row_index) {
-  static CheckedContents checked;
-  if (checked.contains(row_index)) return;
+  static auto* checked = new CheckedContents();  // never destroyed: no teardown-order questions at exit
+  if (checked->contains(row_index)) return;
   TORCH_CHECK_VALUE(c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None, op,
                     ": `row_index` must be checked (a permutation of the output rows) by reading it back to the host, "
                     "which a CUDA graph capture forbids; make one call with this row_index before capturing");
   check_row_index_permutation(op, row_index.cpu());
-  checked.add(row_index);
+  checked->add(row_index);
 }
 
 at::Tensor spense_mm_cuda(const at::Tensor& x, const at::Tensor& dense_weight, const at::Tensor& values,
