@@ -79,6 +79,12 @@ __device__ __forceinline__ void cp_async_8(void* smem_dst, const void* gmem_src,
   asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(src_bytes));
 }
 
+// 4-byte global -> shared copy (through L1); src_bytes < 4 fills the rest with zeros.
+__device__ __forceinline__ void cp_async_4(void* smem_dst, const void* gmem_src, int src_bytes) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(src_bytes));
+}
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 template <int kPending>
@@ -140,6 +146,13 @@ __device__ __forceinline__ void cp_async_mbar_arrive(uint64_t* bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
 }
 
+// Makes `bar` wait (one more pending arrival) until every cp.async this thread has issued so far has landed, without
+// counting as the thread's own arrival: the thread still arrives itself (mbar_arrive, which also publishes its plain
+// shared-memory stores), so copies and stores can feed one barrier whose count is the number of threads.
+__device__ __forceinline__ void cp_async_mbar_track(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.shared.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+
 // sm_90: one arrival on `bar` that also makes its current phase wait for `bytes` more of bulk-copy data.
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -159,6 +172,27 @@ __device__ __forceinline__ void bulk_copy_g2s(void* smem_dst, const void* gmem_s
                ::"r"(smem_addr(smem_dst)), "l"(gmem_src), "r"(bytes), "r"(smem_addr(bar)) : "memory");
 #else
   __trap();
+#endif
+}
+
+// sm_90: a 2-D box of the tensor `tensor_map` describes (a __grid_constant__ CUtensorMap), at element coordinates
+// (c0 innermost, c1), into shared memory as the map lays it out (swizzle, zero fill out of bounds); its bytes are
+// counted in `bar`'s expected bytes.
+__device__ __forceinline__ void tma_load_2d(void* smem_dst, const void* tensor_map, int32_t c0, int32_t c1,
+                                            uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
+      ::"r"(smem_addr(smem_dst)), "l"(tensor_map), "r"(c0), "r"(c1), "r"(smem_addr(bar)) : "memory");
+#else
+  __trap();
+#endif
+}
+
+// sm_90: fetches a tensor map into the descriptor cache ahead of its first use.
+__device__ __forceinline__ void prefetch_tensor_map(const void* tensor_map) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(tensor_map) : "memory");
 #endif
 }
 
