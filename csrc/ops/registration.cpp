@@ -33,4 +33,10 @@ TORCH_LIBRARY(spmm, m) {
   m.def("_tiled_csl_bitmap_mm(Tensor x, Tensor records, Tensor record_offsets, int out_features, int max_record_words, Tensor? bias) -> Tensor");
   // Spense: dense row block + 2:4 row block, output rows placed by row_index (dense rows first). CPU.
   m.def("spense_mm(Tensor x, Tensor dense_weight, Tensor values, Tensor meta, Tensor row_index, Tensor? bias) -> Tensor");
+  // Internal (CUDA): the Spense decode kernel, one launch over the dense rows (none: plain 2:4) and the canonical 2:4
+  // rows as they are saved, output rows placed by row_index (None: identity); meta_fragments optionally replaces the
+  // canonical metadata by the 2:4 decode layout's copy (_sparse24_decode_pack's dmeta). loader "auto" | "tma" |
+  // "cp_async", splits 0 = the kernel's rule. Not on a user path until measured.
+  m.def("_spense_decode_mm(Tensor x, Tensor? dense_weight, Tensor values, Tensor meta, Tensor? row_index, "
+        "Tensor? bias, Tensor? meta_fragments=None, str loader=\"auto\", int splits=0) -> Tensor");
 }
