@@ -67,6 +67,20 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_r
                : "r"(addr));
 }
 
+// The same from a shared-space address (smem_addr of the row).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t smem_row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_row));
+}
+
+// 16 bytes from a shared-space address.
+__device__ __forceinline__ uint4 lds_128(uint32_t smem) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(smem));
+  return v;
+}
+
 // 16-byte global -> shared copy; src_bytes < 16 fills the rest with zeros (0: all zeros, src not read).
 __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes) {
   const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem_dst));
@@ -98,6 +112,13 @@ __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(p));
+  return v;
+}
+
+// The value, opaque to the compiler: a per-lane address computed before a loop stays in its register instead of
+// being recomputed in every iteration (ptxas rematerializes cheap lane arithmetic even with registers to spare).
+__device__ __forceinline__ uint32_t opaque(uint32_t v) {
+  asm volatile("" : "+r"(v));
   return v;
 }
 
@@ -144,13 +165,6 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
 // arrival count: .noinc).
 __device__ __forceinline__ void cp_async_mbar_arrive(uint64_t* bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
-}
-
-// Makes `bar` wait (one more pending arrival) until every cp.async this thread has issued so far has landed, without
-// counting as the thread's own arrival: the thread still arrives itself (mbar_arrive, which also publishes its plain
-// shared-memory stores), so copies and stores can feed one barrier whose count is the number of threads.
-__device__ __forceinline__ void cp_async_mbar_track(uint64_t* bar) {
-  asm volatile("cp.async.mbarrier.arrive.shared.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
 }
 
 // sm_90: one arrival on `bar` that also makes its current phase wait for `bytes` more of bulk-copy data.

@@ -298,9 +298,16 @@ void emulate_launch(const Problem& pr, int64_t n0, int64_t n, Output& out) {
             const uint32_t off = L::a_ldmatrix_offset(warp, lane, step);
             return g_mutation == 2 ? L::swizzle128(off) : off;  // (the swizzle is an involution)
           };
-          auto load_x = [&](int j, int cols, uint32_t (&b)[32][4]) {
+          // x as the kernel addresses it (a lane base plus constants), checked against the plain rule
+          auto load_x = [&](int j, int load, uint32_t (&b)[32][4]) {
             uint32_t addr[32];
-            for (int lane = 0; lane < 32; ++lane) addr[lane] = 2 * L::x_ldmatrix_offset(j, lane, cols);
+            for (int lane = 0; lane < 32; ++lane) {
+              addr[lane] = L::x_lane_bytes(grp.dense, warp, lane) + j * L::kXTileBytes + load * L::kXLoadBytes;
+              if (addr[lane] != 2u * L::x_ldmatrix_offset(j, lane, L::x_columns(grp.dense, warp, load))) {
+                std::fprintf(stderr, "x address decomposition differs\n");
+                std::exit(2);
+              }
+            }
             ldmatrix_x4(xs, addr, b);
           };
           if (grp.dense) {
@@ -314,14 +321,15 @@ void emulate_launch(const Problem& pr, int64_t n0, int64_t n, Output& out) {
               ldmatrix_x4(stage.data(), addr1, a1);
               for (int j = 0; j < ntiles; ++j) {
                 uint32_t b[32][4];
-                load_x(j, L::x_columns(true, warp, load), b);
+                load_x(j, load, b);
                 mma_dense(acc[warp * ntiles + j], a0, b, 0, bf16);
                 mma_dense(acc[warp * ntiles + j], a1, b, 2, bf16);
               }
             }
           } else {
             uint32_t meta[4][32];
-            const bool tail = (warp + 1) * L::kTileRows > grp.rows || (chunk + 1) * L::kChunkK > h.k;
+            // (the kernel's test: its tile runs past the rows, or this is K's last, partial chunk)
+            const bool tail = (warp + 1) * L::kTileRows > grp.rows || (h.k % L::kChunkK != 0 && chunk == chunks - 1);
             for (int lane = 0; lane < 32; ++lane) {
               uint32_t lo[4], hi[4];
               if (h.fragments) {
@@ -331,9 +339,9 @@ void emulate_launch(const Problem& pr, int64_t n0, int64_t n, Output& out) {
                 continue;
               }
               std::memcpy(lo, &stage[L::kABytes + 16 * L::meta_row(warp, lane, 0)], 16);
-              std::memcpy(hi, &stage[L::kABytes + 16 * L::meta_row(warp, lane, 1)], 16);
+              std::memcpy(hi, &stage[L::kABytes + 16 * L::meta_row(warp, lane, 0) + 8 * L::kMetaRowBytes], 16);
               for (int s = 0; s < 4; ++s) {
-                meta[s][lane] = L::meta_register(lo[s], hi[s], g_mutation == 1 ? lane + 1 : lane);
+                meta[s][lane] = L::meta_register(lo[s], hi[s], L::meta_selector(g_mutation == 1 ? lane + 1 : lane));
                 if (tail && g_mutation != 3) meta[s][lane] = L::fill_empty_codes(meta[s][lane]);
               }
             }
@@ -343,7 +351,7 @@ void emulate_launch(const Problem& pr, int64_t n0, int64_t n, Output& out) {
               ldmatrix_x4(stage.data(), addr, a);
               for (int j = 0; j < ntiles; ++j) {
                 uint32_t b[32][4];
-                load_x(j, L::x_columns(false, warp, s), b);
+                load_x(j, s, b);
                 mma_sp(acc[warp * ntiles + j], a, b, meta[s], bf16);
               }
             }

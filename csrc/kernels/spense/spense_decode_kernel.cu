@@ -4,8 +4,7 @@
 // ring of shared-memory stages, with no block-wide barrier in the main loop:
 //  - the producer warp fills a stage per 128-column chunk: the group's weight bytes (sm_90: one lane issues TMA
 //    boxes; otherwise the warp's cp.async with zero fill) and x's chunk (cp.async), and the stage's `full` mbarrier
-//    completes once all of it has landed (32 lane arrivals, each also waiting for that lane's cp.async, plus the
-//    TMA bytes);
+//    completes once all of it has landed (each lane's cp.async arrival, plus the TMA issue's arrival and bytes);
 //  - eight consumer warps wait on `full`, take A fragments by ldmatrix from the swizzled region, x by ldmatrix,
 //    run mma.sp (2:4 group) or mma.sync (dense group), and release the stage on `empty`.
 // Epilogue: the accumulators go to shared memory as [token][128 slots]; the block's outputs (row, token) are then
@@ -81,6 +80,13 @@ __device__ __forceinline__ void copy_rows(unsigned char* stage, const unsigned c
   }
 }
 
+// Whether a block's producer copies canonical metadata with plain byte loads (rows of an odd byte count, cp.async
+// loader): its lanes then arrive on `full` once more each, after those stores.
+template <bool kTma>
+__device__ __forceinline__ bool byte_loaded_meta(const KernelArgs& a, const L::Group& grp) {
+  return !kTma && !grp.dense && a.p.meta_fragments == nullptr && a.meta_granule == 0;
+}
+
 template <typename T, int kNTiles, bool kTma>
 __device__ __forceinline__ void produce(const KernelArgs& a, const L::Group& grp, int64_t group, int64_t c_begin,
                                         int count, unsigned char* ring, uint64_t* full, uint64_t* empty, int lane) {
@@ -92,6 +98,7 @@ __device__ __forceinline__ void produce(const KernelArgs& a, const L::Group& grp
   const auto* meta = static_cast<const unsigned char*>(p.meta);
   const auto* fragments = static_cast<const unsigned char*>(p.meta_fragments);
   const int64_t sparse_group = group - a.s.dense_groups;
+  const bool sync_meta = byte_loaded_meta<kTma>(a, grp);
   if (kTma && lane == 0) {
     if (grp.dense) {
       ptx::prefetch_tensor_map(&a.dense_map);
@@ -128,7 +135,8 @@ __device__ __forceinline__ void produce(const KernelArgs& a, const L::Group& grp
         }
       }
     }
-    ptx::cp_async_mbar_track(&full[st]);  // the stage also waits for this lane's cp.async
+    ptx::cp_async_mbar_arrive(&full[st]);  // this lane's arrival, once its cp.async have landed
+    if (sync_meta) ptx::mbar_arrive(&full[st]);  // and its byte-loaded metadata (a release of its plain stores)
     if (kTma && lane == 0) {
       if (grp.dense) {
         ptx::mbar_arrive_expect_tx(&full[st], 2 * L::kDenseHalfBytes);
@@ -151,52 +159,64 @@ __device__ __forceinline__ void produce(const KernelArgs& a, const L::Group& grp
                            static_cast<int32_t>(mbox.row), &full[st]);
         }
       }
-    } else {
-      ptx::mbar_arrive(&full[st]);  // (also publishes the plain stores of byte-load copies)
     }
   }
 }
 
 // ------------------------------------------------------------------------------------------- consumers --------
+// Every address a lane reads is its address in stage 0 (fixed for the kernel, computed once before the loop, in
+// shared-space bytes) plus the stage's offset.
 template <typename T, int kNTiles, bool kDense>
 __device__ __forceinline__ void consume(const KernelArgs& a, const L::Group& grp, int64_t c_begin, int count,
                                         const unsigned char* ring, uint64_t* full, uint64_t* empty, int warp,
                                         int lane, float (&acc)[kNTiles][4]) {
   using C = Config<kNTiles>;
+  constexpr uint32_t kXOffset = L::kABytes + L::kMetaBytes;
+  const uint32_t ring_addr = ptx::smem_addr(ring);
+  uint32_t a_off[L::kSteps];
+#pragma unroll
+  for (int s = 0; s < L::kSteps; ++s) a_off[s] = ptx::opaque(ring_addr + L::a_ldmatrix_offset(warp, lane, s));
+  const uint32_t x_off = ptx::opaque(ring_addr + kXOffset + L::x_lane_bytes(kDense, warp, lane));
   const bool fragment_meta = a.p.meta_fragments != nullptr;
-  [[maybe_unused]] const bool tail_rows = (warp + 1) * L::kTileRows > grp.rows;  // (2:4: zero-filled meta rows)
+  const uint32_t meta_off = ptx::opaque(
+      ring_addr + L::kABytes + 16 * (fragment_meta ? L::meta_fragment_index(warp, lane) : L::meta_row(warp, lane, 0)));
+  const bool meta_lane = !fragment_meta || lane % 4 < 2;
+  const uint32_t selector = L::meta_selector(lane);
+  // 2:4 stages whose canonical metadata has zero-filled codes to fix: all (this warp's tile runs past the rows), or
+  // the stage of K's last, partial chunk.
+  [[maybe_unused]] const bool tail_rows = (warp + 1) * L::kTileRows > grp.rows;
+  [[maybe_unused]] const int64_t tail_stage = a.p.k % L::kChunkK != 0 ? a.s.chunks - 1 - c_begin : -1;
   for (int i = 0; i < count; ++i) {
     const int st = i % C::kStages;
     ptx::mbar_wait(&full[st], (i / C::kStages) & 1);
-    const unsigned char* stage = ring + st * C::kStageBytes;
-    const T* xs = reinterpret_cast<const T*>(stage + L::kABytes + L::kMetaBytes);
+    const uint32_t stage = st * C::kStageBytes;  // (the offsets above hold the ring's address)
     if constexpr (kDense) {
 #pragma unroll
       for (int load = 0; load < 2; ++load) {
         uint32_t a0[4], a1[4];
-        ptx::ldmatrix_x4(a0, stage + L::a_ldmatrix_offset(warp, lane, 2 * load));
-        ptx::ldmatrix_x4(a1, stage + L::a_ldmatrix_offset(warp, lane, 2 * load + 1));
+        ptx::ldmatrix_x4(a0, stage + a_off[2 * load]);
+        ptx::ldmatrix_x4(a1, stage + a_off[2 * load + 1]);
 #pragma unroll
         for (int j = 0; j < kNTiles; ++j) {
           uint32_t b[4];
-          ptx::ldmatrix_x4(b, xs + L::x_ldmatrix_offset(j, lane, L::x_columns(true, warp, load)));
+          ptx::ldmatrix_x4(b, stage + x_off + j * L::kXTileBytes + load * L::kXLoadBytes);
           ptx::mma_16816<T>(acc[j], a0, b[0], b[1]);
           ptx::mma_16816<T>(acc[j], a1, b[2], b[3]);
         }
       }
     } else {
       uint32_t meta[L::kSteps];
-      const uint4* meta_words = reinterpret_cast<const uint4*>(stage + L::kABytes);
       if (fragment_meta) {
-        const uint4 m = lane % 4 < 2 ? meta_words[L::meta_fragment_index(warp, lane)] : make_uint4(0, 0, 0, 0);
+        const uint4 m = meta_lane ? ptx::lds_128(stage + meta_off) : make_uint4(0, 0, 0, 0);
         meta[0] = m.x, meta[1] = m.y, meta[2] = m.z, meta[3] = m.w;
       } else {
-        const uint4 lo = meta_words[L::meta_row(warp, lane, 0)], hi = meta_words[L::meta_row(warp, lane, 1)];
-        meta[0] = L::meta_register(lo.x, hi.x, lane);
-        meta[1] = L::meta_register(lo.y, hi.y, lane);
-        meta[2] = L::meta_register(lo.z, hi.z, lane);
-        meta[3] = L::meta_register(lo.w, hi.w, lane);
-        if (tail_rows || (c_begin + i + 1) * L::kChunkK > a.p.k) {  // warp-uniform: only tails pay
+        // rows g and g + 8: meta_row(warp, lane, 1) is 8 rows further
+        const uint4 lo = ptx::lds_128(stage + meta_off), hi = ptx::lds_128(stage + meta_off + 8 * L::kMetaRowBytes);
+        meta[0] = L::meta_register(lo.x, hi.x, selector);
+        meta[1] = L::meta_register(lo.y, hi.y, selector);
+        meta[2] = L::meta_register(lo.z, hi.z, selector);
+        meta[3] = L::meta_register(lo.w, hi.w, selector);
+        if (tail_rows || i == tail_stage) {  // warp-uniform: only tails pay
 #pragma unroll
           for (int s = 0; s < L::kSteps; ++s) meta[s] = L::fill_empty_codes(meta[s]);
         }
@@ -204,12 +224,12 @@ __device__ __forceinline__ void consume(const KernelArgs& a, const L::Group& grp
 #pragma unroll
       for (int s = 0; s < L::kSteps; ++s) {
         uint32_t af[4];
-        ptx::ldmatrix_x4(af, stage + L::a_ldmatrix_offset(warp, lane, s));
+        ptx::ldmatrix_x4(af, stage + a_off[s]);
         const uint4 a4 = make_uint4(af[0], af[1], af[2], af[3]);
 #pragma unroll
         for (int j = 0; j < kNTiles; ++j) {
           uint32_t b[4];
-          ptx::ldmatrix_x4(b, xs + L::x_ldmatrix_offset(j, lane, L::x_columns(false, warp, s)));
+          ptx::ldmatrix_x4(b, stage + x_off + j * L::kXTileBytes + s * L::kXLoadBytes);
           ptx::mma_sp_16832<T>(acc[j], a4, b, meta[s]);
         }
       }
@@ -235,7 +255,8 @@ __global__ void __launch_bounds__(Config<kNTiles>::kThreads) spense_decode_kerne
   const int count = static_cast<int>(c_end - c_begin);
   if (threadIdx.x == 0) {
     for (int st = 0; st < C::kStages; ++st) {
-      ptx::mbar_init(&full[st], 32);  // the producer's lanes
+      // The producer's lanes (cp.async arrivals, plus plain arrivals after byte-loaded metadata) and the TMA issue.
+      ptx::mbar_init(&full[st], 32 * (byte_loaded_meta<kTma>(a, grp) ? 2 : 1) + (kTma ? 1 : 0));
       ptx::mbar_init(&empty[st], L::kWarps);
     }
     ptx::mbar_init_fence();

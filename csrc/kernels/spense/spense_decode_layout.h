@@ -102,16 +102,38 @@ SPMM_HOST_DEVICE int x_columns(bool dense, int warp, int load) {
   return dense ? (warp / 4) * 64 + 32 * load : 32 * load;
 }
 
+// The kernel's form of those addresses, in bytes from the x stage: a per-lane base, plus kXTileBytes per token tile
+// and kXLoadBytes per load (32 columns), so its loop adds constants.
+constexpr uint32_t kXTileBytes = 8 * kXPitch * 2;
+constexpr uint32_t kXLoadBytes = 64;
+SPMM_HOST_DEVICE uint32_t x_lane_bytes(bool dense, int warp, int lane) {
+  return 2 * static_cast<uint32_t>(x_ldmatrix_offset(0, lane, x_columns(dense, warp, 0)));
+}
+
 // ---------------------------------------------------------------------------------------------- metadata ------
 // Canonical metadata: lane 4g + q reads metadata rows 16 w + g (half 0) and 16 w + g + 8 (half 1) of the region,
 // 16 bytes each (the chunk's 4 k-steps, 4 bytes = 8 groups per step).
 SPMM_HOST_DEVICE int meta_row(int warp, int lane, int half) { return warp * kTileRows + lane / 4 + 8 * half; }
 
+// __byte_perm(x, y, selector): byte i of the result is byte (selector >> 4i) & 7 of the 8 bytes y:x.
+SPMM_HOST_DEVICE uint32_t byte_perm(uint32_t x, uint32_t y, uint32_t selector) {
+#if defined(__CUDA_ARCH__)
+  return __byte_perm(x, y, selector);
+#else
+  const uint64_t bytes = static_cast<uint64_t>(y) << 32 | x;
+  uint32_t r = 0;
+  for (int i = 0; i < 4; ++i) r |= static_cast<uint32_t>((bytes >> (8 * ((selector >> (4 * i)) & 7))) & 0xFF) << (8 * i);
+  return r;
+#endif
+}
+
 // mma.sp m16n8k32 (16-bit types, sparsity selector 0) metadata register of lane 4g + q from the two rows' 32-bit
 // words of one k-step: q = 0 takes groups 0-3 (the low 16 bits, nibble j = group j, as the canonical bytes hold
 // them), q = 1 groups 4-7; bits 0-15 for row g, 16-31 for row g + 8. Lanes q = 2, 3 are not read by the mma.
-SPMM_HOST_DEVICE uint32_t meta_register(uint32_t row_g, uint32_t row_g8, int lane) {
-  return (lane % 2) == 0 ? (row_g & 0xFFFFu) | (row_g8 << 16) : (row_g >> 16) | (row_g8 & 0xFFFF0000u);
+// meta_selector(lane) is the byte_perm selector of the lane: bytes 0, 1 of each row, or bytes 2, 3.
+SPMM_HOST_DEVICE uint32_t meta_selector(int lane) { return lane % 2 == 0 ? 0x5410u : 0x7632u; }
+SPMM_HOST_DEVICE uint32_t meta_register(uint32_t row_g, uint32_t row_g8, uint32_t selector) {
+  return byte_perm(row_g, row_g8, selector);
 }
 
 // Zero-filled metadata (rows past the 2:4 block, columns past K, the spare nibble of an odd group count) reads as
