@@ -75,7 +75,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def levels(suite, args):
-    return {"tiled_csl": args.sparsity, "spense": args.dense_fraction}.get(suite.name, [None])
+    return {"tiled_csl_mm": args.sparsity, "spense_mm": args.dense_fraction}.get(suite.op, [None])
 
 
 def device_name(device: torch.device) -> str:

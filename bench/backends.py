@@ -262,9 +262,41 @@ def _spmm_spense_beside_24(c: Case) -> Prepared:
     return prepared
 
 
+def _spmm_spense_decode(c: Case, spense: bool, fragments: bool = False, loader: str = "auto") -> Prepared:
+    """The Spense decode kernel called directly at any N, on the saved layouts (one copy of the weight): a Spense
+    case's dense rows and canonical 2:4 rows with row_index, or (spense=False) a 2:4 case's canonical values and
+    metadata alone -- the one-copy 2:4 decode kernel. fragments: read the 2:4 decode layout's metadata instead of
+    the canonical bytes (its bytes counted too)."""
+    ops = _ops()
+    _require_cuda_kernel(c, "_spense_decode_mm", "the Spense decode kernel")
+    if spense:
+        dense_rows, sparse_rows = c.extra["dense_rows"], c.extra["sparse_rows"]
+        dense_w = c.w[dense_rows].contiguous() if dense_rows.numel() else None
+        values, meta = ops.sparse24_compress(c.w[sparse_rows].contiguous(), c.mask[sparse_rows].contiguous())
+        row_index = torch.cat([dense_rows, sparse_rows]).to(torch.int32)
+    else:
+        dense_w, row_index = None, None
+        values, meta = ops.sparse24_compress(c.w, c.mask)
+    frags = ops.sparse24_decode_pack(values, meta)[1] if fragments and values.shape[0] else None
+
+    def bind(x: Tensor) -> Callable[[], Tensor]:
+        return lambda: ops.spense_decode_mm(x, dense_w, values, meta, row_index, c.bias, meta_fragments=frags,
+                                            loader=loader)
+
+    return Prepared(bind, _nbytes(dense_w, values, meta, row_index, frags))
+
+
 SPMM_SPARSE24 = Backend("spmm", _spmm_sparse24)
 # Today's path kept beside the public op: the kernels called directly (what Sparse24Linear ran before issue 19).
 SPMM_SPARSE24_DIRECT = Backend("spmm_direct", _spmm_sparse24_direct, cuda_only=True)
+# Kernel against kernel at any N: today's decode kernel on its reordered copy, and the Spense decode kernel on the
+# canonical layout alone (the one-copy 2:4 decode; `_fr`: with the reordered metadata; `_cp`: the cp.async loader).
+SPMM_SPARSE24_DECODE = Backend("spmm_decode", _spmm_sparse24_decode, cuda_only=True)
+SPMM_SPARSE24_ONE_COPY = Backend("spmm_onecopy", partial(_spmm_spense_decode, spense=False), cuda_only=True)
+SPMM_SPARSE24_ONE_COPY_FR = Backend("spmm_onecopy_fr", partial(_spmm_spense_decode, spense=False, fragments=True),
+                                    cuda_only=True)
+SPMM_SPARSE24_ONE_COPY_CP = Backend("spmm_onecopy_cp", partial(_spmm_spense_decode, spense=False, loader="cp_async"),
+                                    cuda_only=True)
 # The Hopper CUTLASS GEMM called directly, whatever N (sparse24_mm picks it for prefill-sized N on its own).
 SPMM_SPARSE24_SM90 = Backend("spmm_sm90", _spmm_sparse24_sm90, cuda_only=True)
 # The decode kernel with the sm_80 loader (cp.async, split-K through global memory), run on whatever GPU this is.
@@ -280,6 +312,10 @@ SPMM_TILED_CSL_TM128 = Backend("spmm_tm128", lambda c: _spmm_tiled_csl(c, tile_m
 SPMM_SPENSE = Backend("spmm", _spmm_spense)
 # 2:4 beside Spense at the same shapes (every row 2:4): the end of the sweep that the dense rows are added to.
 SPMM_SPENSE_BESIDE_24 = Backend("spmm_sparse24", _spmm_spense_beside_24)
+# The Spense decode kernel: dense and 2:4 row tiles in one launch (`_fr`: reading the reordered 2:4 metadata).
+SPMM_SPENSE_DECODE = Backend("spmm_decode", partial(_spmm_spense_decode, spense=True), cuda_only=True)
+SPMM_SPENSE_DECODE_FR = Backend("spmm_decode_fr", partial(_spmm_spense_decode, spense=True, fragments=True),
+                                cuda_only=True)
 
 
 def probe(backend: Backend, tiny_case: Callable[[], Case]) -> Optional[str]:

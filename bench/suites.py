@@ -40,6 +40,13 @@ SUITES: Dict[str, Suite] = {
               0.8),
         # SpenseLinear, and Sparse24Linear on the same shapes with every row 2:4 (the sweep's 2:4 end, same run).
         Suite("spense", "spense_mm", P.spense_case, [B.SPMM_SPENSE, B.SPMM_SPENSE_BESIDE_24], 0.25),
+        # Decode kernels side by side at decode-sized N (tuning sweeps, run when named): the layer, today's 2:4 decode
+        # kernel on its reordered copy, and the Spense decode kernel on the saved layouts (one copy of the weight).
+        Suite("sparse24_decode", "sparse24_mm", lambda l, dt, dev, _: P.sparse24_case(l, dt, dev),
+              [B.SPMM_SPARSE24, B.SPMM_SPARSE24_DECODE, B.SPMM_SPARSE24_ONE_COPY, B.SPMM_SPARSE24_ONE_COPY_FR,
+               B.SPMM_SPARSE24_ONE_COPY_CP], None, in_all=False),
+        Suite("spense_decode", "spense_mm", P.spense_case, [B.SPMM_SPENSE, B.SPMM_SPENSE_DECODE,
+                                                             B.SPMM_SPENSE_DECODE_FR], 0.25, in_all=False),
     ]
 }
 

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # One device call that builds, tests and measures (run from the repo root on the GPU machine, `.whl` carried):
 #   bash scripts/device_check.sh [tests|sanitize|bench-decode|bench-prefill|all]   (default: tests)
+#   bash scripts/device_check.sh spense         the Spense decode kernel: its torch-free self-test (exact + timed
+#                                              beside today's decode kernel), its GPU tests, memcheck and racecheck
+#                                              on a subset (~6-8 min with the build)
+#   bash scripts/device_check.sh spense-bench   its bench suites (sparse24_decode, spense_decode; graphed, N = 1-64)
 # Results go to $OUT (or bench/out); the end of the output is the summary to read.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,4 +29,21 @@ case "$what" in bench-decode|all)
 esac
 case "$what" in bench-prefill|all)
   timeout 300 python3 -m bench sparse24 --tokens 512 2048 8192 --out "$out/prefill" 2>&1 | tail -3 ;;
+esac
+case "$what" in spense)
+  mkdir -p "$out"
+  SPMM_SELFTEST_ARCH=90a timeout 240 bash scripts/device_selftests.sh spense_decode 2>&1 | tail -40
+  timeout 240 python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_cuda_spense_decode.py \
+    tests/test_spense_decode_emulation.py 2>&1 | tee "$out/spense_tests.txt" | grep -E "passed|failed|FAILED|^E " | head -40
+  memcheck_k="(exact_mixes and float16 and (True-1- or True-64-)) or (k_tails and (1- or 100-)) or (split_factor and (3] or 12])) or fragment or leading_dims"
+  racecheck_k="leading_dims or graph or (split_factor and (2 or 12)) or (fragment and auto)"
+  for tool in memcheck racecheck; do
+    [ $tool = memcheck ] && k="$memcheck_k" || k="$racecheck_k"
+    timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 python3 -m pytest -q -p no:cacheprovider -x \
+      tests/test_cuda_spense_decode.py -k "$k" 2>&1 | tee -a "$out/spense_tests.txt" | tail -2
+  done ;;
+esac
+case "$what" in spense-bench)
+  timeout 540 python3 -m bench sparse24_decode spense_decode --graph --tokens 1 8 16 32 64 --out "$out/spense_bench" \
+    2>&1 | tail -40 ;;
 esac

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The torch-free kernel self-tests on the GPU machine, built with nvcc alone (about a minute, no torch build):
-#   bash scripts/device_selftests.sh [decode|sm80|tiled_csl|all]   (default: all; .whl carried for sm80)
+#   bash scripts/device_selftests.sh [decode|sm80|tiled_csl|spense_decode|all]   (default: all; .whl carried for sm80)
 # Each prints one line per problem (exact or WRONG per path, timings next to a plain read of the same bytes) and
 # exits non-zero on a mismatch; a hang (e.g. a bad mbarrier/wgmma protocol) is cut by the timeout. The output is
 # also saved under $OUT (or bench/out).
@@ -10,10 +10,11 @@ out="${OUT:-bench/out}"
 mkdir -p "$out"
 what="${1:-all}"
 status=0
+arch="${SPMM_SELFTEST_ARCH:-90a}"
 build() {  # name, sources...
   local name=$1
   shift
-  nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Icsrc "$@" -o "/tmp/spmm_${name}_selftest"
+  nvcc -std=c++17 -O3 -gencode "arch=compute_${arch},code=sm_${arch}" -Icsrc "$@" -o "/tmp/spmm_${name}_selftest"
 }
 check() {  # name, log file, seconds: runs the built program
   timeout "$3" "/tmp/spmm_$1_selftest" 2>&1 | tee "$out/$2"
@@ -48,6 +49,14 @@ case "$what" in tiled_csl|all)
     check tiled_csl tiled_csl_selftest.txt 240
   else
     echo "tiled_csl selftest: build failed"; status=1
+  fi ;;
+esac
+case "$what" in spense_decode|all)  # exact on every problem (each loader, each metadata source), timed beside today's
+  if build spense_decode csrc/kernels/spense/spense_decode_selftest.cu csrc/kernels/spense/spense_decode_kernel.cu \
+      csrc/kernels/sparse24/sparse24_decode_kernel.cu; then
+    check spense_decode spense_decode_selftest.txt 200
+  else
+    echo "spense decode selftest: build failed"; status=1
   fi ;;
 esac
 exit $status

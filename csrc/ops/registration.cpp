@@ -29,6 +29,12 @@ TORCH_LIBRARY(spmm, m) {
   // reordered metadata) and its matmul.
   m.def("_sparse24_sm80_pack(Tensor values, Tensor meta) -> (Tensor a, Tensor e)");
   m.def("_sparse24_sm80_mm(Tensor x, Tensor a, Tensor e, int out_features, Tensor? bias) -> Tensor");
+  // Internal (CUDA): the Spense decode kernel, one launch over the dense rows (none: plain 2:4) and the canonical 2:4
+  // rows as they are saved, output rows placed by row_index (None: identity); meta_fragments optionally replaces the
+  // canonical metadata by the 2:4 decode layout's copy (_sparse24_decode_pack's dmeta). loader "auto" | "tma" |
+  // "cp_async", splits 0 = the kernel's rule. Not on a user path until measured.
+  m.def("_spense_decode_mm(Tensor x, Tensor? dense_weight, Tensor values, Tensor meta, Tensor? row_index, "
+        "Tensor? bias, Tensor? meta_fragments=None, str loader=\"auto\", int splits=0) -> Tensor");
   // Internal (CUDA): the Tiled-CSL kernel's word layout (one 32-bit word per pair, runs padded to 16 bytes),
   // made from the stream, and its matmul.
   m.def("_tiled_csl_words(Tensor values, Tensor locations, Tensor tile_offsets, int tile_m, int tile_k) -> (Tensor words, Tensor word_offsets)");

@@ -300,6 +300,26 @@ def spense_mm(
     return _ops.spense_mm(x, dense_weight, values, meta, row_index, bias, dvalues, dmeta, sm90_e, sm80_a, sm80_e)
 
 
+def spense_decode_mm(
+    x: Tensor,
+    dense_weight: Optional[Tensor],
+    values: Tensor,
+    meta: Tensor,
+    row_index: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    meta_fragments: Optional[Tensor] = None,
+    loader: str = "auto",
+    splits: int = 0,
+) -> Tensor:
+    """y = x @ W.T (+ bias) by the Spense decode kernel (CUDA, fp16/bf16, few tokens): one launch over the dense rows
+    `dense_weight` [Md, K] (None: plain 2:4) and the canonical 2:4 rows (values, meta) as they are saved, output row
+    row_index[i] for block row i (dense first; None: identity; must be a permutation). x [..., K] -> y [..., Md + Ms].
+    For measuring: `meta_fragments` (the second output of sparse24_decode_pack(values, meta)) replaces the canonical
+    metadata; loader "tma" (sm_90 tensor maps), "cp_async" (the pre-sm_90 path as a whole) or "auto"; `splits` 1..the
+    weight's 128-column chunks sets split-K (0: the kernel's rule). Internal: not on a layer's path until measured."""
+    return _ops._spense_decode_mm(x, dense_weight, values, meta, row_index, bias, meta_fragments, loader, splits)
+
+
 # ---------------------------------------------------------------------------------------- fake kernels -----------
 @torch.library.register_fake("spmm::sparse24_compress")
 def _sparse24_compress_fake(dense, mask):
@@ -386,3 +406,10 @@ def _tiled_csl_bitmap_mm_fake(x, records, record_offsets, out_features, max_reco
 def _spense_mm_fake(x, dense_weight, values, meta, row_index, bias=None, dvalues=None, dmeta=None, sm90_e=None,
                     sm80_a=None, sm80_e=None):
     return x.new_empty(*x.shape[:-1], row_index.shape[0])
+
+
+@torch.library.register_fake("spmm::_spense_decode_mm")
+def _spense_decode_mm_fake(x, dense_weight, values, meta, row_index, bias, meta_fragments=None, loader="auto",
+                           splits=0):
+    md = 0 if dense_weight is None else dense_weight.shape[0]
+    return x.new_empty(*x.shape[:-1], md + values.shape[0])

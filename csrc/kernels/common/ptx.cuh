@@ -67,6 +67,20 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_r
                : "r"(addr));
 }
 
+// The same from a shared-space address (smem_addr of the row).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t smem_row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_row));
+}
+
+// 16 bytes from a shared-space address.
+__device__ __forceinline__ uint4 lds_128(uint32_t smem) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(smem));
+  return v;
+}
+
 // 16-byte global -> shared copy; src_bytes < 16 fills the rest with zeros (0: all zeros, src not read).
 __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes) {
   const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem_dst));
@@ -77,6 +91,12 @@ __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src
 __device__ __forceinline__ void cp_async_8(void* smem_dst, const void* gmem_src, int src_bytes) {
   const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem_dst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(src_bytes));
+}
+
+// 4-byte global -> shared copy (through L1); src_bytes < 4 fills the rest with zeros.
+__device__ __forceinline__ void cp_async_4(void* smem_dst, const void* gmem_src, int src_bytes) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(src_bytes));
 }
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -92,6 +112,13 @@ __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(p));
+  return v;
+}
+
+// The value, opaque to the compiler: a per-lane address computed before a loop stays in its register instead of
+// being recomputed in every iteration (ptxas rematerializes cheap lane arithmetic even with registers to spare).
+__device__ __forceinline__ uint32_t opaque(uint32_t v) {
+  asm volatile("" : "+r"(v));
   return v;
 }
 
@@ -159,6 +186,27 @@ __device__ __forceinline__ void bulk_copy_g2s(void* smem_dst, const void* gmem_s
                ::"r"(smem_addr(smem_dst)), "l"(gmem_src), "r"(bytes), "r"(smem_addr(bar)) : "memory");
 #else
   __trap();
+#endif
+}
+
+// sm_90: a 2-D box of the tensor `tensor_map` describes (a __grid_constant__ CUtensorMap), at element coordinates
+// (c0 innermost, c1), into shared memory as the map lays it out (swizzle, zero fill out of bounds); its bytes are
+// counted in `bar`'s expected bytes.
+__device__ __forceinline__ void tma_load_2d(void* smem_dst, const void* tensor_map, int32_t c0, int32_t c1,
+                                            uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
+      ::"r"(smem_addr(smem_dst)), "l"(tensor_map), "r"(c0), "r"(c1), "r"(smem_addr(bar)) : "memory");
+#else
+  __trap();
+#endif
+}
+
+// sm_90: fetches a tensor map into the descriptor cache ahead of its first use.
+__device__ __forceinline__ void prefetch_tensor_map(const void* tensor_map) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(tensor_map) : "memory");
 #endif
 }
 
