@@ -65,6 +65,7 @@ at::Tensor sparse24_sm80_mm_cuda(const at::Tensor& x, const at::Tensor& a, const
                                  const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "spmm::_sparse24_sm80_mm";
   check_gemm_operands(op, x, a, 2, e, at::kShort);
+  check_out_features(op, out_features);
   const int64_t k = x.size(-1), n = leading_rows(x), m = out_features;
   TORCH_CHECK_VALUE(m > 0 && k > 0 && k % 4 == 0, op, ": needs out_features > 0 and in_features (the last dim of `x`)",
                     " a positive multiple of 4, got ", m, " x ", k);

@@ -60,6 +60,7 @@ at::Tensor sparse24_sm90_mm_cuda(const at::Tensor& x, const at::Tensor& values, 
                                  int64_t swizzle, int64_t splits) {
   constexpr const char* op = "spmm::_sparse24_sm90_mm";
   check_gemm_operands(op, x, values, 2, e, at::kByte, "values");
+  check_out_features(op, out_features);
   const int64_t k = x.size(-1), n = leading_rows(x), m = out_features;
   check_sm90_shape(op, m, k);
   const kernels::DType dtype = kernel_dtype(x.scalar_type());

@@ -89,18 +89,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_csl_compress_cpu(const at::
 }
 
 // The stream must be well formed before the matmul trusts it: offsets rise from 0 to nnz, locations inside
-// their (possibly partial) tile.
+// their (possibly partial) tile and strictly increasing within it (the packer's order; so no element twice).
+// A stream read with another tile shape of the same tile count whose tiles are all full passes: the tile shape
+// is the caller's statement, as out_features is (the format, the layer and the saved file carry it).
 void check_stream(const char* op, const TileGrid& g, const int32_t* offs, const int16_t* locs, int64_t nnz) {
   const int64_t tiles = g.row_tiles * g.col_tiles;
   TORCH_CHECK_VALUE(offs[0] == 0 && offs[tiles] == nnz, op, ": `tile_offsets` must start at 0 and end at nnz = ",
                     nnz, ", got ", offs[0], " and ", offs[tiles]);
-  for (int64_t t = 0; t < tiles; ++t) {
+  for (int64_t t = 0; t < tiles; ++t)
     TORCH_CHECK_VALUE(offs[t] <= offs[t + 1], op, ": `tile_offsets` must not decrease (tile ", t, ")");
+  for (int64_t t = 0; t < tiles; ++t) {
     const int64_t i = t / g.col_tiles, j = t % g.col_tiles;
+    int64_t previous = -1;
     for (int64_t e = offs[t]; e < offs[t + 1]; ++e) {
       const int64_t loc = static_cast<uint16_t>(locs[e]);
       TORCH_CHECK_VALUE(loc / g.tile_k < g.rows_in(i) && loc % g.tile_k < g.cols_in(j), op, ": `locations`[", e,
                         "] = ", loc, " lies outside tile ", t, " (", g.rows_in(i), " x ", g.cols_in(j), ")");
+      TORCH_CHECK_VALUE(loc > previous, op, ": `locations`[", e, "] = ", loc, " repeats or precedes the location ",
+                        "before it in tile ", t, "; each tile lists its elements once, in increasing order");
+      previous = loc;
     }
   }
 }
