@@ -18,6 +18,10 @@ def meta_cols(shape: Sequence[int]) -> int:
     return (shape[1] + 7) // 8
 
 
+# Per 4-bit code: whether it breaks the canonical layout (idx0 = code & 3 must be below idx1 = code >> 2).
+_BAD_CODE = torch.tensor([(c & 3) >= (c >> 2) for c in range(16)])
+
+
 class Sparse24Weight(PackedWeight):
     """W [M, K] keeping at most 2 of every 4 elements along K: values [M, K/2] + meta uint8 [M, ceil(K/8)]."""
 
@@ -48,15 +52,32 @@ class Sparse24Weight(PackedWeight):
         meta = codes[:, 0::2] | (codes[:, 1::2] << 4)
         return cls(torch.zeros(m, k // 2, dtype=dtype, device=device), meta, (m, k))
 
+    def validate(self) -> "Sparse24Weight":
+        """Every group's code names two columns idx0 < idx1; the unused high nibble of an odd group count is 0."""
+        m, k = self.shape
+        groups = k // 4
+        bad_code = _BAD_CODE.to(self.meta.device)
+        low, high = (self.meta & 0xF).long(), (self.meta >> 4).long()
+        bad = bad_code[low]
+        full = groups // 2  # bytes whose high nibble holds a group
+        bad[:, :full] |= bad_code[high[:, :full]]
+        if groups % 2:
+            bad[:, full] |= high[:, full] != 0
+        if bool(bad.any()):
+            row, col = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"meta: byte [{row}, {col}] = {int(self.meta[row, col]):#04x} is not in the canonical 2:4 "
+                             f"layout (each group's code idx0 | idx1 << 2 needs idx0 < idx1; the unused high nibble "
+                             f"of an odd group count is 0)")
+        return self
+
     def to_dense(self) -> Tensor:
         """Unpack in pure torch (independent of the C++ packer, so tests cross-check the two)."""
+        self.validate()
         m, k = self.shape
         groups = k // 4
         nibbles = torch.stack((self.meta & 0xF, self.meta >> 4), dim=-1).reshape(m, 2 * self.meta.shape[1])
         nibbles = nibbles[:, :groups].long()
         cols = torch.stack((nibbles & 3, nibbles >> 2), dim=-1)  # [M, G, 2]
-        if bool((cols[..., 0] >= cols[..., 1]).any()):
-            raise ValueError("meta holds an invalid code: every group needs idx0 < idx1")
         dense = torch.zeros(m, groups, 4, dtype=self.dtype, device=self.device)
         dense.scatter_(2, cols, self.values.reshape(m, groups, 2))
         return plus_zero(dense.reshape(m, k))
@@ -81,7 +102,8 @@ class Sparse24Weight(PackedWeight):
 
     @classmethod
     def from_tensors(cls, tensors: Dict[str, Tensor], shape: Sequence[int]) -> "Sparse24Weight":
-        return cls(tensors["values"], tensors["meta"], shape)
+        """The weight of stored tensors (e.g. a state dict's), validated."""
+        return cls(tensors["values"], tensors["meta"], shape).validate()
 
     def __repr__(self) -> str:
         return (f"Sparse24Weight(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device}, "

@@ -72,23 +72,48 @@ class TiledCSLWeight(PackedWeight):
         values = torch.zeros(0, dtype=dtype, device=device)
         return cls(values, torch.zeros(0, dtype=torch.int16, device=device), offsets, shape, tile_m, tile_k)
 
-    def coordinates(self):
-        """(rows, cols) int64 of every stored value, checking the layout on the way."""
+    def validate(self) -> "TiledCSLWeight":
+        """tile_offsets rise from 0 to nnz; each location lies inside its (possibly partial) tile, and the locations
+        of a tile strictly increase (the packer's order, so no element twice)."""
+        self._check_layout()
+        return self
+
+    def _check_layout(self) -> Tensor:
+        """validate()'s checks; returns each stored value's tile number (int64), which coordinates() reuses."""
         m, k = self.shape
         offsets = self.tile_offsets.long()
         counts = offsets[1:] - offsets[:-1]
-        if offsets[0] != 0 or offsets[-1] != self.nnz or bool((counts < 0).any()):
-            raise ValueError("tile_offsets must rise from 0 to nnz")
-        tile = torch.repeat_interleave(torch.arange(counts.numel(), device=self.device), counts)
-        loc = self.locations.long() & 0xFFFF  # int16 holds the unsigned location
+        if int(offsets[0]) != 0 or int(offsets[-1]) != self.nnz or bool((counts < 0).any()):
+            raise ValueError(f"tile_offsets must rise from 0 to nnz = {self.nnz}, got {int(offsets[0])} .. "
+                             f"{int(offsets[-1])}" + (" with a decrease" if bool((counts < 0).any()) else ""))
         tiles_k = -(-k // self.tile_k)
+        tile = torch.repeat_interleave(torch.arange(counts.numel(), device=self.device), counts)
+        loc = self.locations.int() & 0xFFFF  # int16 holds the unsigned location
+        # rows / columns a tile really has: the last tile row and column may be partial
+        rows_in = (m - (tile // tiles_k) * self.tile_m).clamp(max=self.tile_m)
+        cols_in = (k - (tile % tiles_k) * self.tile_k).clamp(max=self.tile_k)
+        outside = (loc // self.tile_k >= rows_in) | (loc % self.tile_k >= cols_in)
+        if bool(outside.any()):
+            e = int(outside.nonzero()[0])
+            raise ValueError(f"locations[{e}] = {int(loc[e])} lies outside tile {int(tile[e])} "
+                             f"({int(rows_in[e])} x {int(cols_in[e])} of a {self.tile_m} x {self.tile_k} grid)")
+        # within a tile each location must exceed the one before it; a tile's first element has no predecessor
+        first = torch.zeros(self.nnz, dtype=torch.bool, device=self.device)
+        first[offsets[:-1][counts > 0]] = True
+        unordered = (loc[1:] <= loc[:-1]) & ~first[1:]
+        if bool(unordered.any()):
+            e = int(unordered.nonzero()[0]) + 1
+            raise ValueError(f"locations[{e}] = {int(loc[e])} repeats or precedes the location before it in tile "
+                             f"{int(tile[e])}; each tile lists its elements once, in increasing order")
+        return tile
+
+    def coordinates(self):
+        """(rows, cols) int64 of every stored value, checking the layout on the way."""
+        tile = self._check_layout()
+        loc = self.locations.long() & 0xFFFF
+        tiles_k = -(-self.shape[1] // self.tile_k)
         rows = (tile // tiles_k) * self.tile_m + loc // self.tile_k
         cols = (tile % tiles_k) * self.tile_k + loc % self.tile_k
-        if bool((loc >= self.tile_m * self.tile_k).any() | (rows >= m).any() | (cols >= k).any()):
-            raise ValueError("locations point outside their tile or outside the matrix")
-        key = tile * (self.tile_m * self.tile_k) + loc
-        if bool((key[1:] <= key[:-1]).any()):
-            raise ValueError("locations must be strictly increasing within each tile")
         return rows, cols
 
     def to_dense(self) -> Tensor:
@@ -131,7 +156,8 @@ class TiledCSLWeight(PackedWeight):
 
     @classmethod
     def from_tensors(cls, tensors: Dict[str, Tensor], shape: Sequence[int], tile_m: int = 256, tile_k: int = 64):
-        return cls(tensors["values"], tensors["locations"], tensors["tile_offsets"], shape, tile_m, tile_k)
+        """The weight of stored tensors (e.g. a state dict's), validated."""
+        return cls(tensors["values"], tensors["locations"], tensors["tile_offsets"], shape, tile_m, tile_k).validate()
 
     def __repr__(self) -> str:
         return (
