@@ -323,25 +323,29 @@ def first_tile_with(fmt, count):
 
 
 BROKEN = {
-    "2:4 code idx0 == idx1": ("2:4", lambda f: dict(meta=set_item((3, 1), 0x05)), r"byte \[3, 1\] = 0x05"),
-    "2:4 code idx0 > idx1": ("2:4", lambda f: dict(meta=set_item((0, 0), 0x41)), r"byte \[0, 0\] = 0x41"),
+    "2:4 code idx0 == idx1": ("2:4", lambda f: dict(meta=set_item((3, 1), 0x05)),
+                              r"`meta` is not in the canonical 2:4 layout: row 3, group 2 names columns 1 and 1"),
+    "2:4 code idx0 > idx1": ("2:4", lambda f: dict(meta=set_item((0, 0), 0x41)), r"row 0, group 0 names columns 1 and 0"),
     # K = 36: 9 groups, the last byte's high nibble is unused and must be 0
-    "2:4 unused nibble": ("2:4", lambda f: dict(meta=set_item((5, 4), 0x44)), r"byte \[5, 4\] = 0x44"),
+    "2:4 unused nibble": ("2:4", lambda f: dict(meta=set_item((5, 4), 0x44)),
+                          r"row 5: the unused high nibble of byte 4 must be 0, got 4"),
     "tiled duplicate": ("tiled_csl", lambda f: dict(locations=copy_item(first_tile_with(f, 2) + 1,
                                                                          first_tile_with(f, 2))), "repeats or precedes"),
-    "tiled order": ("tiled_csl", lambda f: dict(locations=swap_items(first_tile_with(f, 2), first_tile_with(f, 2) + 1)),
-                    "repeats or precedes"),
+    "tiled order": ("tiled_csl", lambda f: dict(locations=swap_items(first_tile_with(f, 2),
+                                                                     first_tile_with(f, 2) + 1)), "repeats or precedes"),
     # rows 32..39 make the partial third row tile (8 of 16 rows); columns 32..35 the partial third column tile
     "tiled outside row": ("tiled_csl", lambda f: dict(locations=set_item(int(f.tile_offsets[7]) - 1, 12 * 16)),
-                          r"lies outside tile 6 \(8 x 16"),
-    "tiled outside column": ("tiled_csl", lambda f: dict(locations=set_item(int(f.tile_offsets[3]) - 1, 15 * 16 + 9)),
-                             r"lies outside tile 2 \(16 x 4"),
+                          r"`locations`\[\d+\] = 192 lies outside tile 6 \(8 x 16\)"),
+    "tiled outside column": ("tiled_csl", lambda f: dict(locations=set_item(int(f.tile_offsets[3]) - 1,
+                                                                            15 * 16 + 9)), r"lies outside tile 2 \(16 x 4\)"),
     "tiled offsets": ("tiled_csl", lambda f: dict(tile_offsets=set_item(2, int(f.tile_offsets[3]) + 1)),
-                      "tile_offsets must rise"),
-    "tiled offsets end": ("tiled_csl", lambda f: dict(tile_offsets=set_item(-1, f.nnz - 1)), "rise from 0 to nnz"),
+                      r"`tile_offsets` must not decrease \(tile 2\)"),
+    "tiled offsets end": ("tiled_csl", lambda f: dict(tile_offsets=set_item(-1, f.nnz - 1)),
+                          "`tile_offsets` must start at 0 and end at nnz"),
     "spense repeated row": ("spense", lambda f: dict(row_index=copy_item(5, 6)), "more than once"),
     "spense row outside": ("spense", lambda f: dict(row_index=set_item(0, 40)), r"row_index\[0\] = 40 lies outside"),
-    "spense 2:4 block": ("spense", lambda f: dict(meta=set_item((0, 0), 0x00)), "the 2:4 block's meta"),
+    "spense 2:4 block": ("spense", lambda f: dict(meta=set_item((0, 0), 0x00)),
+                         "the 2:4 block's `meta` is not in the canonical 2:4 layout"),
 }
 
 

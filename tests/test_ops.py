@@ -183,6 +183,8 @@ def _opcheck_samples():
         (torch.ops.spmm.tiled_csl_mm, (x, *csl, 12, 8, 16, bias)),
         (torch.ops.spmm.spense_mm, (x, *spense, bias)),
         (torch.ops.spmm.spense_mm, (x[0], *spense, None)),
+        (torch.ops.spmm._sparse24_check, (meta, 32)),
+        (torch.ops.spmm._tiled_csl_check, (*csl[1:], 12, 32, 8, 16)),
     ]
 
 

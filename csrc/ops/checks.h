@@ -15,9 +15,13 @@ namespace spmm::ops {
 // uses it, and products of sizes are overflow-checked, so no wrapped value can pass a later check.
 constexpr int64_t kMaxFeatures = std::numeric_limits<int32_t>::max();  // kernels index rows and columns with int
 
+inline void check_features(const char* op, const char* arg, int64_t features) {
+  TORCH_CHECK_VALUE(features >= 0 && features <= kMaxFeatures, op, ": `", arg, "` must be in [0, ", kMaxFeatures,
+                    "], got ", features);
+}
+
 inline void check_out_features(const char* op, int64_t out_features) {
-  TORCH_CHECK_VALUE(out_features >= 0 && out_features <= kMaxFeatures, op, ": `out_features` must be in [0, ",
-                    kMaxFeatures, "], got ", out_features);
+  check_features(op, "out_features", out_features);
 }
 
 // a * b of two non-negative sizes, or an error naming what they count.

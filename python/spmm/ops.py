@@ -96,6 +96,12 @@ def sparse24_mm(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor] 
     return _ops.sparse24_mm(x, values, meta, bias)
 
 
+def sparse24_check(meta: Tensor, in_features: int) -> None:
+    """The checks sparse24_mm's CPU op runs on `meta` (CPU), on their own: every group's code idx0 < idx1 and the
+    unused high nibble of an odd group count 0. What Sparse24Weight.validate() runs."""
+    _ops._sparse24_check(meta, _int64("_sparse24_check", "in_features", in_features))
+
+
 def sparse24_decode_pack(values: Tensor, meta: Tensor, meta_layout: int = 0) -> Tuple[Tensor, Tensor]:
     """Canonical 2:4 layout -> the CUDA decode kernel's layout (fragment order, padded to 128 rows x 128 columns).
     CUDA only; made once per weight (layers cache it)."""
@@ -231,6 +237,17 @@ def tiled_csl_mm(
                              _int64(op, "tile_m", tile_m), _int64(op, "tile_k", tile_k), bias)
 
 
+def tiled_csl_check(locations: Tensor, tile_offsets: Tensor, out_features: int, in_features: int, tile_m: int,
+                    tile_k: int) -> None:
+    """The checks tiled_csl_mm's CPU op runs on a stream, on their own (CPU tensors): offsets rising from 0 to nnz,
+    every location inside its (possibly partial) tile, strictly increasing within it. A ValueError names the first
+    rule broken. What TiledCSLWeight.validate() runs."""
+    op = "_tiled_csl_check"
+    _ops._tiled_csl_check(locations, tile_offsets, _int64(op, "out_features", out_features),
+                          _int64(op, "in_features", in_features), _int64(op, "tile_m", tile_m),
+                          _int64(op, "tile_k", tile_k))
+
+
 def tiled_csl_words(
     values: Tensor, locations: Tensor, tile_offsets: Tensor, tile_m: int, tile_k: int
 ) -> Tuple[Tensor, Tensor]:
@@ -311,6 +328,16 @@ def _sparse24_compress_fake(dense, mask):
 @torch.library.register_fake("spmm::sparse24_mm")
 def _sparse24_mm_fake(x, values, meta, bias):
     return x.new_empty(*x.shape[:-1], values.shape[0])
+
+
+@torch.library.register_fake("spmm::_sparse24_check")
+def _sparse24_check_fake(meta, in_features):
+    return None
+
+
+@torch.library.register_fake("spmm::_tiled_csl_check")
+def _tiled_csl_check_fake(locations, tile_offsets, out_features, in_features, tile_m, tile_k):
+    return None
 
 
 @torch.library.register_fake("spmm::_sparse24_decode_pack")

@@ -74,43 +74,21 @@ class TiledCSLWeight(PackedWeight):
 
     def validate(self) -> "TiledCSLWeight":
         """tile_offsets rise from 0 to nnz; each location lies inside its (possibly partial) tile, and the locations
-        of a tile strictly increase (the packer's order, so no element twice)."""
-        self._check_layout()
+        of a tile strictly increase (the packer's order, so no element twice). (The CPU matmul's own check, run on
+        CPU copies of the locations and offsets: one pass over the stream.)"""
+        try:
+            ops.tiled_csl_check(self.locations.cpu(), self.tile_offsets.cpu(), *self.shape, self.tile_m, self.tile_k)
+        except ValueError as e:
+            raise ValueError(str(e).replace("spmm::_tiled_csl_check: ", "")) from None
         return self
-
-    def _check_layout(self) -> Tensor:
-        """validate()'s checks; returns each stored value's tile number (int64), which coordinates() reuses."""
-        m, k = self.shape
-        offsets = self.tile_offsets.long()
-        counts = offsets[1:] - offsets[:-1]
-        if int(offsets[0]) != 0 or int(offsets[-1]) != self.nnz or bool((counts < 0).any()):
-            raise ValueError(f"tile_offsets must rise from 0 to nnz = {self.nnz}, got {int(offsets[0])} .. "
-                             f"{int(offsets[-1])}" + (" with a decrease" if bool((counts < 0).any()) else ""))
-        tiles_k = -(-k // self.tile_k)
-        tile = torch.repeat_interleave(torch.arange(counts.numel(), device=self.device), counts)
-        loc = self.locations.int() & 0xFFFF  # int16 holds the unsigned location
-        # rows / columns a tile really has: the last tile row and column may be partial
-        rows_in = (m - (tile // tiles_k) * self.tile_m).clamp(max=self.tile_m)
-        cols_in = (k - (tile % tiles_k) * self.tile_k).clamp(max=self.tile_k)
-        outside = (loc // self.tile_k >= rows_in) | (loc % self.tile_k >= cols_in)
-        if bool(outside.any()):
-            e = int(outside.nonzero()[0])
-            raise ValueError(f"locations[{e}] = {int(loc[e])} lies outside tile {int(tile[e])} "
-                             f"({int(rows_in[e])} x {int(cols_in[e])} of a {self.tile_m} x {self.tile_k} grid)")
-        # within a tile each location must exceed the one before it; a tile's first element has no predecessor
-        first = torch.zeros(self.nnz, dtype=torch.bool, device=self.device)
-        first[offsets[:-1][counts > 0]] = True
-        unordered = (loc[1:] <= loc[:-1]) & ~first[1:]
-        if bool(unordered.any()):
-            e = int(unordered.nonzero()[0]) + 1
-            raise ValueError(f"locations[{e}] = {int(loc[e])} repeats or precedes the location before it in tile "
-                             f"{int(tile[e])}; each tile lists its elements once, in increasing order")
-        return tile
 
     def coordinates(self):
         """(rows, cols) int64 of every stored value, checking the layout on the way."""
-        tile = self._check_layout()
-        loc = self.locations.long() & 0xFFFF
+        self.validate()
+        offsets = self.tile_offsets.long()
+        counts = offsets[1:] - offsets[:-1]
+        tile = torch.repeat_interleave(torch.arange(counts.numel(), device=self.device), counts)
+        loc = self.locations.long() & 0xFFFF  # int16 holds the unsigned location
         tiles_k = -(-self.shape[1] // self.tile_k)
         rows = (tile // tiles_k) * self.tile_m + loc // self.tile_k
         cols = (tile % tiles_k) * self.tile_k + loc % self.tile_k
