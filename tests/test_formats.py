@@ -365,3 +365,9 @@ def test_validate_names_the_broken_rule(case):
             TiledCSLWeight.from_tensors(bad.tensors(), bad.shape, bad.tile_m, bad.tile_k)
         else:
             SpenseWeight.from_tensors(bad.tensors())
+
+
+@pytest.mark.parametrize("kind", ["2:4", "tiled_csl", "spense"])
+def test_validate_on_the_meta_device_has_nothing_to_check(kind):
+    fmt = packed_formats()[kind].to(device="meta")
+    assert fmt.validate() is fmt

@@ -345,3 +345,21 @@ def test_fuzzed_files_load_bit_identical_or_fail_cleanly(saved, tmp_path):
             outcomes["identical"] += 1
     assert outcomes["refused"] > 200 and outcomes["identical"] < 5, outcomes  # nearly every corruption is found
 
+
+
+def test_load_layer_for_a_model_on_the_meta_device(saved):
+    """The per-layer piece other loaders reuse: a module on the meta device gives a layer where the tensors are."""
+    from safetensors.torch import load_file
+
+    from spmm.serialization import load_layer
+
+    model, path = saved
+    with torch.device("meta"):
+        skeleton = build()
+    tensors = load_file(str(path))
+    for name in ("0", "2", "4"):
+        layer = load_layer(name, read_metadata(path)["modules"][name], skeleton.get_submodule(name), tensors)
+        assert layer.bias is None or layer.bias.device.type == "cpu"
+        assert_loads_as(layer, model.get_submodule(name))
+    with pytest.raises(ValueError, match="^2: out_features differ"):
+        load_layer("2", read_metadata(path)["modules"]["2"], nn.Linear(64, 48, bias=False, device="meta"), tensors)

@@ -20,9 +20,10 @@ CUDA-only ops (leading underscore) called on CPU tensors raise NotImplementedErr
 
 NaN and Inf in x: a weight that is not stored contributes nothing, so a NaN or Inf of x reaches exactly the
 outputs whose stored weights read its column, and there propagates as in the dense masked matmul; where the
-dense matmul multiplies it by a pruned zero (giving NaN) the sparse op leaves the output finite. What is stored:
-Tiled-CSL stores no zeros; a 2:4 group keeping fewer than two elements stores +0.0 fillers, which do read their
-columns (0 * NaN = NaN, on CPU and CUDA alike); Spense's dense rows read every column.
+dense matmul multiplies it by a pruned zero (giving NaN) the sparse output stays as the stored weights make it.
+What is stored: Tiled-CSL stores no zeros; a 2:4 group keeping fewer than two elements stores +0.0 fillers, which
+do read their columns (0 * NaN = NaN; tested on CPU, the CUDA kernels multiply the fillers too); Spense's dense
+rows read every column.
 
 Conventions (nn.Linear): y = x @ W.T (+ bias), W is [M out_features, K in_features], x is [..., K].
 

@@ -197,16 +197,21 @@ def _layer_tensors(name: str, tensors: Mapping[str, Tensor]) -> Dict[str, Tensor
             if key.startswith(prefix) and "." not in key[len(prefix):]}
 
 
-def load_layer(name: str, entry: Mapping, module: nn.Module, tensors: Mapping[str, Tensor]) -> SparseLinear:
+def load_layer(name: str, entry: Mapping, module: nn.Module, tensors: Mapping[str, Tensor],
+               device=None) -> SparseLinear:
     """The sparse layer the file lists at `name`, checked against the model's `module` there (check_module_entry),
-    built on that module's device and dtype and loaded from its tensors in `tensors` (keys `name`.values, ...; the
-    packed weight validated). The model is not touched. A ValueError names the layer and what is wrong."""
+    built in that module's dtype on `device` (default: the module's; for a module on the meta device, where the
+    tensors are) and loaded from its tensors in `tensors` (keys `name`.values, ...; the packed weight validated).
+    The model is not touched. A ValueError names the layer and what is wrong."""
     own = _layer_tensors(name, tensors)
     dtypes = {t.dtype for t in own.values() if t.is_floating_point()}
     if len(dtypes) > 1:
         raise ValueError(f"{name or '<root>'}: the file's tensors of this layer mix dtypes {sorted(map(str, dtypes))}")
     cls, kwargs = check_module_entry(name, entry, module, next(iter(dtypes), None))
-    dtype, device = _module_dtype_device(module)
+    dtype, module_device = _module_dtype_device(module)
+    device = module_device if device is None else torch.device(device)
+    if device is not None and device.type == "meta" and own:
+        device = next(iter(own.values())).device
     try:
         layer = cls(**kwargs, device=device, dtype=dtype)
         if set(layer.format_kwargs()) != set(kwargs) - set(_ENTRY_FIELDS):

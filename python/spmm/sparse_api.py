@@ -28,10 +28,9 @@ _FIELD_TYPES = {"str": str, "bool": bool, "int": int, "float": (int, float)}
 def _check_field_types(config) -> None:
     """A config field of the wrong type is a TypeError naming it (a bool is no number here)."""
     for field in dataclasses.fields(config):
-        want = _FIELD_TYPES.get(field.type if isinstance(field.type, str) else getattr(field.type, "__name__", ""))
-        value = getattr(config, field.name)
+        name = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+        want, value = _FIELD_TYPES.get(name), getattr(config, field.name)
         if want is not None and not (isinstance(value, want) and (want is bool or not isinstance(value, bool))):
-            name = field.type if isinstance(field.type, str) else field.type.__name__
             raise TypeError(f"{type(config).__name__}.{field.name} must be {'an' if name[0] in 'aeiou' else 'a'} "
                             f"{name}, got {type(value).__name__} {value!r}")
 

@@ -22,6 +22,10 @@ class PackedWeight:
         (the library's packers make valid ones)."""
         raise NotImplementedError
 
+    def _holds_data(self) -> bool:
+        """False on the meta device (shapes only: nothing to validate)."""
+        return self.device.type != "meta"
+
     @property
     def nbytes(self) -> int:
         """Bytes a kernel reads for the weight: every stored tensor."""

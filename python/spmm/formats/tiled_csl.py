@@ -76,6 +76,8 @@ class TiledCSLWeight(PackedWeight):
         """tile_offsets rise from 0 to nnz; each location lies inside its (possibly partial) tile, and the locations
         of a tile strictly increase (the packer's order, so no element twice). (The CPU matmul's own check, run on
         CPU copies of the locations and offsets: one pass over the stream.)"""
+        if not self._holds_data():
+            return self
         try:
             ops.tiled_csl_check(self.locations.cpu(), self.tile_offsets.cpu(), *self.shape, self.tile_m, self.tile_k)
         except ValueError as e:
