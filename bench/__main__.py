@@ -2,7 +2,8 @@
 
 Without a GPU (or with --device cpu) it runs the CPU suite: the spmm reference ops vs torch's dense matmul on
 scaled-down layers (--shrink 8, the two smallest layers, decode token counts); a few minutes on 2 cores.
-Exit status: 0 fine, 1 aborted (broken CUDA context, Ctrl-C), 2 some backend computed a wrong result.
+Exit status: 0 fine, 1 aborted (broken CUDA context, Ctrl-C), 2 some backend computed a wrong result, or bad
+arguments (one line on stderr says which).
 """
 
 from __future__ import annotations
@@ -24,9 +25,34 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 OUT = Path(__file__).with_name("out")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line on stderr and exit status 2 (argparse's own errors too), instead of the usage block."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _check_ranges(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.tokens is not None and min(args.tokens) < 1:
+        p.error(f"--tokens must be positive token counts, got {args.tokens}")
+    if args.sparsity is not None and not all(0.0 <= s < 1.0 for s in args.sparsity):
+        p.error(f"--sparsity levels must lie in [0, 1), got {args.sparsity}")
+    if args.dense_fraction is not None and not all(0.0 <= f <= 1.0 for f in args.dense_fraction):
+        p.error(f"--dense-fraction values must lie in [0, 1], got {args.dense_fraction}")
+    if args.shrink is not None and args.shrink < 1:
+        p.error(f"--shrink must be >= 1, got {args.shrink}")
+    if args.reps is not None and args.reps < 1:
+        p.error(f"--reps must be >= 1, got {args.reps}")
+    if args.warmup is not None and args.warmup < 0:
+        p.error(f"--warmup must be >= 0, got {args.warmup}")
+    cuda = torch.cuda.is_available()
+    if args.device == "cuda" and not cuda:
+        p.error("--device cuda, but torch sees no CUDA device here (use --device cpu)")
+    if args.graph and (args.device == "cpu" or not cuda):
+        p.error("--graph needs a CUDA device")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suites", nargs="*", metavar="SUITE", help=f"{', '.join(SUITES)} or all (default: all, which leaves out the tuning sweep sparse24_sm90)")
     p.add_argument("--layers", nargs="+", metavar="SUBSTR", help="keep layers whose name contains any of these")
     p.add_argument("--tokens", nargs="+", type=int, metavar="N", help="token counts (default: shapes.json's)")
@@ -49,6 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [s for s in args.suites if s not in (*SUITES, "all")]
     if bad:
         p.error(f"unknown suite(s) {bad}; choose from {list(SUITES)} or all")
+    _check_ranges(p, args)
     return args
 
 
@@ -90,8 +117,6 @@ def device_name(device: torch.device) -> str:
 
 def main(argv=None) -> int:
     args = resolve(parse_args(argv))
-    if args.graph and args.device.type != "cuda":
-        raise SystemExit("--graph needs a CUDA device")
     torch.manual_seed(args.seed)
     dtype = DTYPES[args.dtype]
     timer = Timer(args.device, args.reps, args.warmup, args.flush)

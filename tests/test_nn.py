@@ -164,10 +164,46 @@ def test_extra_repr_and_attributes():
     assert "dense_rows=2" in repr(spense)
 
 
-def test_buffers_not_parameters():
-    layer = Sparse24Linear(16, 8)
-    assert list(layer.parameters()) == []
-    assert set(layer.state_dict()) == {"values", "meta", "bias"}
+@pytest.mark.parametrize("kind", KINDS)
+def test_bias_is_a_parameter_and_the_packed_weight_frozen_buffers(kind):
+    layer, _ = make_layer(kind, nn.Linear(16, 8), gen(20))
+    assert [name for name, _ in layer.named_parameters()] == ["bias"]  # as nn.Linear's bias: optimizers take it
+    assert isinstance(layer.bias, nn.Parameter) and layer.bias.requires_grad
+    packed = set(layer.weight_format.tensors())
+    assert packed <= {name for name, _ in layer.named_buffers()} and set(layer.state_dict()) == packed | {"bias"}
+    assert not any(t.requires_grad for t in layer.weight_format.tensors().values())
+    frozen = nn.Linear(16, 8).requires_grad_(False)  # a frozen source bias stays frozen
+    assert not type(layer).from_format(layer.weight_format, frozen.bias).bias.requires_grad
+    assert Sparse24Linear(16, 8, bias=False).bias is None and list(Sparse24Linear(16, 8, bias=False).parameters()) == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_layers_validate_the_formats_they_are_built_from_and_load(kind):
+    layer, _ = make_layer(kind, nn.Linear(32, 24), gen(21))
+    state = layer.state_dict()
+    broken = {k: t.clone() for k, t in state.items()}
+    if "row_index" in broken:
+        broken["row_index"][1] = broken["row_index"][0]
+        rule = "more than once"
+    elif "meta" in broken:
+        broken["meta"][2, 1] = 0x00
+        rule = "canonical 2:4"
+    else:
+        e = int(broken["tile_offsets"][1]) - 1  # the first tile's last element repeats the one before it
+        broken["locations"][e] = broken["locations"][e - 1]
+        rule = "repeats or precedes"
+    fresh = type(layer)(32, 24, **layer.format_kwargs())
+    before = {k: t.clone() for k, t in fresh.state_dict().items()}
+    with pytest.raises(ValueError, match=f"^{type(layer).__name__}: the state dict's packed weight is not valid: .*{rule}"):
+        fresh.load_state_dict(broken)
+    for key, t in fresh.state_dict().items():  # refused before anything was copied in
+        assert_bitwise_equal(t, before[key])
+    parent = nn.Sequential(nn.Identity(), type(layer)(32, 24, **layer.format_kwargs()))
+    with pytest.raises(ValueError, match=f"^1: the state dict's packed weight is not valid: .*{rule}"):
+        parent.load_state_dict({f"1.{k}": t for k, t in broken.items()})
+    fresh.load_state_dict(state)  # the layer's own state loads
+    with pytest.raises(ValueError, match=rule):
+        type(layer).from_format(fresh._format_from(broken))
 
 
 def test_layer_bad_arguments():

@@ -183,6 +183,8 @@ def _opcheck_samples():
         (torch.ops.spmm.tiled_csl_mm, (x, *csl, 12, 8, 16, bias)),
         (torch.ops.spmm.spense_mm, (x, *spense, bias)),
         (torch.ops.spmm.spense_mm, (x[0], *spense, None)),
+        (torch.ops.spmm._sparse24_check, (meta, 32)),
+        (torch.ops.spmm._tiled_csl_check, (*csl[1:], 12, 32, 8, 16)),
     ]
 
 
@@ -403,3 +405,134 @@ def test_sparse24_kernel_choice_rules():
     x = torch.zeros(2, 64, dtype=torch.float16)
     with pytest.raises(ValueError, match=r"`config` must be one of .*coop128x128"):
         ops.sparse24_sm90_mm(x, x, x, 64, config="fastest")
+
+
+# ------------------------------------------------------------------------------- integers, layouts, devices -----
+def test_integer_arguments_hold_for_any_integer():
+    """Bounds come before arithmetic and products are overflow-checked: no wrapped value passes a check."""
+    w = torch.randn(64, 64)
+    with pytest.raises(ValueError, match=r"tiled_csl_compress: a tile of `tile_m` x `tile_k` = 4294967296 x "
+                                         r"4294967296 has more than 65536 elements"):
+        ops.tiled_csl_compress(w, None, 2**32, 2**32)  # the product wraps to 0 in int64
+    with pytest.raises(ValueError, match=r"more than 65536 elements"):
+        ops.tiled_csl_compress(w, None, 2**62, 4)
+    values, locations, offsets = ops.tiled_csl_compress(w, None, 16, 16)
+    x = torch.randn(2, 64)
+    with pytest.raises(ValueError, match=r"more than 65536 elements"):
+        ops.tiled_csl_mm(x, values, locations, offsets, 64, 2**32, 2**32)
+    for out_features in (2**62, 2**31, -1, -(2**63)):
+        with pytest.raises(ValueError, match=r"`out_features` must be in \[0, 2147483647\]"):
+            ops.tiled_csl_mm(x, values, locations, offsets, out_features, 16, 16)
+    wide = torch.zeros(1, 1).expand(1, 2**62)  # K = 2**62 without memory: tiles = (2**31 - 1) * 2**62 overflows
+    with pytest.raises(ValueError, match=r"the tile count \(2147483647 x 4611686018427387904\) overflows int64"):
+        ops.tiled_csl_mm(wide, values, locations, offsets, 2**31 - 1, 1, 1)
+    for op, call in [("tiled_csl_compress", lambda v: ops.tiled_csl_compress(w, None, v, 4)),
+                     ("tiled_csl_mm", lambda v: ops.tiled_csl_mm(x, values, locations, offsets, v, 16, 16)),
+                     ("_sparse24_decode_mm", lambda v: ops.sparse24_decode_mm(x, x, x, 64, splits=v)),
+                     ("_sparse24_decode_pack", lambda v: ops.sparse24_decode_pack(x, x, v))]:
+        with pytest.raises(ValueError, match=rf"spmm::{op}: `\w+` = {2**70} is outside int64"):
+            call(2**70)
+        with pytest.raises(TypeError, match=rf"spmm::{op}: `\w+` must be an int, got float"):
+            call(4.0)
+        with pytest.raises(TypeError, match=rf"spmm::{op}: `\w+` must be an int, got bool"):
+            call(True)
+
+
+def test_tiled_csl_mm_refuses_duplicate_and_unordered_locations():
+    w = torch.randn(16, 32)
+    values, locations, offsets = ops.tiled_csl_compress(w, None, 16, 16)
+    x = torch.randn(3, 32)
+    duplicate = locations.clone()
+    duplicate[5] = duplicate[4]  # the same element twice: it would count twice
+    with pytest.raises(ValueError, match=r"`locations`\[5\] = \d+ repeats or precedes the location before it in "
+                                         r"tile 0; each tile lists its elements once, in increasing order"):
+        ops.tiled_csl_mm(x, values, duplicate, offsets, 16, 16, 16)
+    swapped = locations.clone()
+    swapped[[2, 3]] = swapped[[3, 2]].clone()
+    with pytest.raises(ValueError, match=r"`locations`\[3\] = \d+ repeats or precedes"):
+        ops.tiled_csl_mm(x, values, swapped, offsets, 16, 16, 16)
+    start = int(offsets[1])  # a tile's first location may be below the previous tile's last
+    assert locations[start] < locations[start - 1]
+    ops.tiled_csl_mm(x, values, locations, offsets, 16, 16, 16)
+
+
+CUDA_ONLY = {
+    "_sparse24_decode_pack": (lambda x: ops.sparse24_decode_pack(x, x), "CPU layers run spmm.ops.sparse24_mm"),
+    "_sparse24_decode_mm": (lambda x: ops.sparse24_decode_mm(x, x, x, 4), r"spmm.ops.sparse24_mm\(x, values, meta"),
+    "_sparse24_sm90_pack": (lambda x: ops.sparse24_sm90_pack(x, x), "CPU layers run spmm.ops.sparse24_mm"),
+    "_sparse24_sm90_mm": (lambda x: ops.sparse24_sm90_mm(x, x, x, 4), r"spmm.ops.sparse24_mm\(x, values, meta"),
+    "_sparse24_sm80_pack": (lambda x: ops.sparse24_sm80_pack(x, x), "CPU layers run spmm.ops.sparse24_mm"),
+    "_sparse24_sm80_mm": (lambda x: ops.sparse24_sm80_mm(x, x, x, 4), r"spmm.ops.sparse24_mm\(x, values, meta"),
+    "_tiled_csl_words": (lambda x: ops.tiled_csl_words(x, x, x, 256, 64), "spmm.ops.tiled_csl_mm on the Tiled-CSL"),
+    "_tiled_csl_mm_words": (lambda x: ops.tiled_csl_mm_words(x, x, x, 4, 256), r"spmm.ops.tiled_csl_mm\(x, values"),
+    "_tiled_csl_bitmap_mm": (lambda x: ops.tiled_csl_bitmap_mm(x, x, x, 4, 256), r"spmm.ops.tiled_csl_mm\(x, values"),
+}
+
+
+@pytest.mark.parametrize("op", CUDA_ONLY)
+def test_cuda_only_ops_on_cpu_tensors_name_the_op_and_the_cpu_op_to_use(op):
+    call, instead = CUDA_ONLY[op]
+    with pytest.raises(NotImplementedError, match=rf"^spmm::{op} runs on CUDA tensors only and was given CPU tensors; "
+                                                  rf"on CPU use .*{instead}"):
+        call(torch.zeros(4, 8, dtype=torch.float16))
+
+
+# ---------------------------------------------------------------------------------------------- NaN / Inf -------
+def stored_reference(x, w, stored):
+    """y[n, m] = sum over the stored (m, j) of w[m, j] * x[n, j], in fp64: a weight that is not stored adds
+    nothing, even where x is NaN or Inf (where the dense matmul's 0 * NaN would give NaN)."""
+    products = x.double()[:, None, :] * w.double()[None]
+    return torch.where(stored[None], products, 0.0).sum(-1).to(x.dtype)
+
+
+def nonfinite_input(n, k, g):
+    x = torch.randint(-3, 4, (n, k), generator=g).float()
+    x[0, 1], x[1, 6], x[2, 9], x[2, 10] = float("nan"), float("inf"), float("-inf"), float("inf")
+    x[3, :] = float("nan")  # a whole row: every output of that token is NaN
+    return x
+
+
+def nonzero_int_weight(m, k, g):
+    w = torch.randint(1, 3, (m, k), generator=g).float()
+    return w * (torch.randint(0, 2, (m, k), generator=g) * 2 - 1)
+
+
+def test_nan_and_inf_at_kept_positions_propagate_as_in_the_dense_masked_matmul():
+    g = gen(40)
+    m, k = 12, 16
+    w, x = nonzero_int_weight(m, k, g), nonfinite_input(5, k, g)
+    # 2:4 keeping exactly two nonzeros per group (no fillers)
+    scores = torch.rand(m, k // 4, 4, generator=g)
+    mask24 = (scores.argsort(-1).argsort(-1) < 2).reshape(m, k)
+    y24 = ops.sparse24_mm(x, *ops.sparse24_compress(w, mask24))
+    # Tiled-CSL at 50%
+    mask = torch.rand(m, k, generator=g) < 0.5
+    y_csl = ops.tiled_csl_mm(x, *ops.tiled_csl_compress(w, mask, 4, 8), m, 4, 8)
+    # Spense: rows 0 and 5 dense (every column stored), the rest 2:4
+    from spmm.formats import SpenseWeight
+
+    spense = SpenseWeight.from_dense(w, torch.tensor([0, 5]), mask24)
+    stored_spense = mask24.clone()
+    stored_spense[[0, 5]] = True
+    for y, stored in [(y24, mask24), (y_csl, mask), (spense.matmul(x), stored_spense)]:
+        expected = stored_reference(x, w, stored)
+        torch.testing.assert_close(y, expected, rtol=0, atol=0, equal_nan=True)
+        dense = x @ torch.where(stored, w, 0.0).T  # the dense masked matmul: NaN wherever 0 meets NaN / Inf
+        nonfinite = (~torch.isfinite(x)).float()
+        kept_reads = (nonfinite @ stored.float().T) > 0  # outputs where a stored weight meets a NaN / Inf
+        pruned_reads = (nonfinite @ (~stored).float().T) > 0  # outputs where a pruned zero meets one
+        assert torch.equal(torch.isfinite(y), ~kept_reads)  # NaN / Inf reach exactly the outputs that read them
+        torch.testing.assert_close(y[~pruned_reads], dense[~pruned_reads], rtol=0, atol=0, equal_nan=True)
+        only_pruned = pruned_reads & ~kept_reads
+        assert bool(only_pruned.any()) and bool(torch.isnan(dense[only_pruned]).all())  # the dense matmul's NaN...
+        assert bool(torch.isfinite(y[only_pruned]).all())  # ...where the sparse op adds nothing
+
+
+def test_2_4_fillers_read_their_columns():
+    """A group keeping fewer than two stores +0.0 fillers at its lowest unused columns, which multiply x there."""
+    w = torch.tensor([[0.0, 0.0, 0.0, 3.0]])  # keeps column 3: filler at column 0
+    x = torch.tensor([[float("nan"), 1.0, 1.0, 2.0], [1.0, float("nan"), 1.0, 2.0]])
+    y = ops.sparse24_mm(x, *ops.sparse24_compress(w))
+    assert torch.isnan(y[0, 0]) and y[1, 0] == 6.0  # NaN at the filler column 0 propagates; at column 1 it does not
+    values, locations, offsets = ops.tiled_csl_compress(w, None, 4, 4)
+    assert torch.equal(ops.tiled_csl_mm(x, values, locations, offsets, 1, 4, 4), torch.tensor([[6.0], [6.0]]))

@@ -137,7 +137,7 @@ def test_bad_configs():
         spmm.sparsify(mlp(), {})
     with pytest.raises(ValueError, match="unknown name 'nope'"):
         spmm.sparsify(mlp(), spmm.Sparse24Config(pruner="nope"))
-    with pytest.raises(ValueError, match="TiledCSLConfig.sparsity"):
+    with pytest.raises(TypeError, match="TiledCSLConfig.sparsity must be a float, got str '2:4'"):
         spmm.TiledCSLConfig(sparsity="2:4")
     with pytest.raises(ValueError, match="sparsity"):
         spmm.TiledCSLConfig(sparsity=2.0)
@@ -220,3 +220,55 @@ def test_sparse24_config_prefill_kernel_flag_reaches_the_layers():
     x = torch.randn(3, 64)
     assert torch.equal(kept(x), dropped(x))  # a memory/speed choice only: the same numbers
     assert dropped[0].use_prefill_kernel(True) is dropped[0] and dropped[0].prefill_kernel
+
+
+# ------------------------------------------------------------------------------------------------ messages -------
+def nested(nan_at=None) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("encoder", nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)))
+    if nan_at is not None:
+        with torch.no_grad():
+            model.encoder[2].weight[nan_at] = float("nan")
+    return model
+
+
+@pytest.mark.parametrize("config, match", [
+    (spmm.Sparse24Config(), r"^encoder\.2: spmm::sparse24_compress: `dense` has a NaN or infinite value at row 3, "
+                            r"column 5"),
+    (spmm.TiledCSLConfig(sparsity=0.5), r"^encoder\.2: spmm::tiled_csl_compress: `dense` has a NaN"),
+    (spmm.SpenseConfig(), r"^encoder\.2: weight must not hold NaN or Inf"),
+], ids=repr)
+def test_sparsify_errors_name_the_layer(config, match):
+    with pytest.raises(ValueError, match=match):
+        spmm.sparsify(nested(nan_at=(3, 5)), config)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: spmm.Sparse24Config(pruner=3), r"^Sparse24Config.pruner must be a str, got int 3$"),
+    (lambda: spmm.Sparse24Config(prefill_kernel="no"), r"^Sparse24Config.prefill_kernel must be a bool, got str"),
+    (lambda: spmm.TiledCSLConfig(tile_m="256"), r"^TiledCSLConfig.tile_m must be an int, got str '256'"),
+    (lambda: spmm.TiledCSLConfig(tile_k=True), r"^TiledCSLConfig.tile_k must be an int, got bool"),
+    (lambda: spmm.TiledCSLConfig(sparsity=None), r"^TiledCSLConfig.sparsity must be a float, got NoneType"),
+    (lambda: spmm.SpenseConfig(dense_fraction="0.25"), r"^SpenseConfig.dense_fraction must be a float, got str"),
+    (lambda: spmm.SpenseConfig(pruner=None), r"^SpenseConfig.pruner must be a str, got NoneType"),
+])
+def test_config_fields_of_the_wrong_type_are_type_errors_naming_the_field(make, match):
+    with pytest.raises(TypeError, match=match):
+        make()
+
+
+def test_config_values_out_of_range_name_the_field():
+    with pytest.raises(ValueError, match=r"^TiledCSLConfig.tile_m must be a positive int, got 0"):
+        spmm.TiledCSLConfig(tile_m=0)
+    with pytest.raises(ValueError, match=r"^TiledCSLConfig.tile_m \* tile_k must be <= 65536"):
+        spmm.TiledCSLConfig(tile_m=2**32, tile_k=2**32)
+    assert spmm.TiledCSLConfig(sparsity=1).sparsity == 1  # an int is a number
+
+
+@pytest.mark.parametrize("pruner", ["sparsegpt", "wanda"])
+def test_calibration_data_holding_nan_is_named_as_such(pruner):
+    batches = [torch.randn(4, 8), torch.randn(4, 8)]
+    batches[1][2, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"^encoder\.0: stats: the calibration inputs of this layer hold NaN or Inf"):
+        spmm.sparsify(nested(), spmm.Sparse24Config(pruner=pruner), calibration=batches)

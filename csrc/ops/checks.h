@@ -3,10 +3,36 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/safe_numerics.h>
 
+#include <cstdint>
+#include <limits>
 #include <optional>
 
 namespace spmm::ops {
+
+// Integer arguments arrive as any int64 (Python ints pass through unchanged): each is bounded before arithmetic
+// uses it, and products of sizes are overflow-checked, so no wrapped value can pass a later check.
+constexpr int64_t kMaxFeatures = std::numeric_limits<int32_t>::max();  // kernels index rows and columns with int
+
+inline void check_features(const char* op, const char* arg, int64_t features) {
+  TORCH_CHECK_VALUE(features >= 0 && features <= kMaxFeatures, op, ": `", arg, "` must be in [0, ", kMaxFeatures,
+                    "], got ", features);
+}
+
+inline void check_out_features(const char* op, int64_t out_features) {
+  check_features(op, "out_features", out_features);
+}
+
+// a * b of two non-negative sizes, or an error naming what they count.
+inline int64_t checked_mul(const char* op, const char* what, int64_t a, int64_t b) {
+  int64_t product = 0;
+  TORCH_CHECK_VALUE(!c10::mul_overflows(a, b, &product), op, ": ", what, " (", a, " x ", b, ") overflows int64");
+  return product;
+}
+
+// ceil(a / b) for a >= 0, b > 0, without the overflow of (a + b - 1) / b near INT64_MAX.
+inline int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0); }
 
 inline bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;

@@ -15,6 +15,9 @@ TORCH_LIBRARY(spmm, m) {
   m.def("tiled_csl_compress(Tensor dense, Tensor? mask, int tile_m, int tile_k) -> (Tensor values, Tensor locations, Tensor tile_offsets)");
   // y = x @ W.T (+ bias), W [out_features, K] in Tiled-CSL. CPU.
   m.def("tiled_csl_mm(Tensor x, Tensor values, Tensor locations, Tensor tile_offsets, int out_features, int tile_m, int tile_k, Tensor? bias) -> Tensor");
+  // Internal (CPU): the layout checks of the CPU matmuls on their own (what formats' validate() runs).
+  m.def("_sparse24_check(Tensor meta, int in_features) -> ()");
+  m.def("_tiled_csl_check(Tensor locations, Tensor tile_offsets, int out_features, int in_features, int tile_m, int tile_k) -> ()");
   // Internal (CUDA): the 2:4 decode kernel's weight layout, made from the canonical one, and its matmul.
   m.def("_sparse24_decode_pack(Tensor values, Tensor meta, int meta_layout=0) -> (Tensor dvalues, Tensor dmeta)");
   m.def("_sparse24_decode_mm(Tensor x, Tensor dvalues, Tensor dmeta, int out_features, Tensor? bias, "

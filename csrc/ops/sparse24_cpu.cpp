@@ -85,11 +85,25 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
   return finish_linear(out, bias, x);
 }
 
+// The matmul's metadata checks on their own: Sparse24Weight.validate().
+void sparse24_check_cpu(const at::Tensor& meta, int64_t in_features) {
+  constexpr const char* op = "spmm::_sparse24_check";
+  check_features(op, "in_features", in_features);
+  TORCH_CHECK_VALUE(in_features % kGroup == 0, op, ": `in_features` must be a multiple of 4, got ", in_features);
+  check_dim(op, "meta", meta, 2);
+  check_dtype(op, "meta", meta, at::kByte);
+  TORCH_CHECK_VALUE(meta.size(1) == sparse24::meta_bytes_per_row(in_features), op, ": `meta` must have ceil(K/8) = ",
+                    sparse24::meta_bytes_per_row(in_features), " columns for K = ", in_features, ", got ",
+                    meta.size(1));
+  check_sparse24_meta_codes(op, meta, in_features);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(spmm, CPU, m) {
   m.impl("sparse24_compress", &sparse24_compress_cpu);
   m.impl("sparse24_mm", &sparse24_mm_cpu);
+  m.impl("_sparse24_check", &sparse24_check_cpu);
 }
 
 }  // namespace spmm::ops

@@ -45,6 +45,7 @@ std::tuple<at::Tensor, at::Tensor> sparse24_decode_pack_cuda(const at::Tensor& v
   constexpr const char* op = "spmm::_sparse24_decode_pack";
   check_half_dtype(op, "values", values);
   check_canonical_layout(op, values, meta);
+  TORCH_CHECK_VALUE(meta_layout == 0 || meta_layout == 1, op, ": `meta_layout` must be 0 or 1, got ", meta_layout);
   const int64_t m = values.size(0), k = values.size(1) * 2;
   const c10::cuda::CUDAGuard guard(values.device());
   const auto shape = kernels::sparse24_decode_shape(m, k);
@@ -75,6 +76,7 @@ at::Tensor sparse24_decode_run(const char* op, const at::Tensor& x, const at::Te
     check_contiguous(op, name, *t);
     check_same_device(op, name, *t, x);
   }
+  check_out_features(op, out_features);
   const int64_t k = x.size(-1), n = leading_rows(x), m = out_features;
   TORCH_CHECK_VALUE(k % sparse24::kGroup == 0, op, ": in_features K = ", k, " must be a multiple of 4");
   const auto shape = kernels::sparse24_decode_shape(m, k);

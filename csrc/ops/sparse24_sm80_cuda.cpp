@@ -60,6 +60,7 @@ at::Tensor sparse24_sm80_run(const char* op, const char* a_name, const char* e_n
                              const at::Tensor& a, const at::Tensor& e, int64_t out_features,
                              const std::optional<at::Tensor>& bias) {
   check_gemm_operands(op, x, a, 2, e, at::kShort, a_name, e_name);
+  check_out_features(op, out_features);
   const int64_t k = x.size(-1), n = leading_rows(x), m = out_features;
   TORCH_CHECK_VALUE(m > 0 && k > 0 && k % 4 == 0, op, ": needs out_features > 0 and in_features (the last dim of `x`)",
                     " a positive multiple of 4, got ", m, " x ", k);

@@ -53,6 +53,7 @@ at::Tensor sparse24_sm90_run(const char* op, const char* e_name, const at::Tenso
                              const at::Tensor& e, int64_t out_features, const std::optional<at::Tensor>& bias,
                              int64_t config, int64_t swizzle, int64_t splits) {
   check_gemm_operands(op, x, values, 2, e, at::kByte, "values", e_name);
+  check_out_features(op, out_features);
   const int64_t k = x.size(-1), n = leading_rows(x), m = out_features;
   check_sm90_shape(op, m, k);
   const kernels::DType dtype = kernel_dtype(x.scalar_type());

@@ -22,7 +22,7 @@ at::Tensor tiled_csl_bitmap_mm_cuda(const at::Tensor& x, const at::Tensor& recor
   constexpr const char* op = "spmm::_tiled_csl_bitmap_mm";
   check_activation(op, x);
   check_half_dtype(op, "x", x);
-  TORCH_CHECK_VALUE(out_features >= 0, op, ": `out_features` must be >= 0, got ", out_features);
+  check_out_features(op, out_features);
   check_kernel_layout(op, x, "records", records, "record_offsets", record_offsets);
   TORCH_CHECK_VALUE(records.size(1) == 2 && records.size(0) % 4 == 0, op,
                     ": `records` must be [4j, 2] (from spmm.ops.tiled_csl_bitmap), got ", records.sizes());
@@ -31,7 +31,7 @@ at::Tensor tiled_csl_bitmap_mm_cuda(const at::Tensor& x, const at::Tensor& recor
                     op, ": `max_record_words` must be in [", kernels::kBitmapHeaderWords, ", ",
                     kernels::kBitmapMaxRecordWords, "], got ", max_record_words);
   const int64_t k = x.size(-1);
-  const int64_t tiles = tile_count(out_features, k, kernels::kBitmapTileM, kernels::kBitmapTileK);
+  const int64_t tiles = tile_count(out_features, k, kernels::kBitmapTileM, kernels::kBitmapTileK, op);
   TORCH_CHECK_VALUE(record_offsets.numel() == tiles + 1, op, ": `record_offsets` must have ", tiles + 1,
                     " entries for a ", out_features, " x ", k, " weight in 128 x 64 tiles, got ",
                     record_offsets.numel());

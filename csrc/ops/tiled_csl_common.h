@@ -11,18 +11,18 @@ namespace spmm::ops {
 
 constexpr int64_t kMaxTileElements = int64_t{1} << 16;  // in-tile locations are 16-bit
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 inline void check_tile_shape(const char* op, int64_t tile_m, int64_t tile_k) {
   TORCH_CHECK_VALUE(tile_m > 0 && tile_k > 0, op, ": `tile_m` and `tile_k` must be positive, got ", tile_m, " x ",
                     tile_k);
-  TORCH_CHECK_VALUE(tile_m * tile_k <= kMaxTileElements, op, ": a tile of `tile_m` x `tile_k` = ", tile_m, " x ",
-                    tile_k, " has more than 65536 elements; in-tile locations are 16-bit");
+  // each bounded first: the product of two large values would wrap
+  TORCH_CHECK_VALUE(tile_m <= kMaxTileElements && tile_k <= kMaxTileElements && tile_m * tile_k <= kMaxTileElements,
+                    op, ": a tile of `tile_m` x `tile_k` = ", tile_m, " x ", tile_k,
+                    " has more than 65536 elements; in-tile locations are 16-bit");
 }
 
 // Tiles are numbered row-tile major: tile (i, j) covers rows [i*tile_m, ...) and columns [j*tile_k, ...).
-inline int64_t tile_count(int64_t m, int64_t k, int64_t tile_m, int64_t tile_k) {
-  return ceil_div(m, tile_m) * ceil_div(k, tile_k);
+inline int64_t tile_count(int64_t m, int64_t k, int64_t tile_m, int64_t tile_k, const char* op = "spmm") {
+  return checked_mul(op, "the tile count", ceil_div(m, tile_m), ceil_div(k, tile_k));
 }
 
 // Arguments of tiled_csl_compress (CPU and CUDA alike).
@@ -56,7 +56,7 @@ inline void check_tiled_csl_mm_args(const char* op, const at::Tensor& x, const a
                                     int64_t tile_m, int64_t tile_k, const std::optional<at::Tensor>& bias) {
   check_activation(op, x);
   check_tile_shape(op, tile_m, tile_k);
-  TORCH_CHECK_VALUE(out_features >= 0, op, ": `out_features` must be >= 0, got ", out_features);
+  check_out_features(op, out_features);
   check_dim(op, "values", values, 1);
   check_dim(op, "locations", locations, 1);
   check_dim(op, "tile_offsets", tile_offsets, 1);
@@ -69,7 +69,7 @@ inline void check_tiled_csl_mm_args(const char* op, const at::Tensor& x, const a
   }
   TORCH_CHECK_VALUE(locations.numel() == values.numel(), op, ": `locations` must have one entry per value (",
                     values.numel(), "), got ", locations.numel());
-  const int64_t k = x.size(-1), tiles = tile_count(out_features, k, tile_m, tile_k);
+  const int64_t k = x.size(-1), tiles = tile_count(out_features, k, tile_m, tile_k, op);
   TORCH_CHECK_VALUE(tile_offsets.numel() == tiles + 1, op, ": `tile_offsets` must have ", tiles + 1, " entries for a ",
                     out_features, " x ", k, " weight in ", tile_m, " x ", tile_k, " tiles, got ", tile_offsets.numel());
   check_bias(op, bias, x, out_features);

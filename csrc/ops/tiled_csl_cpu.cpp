@@ -89,18 +89,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_csl_compress_cpu(const at::
 }
 
 // The stream must be well formed before the matmul trusts it: offsets rise from 0 to nnz, locations inside
-// their (possibly partial) tile.
+// their (possibly partial) tile and strictly increasing within it (the packer's order; so no element twice).
+// A stream read with another tile shape of the same tile count whose tiles are all full passes: the tile shape
+// is the caller's statement, as out_features is (the format, the layer and the saved file carry it).
 void check_stream(const char* op, const TileGrid& g, const int32_t* offs, const int16_t* locs, int64_t nnz) {
   const int64_t tiles = g.row_tiles * g.col_tiles;
   TORCH_CHECK_VALUE(offs[0] == 0 && offs[tiles] == nnz, op, ": `tile_offsets` must start at 0 and end at nnz = ",
                     nnz, ", got ", offs[0], " and ", offs[tiles]);
-  for (int64_t t = 0; t < tiles; ++t) {
+  for (int64_t t = 0; t < tiles; ++t)
     TORCH_CHECK_VALUE(offs[t] <= offs[t + 1], op, ": `tile_offsets` must not decrease (tile ", t, ")");
-    const int64_t i = t / g.col_tiles, j = t % g.col_tiles;
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t i = t / g.col_tiles, j = t % g.col_tiles, rows = g.rows_in(i), cols = g.cols_in(j);
+    const int64_t end = rows * g.tile_k;  // row-major locations: inside the tile's rows iff below this
+    const bool full_width = cols == g.tile_k;  // else the column needs its own check
+    int64_t previous = -1;
     for (int64_t e = offs[t]; e < offs[t + 1]; ++e) {
       const int64_t loc = static_cast<uint16_t>(locs[e]);
-      TORCH_CHECK_VALUE(loc / g.tile_k < g.rows_in(i) && loc % g.tile_k < g.cols_in(j), op, ": `locations`[", e,
-                        "] = ", loc, " lies outside tile ", t, " (", g.rows_in(i), " x ", g.cols_in(j), ")");
+      TORCH_CHECK_VALUE(loc < end && (full_width || loc % g.tile_k < cols), op, ": `locations`[", e, "] = ", loc,
+                        " lies outside tile ", t, " (", rows, " x ", cols, ")");
+      TORCH_CHECK_VALUE(loc > previous, op, ": `locations`[", e, "] = ", loc, " repeats or precedes the location ",
+                        "before it in tile ", t, "; each tile lists its elements once, in increasing order");
+      previous = loc;
     }
   }
 }
@@ -145,11 +154,33 @@ at::Tensor tiled_csl_mm_cpu(const at::Tensor& x, const at::Tensor& values, const
   return finish_linear(out, bias, x);
 }
 
+// The matmul's stream checks on their own: TiledCSLWeight.validate() (a loop here, a pass over the stream).
+void tiled_csl_check_cpu(const at::Tensor& locations, const at::Tensor& tile_offsets, int64_t out_features,
+                         int64_t in_features, int64_t tile_m, int64_t tile_k) {
+  constexpr const char* op = "spmm::_tiled_csl_check";
+  check_tile_shape(op, tile_m, tile_k);
+  check_out_features(op, out_features);
+  check_features(op, "in_features", in_features);
+  check_dim(op, "locations", locations, 1);
+  check_dim(op, "tile_offsets", tile_offsets, 1);
+  check_dtype(op, "locations", locations, at::kShort);
+  check_dtype(op, "tile_offsets", tile_offsets, at::kInt);
+  check_contiguous(op, "locations", locations);
+  check_contiguous(op, "tile_offsets", tile_offsets);
+  const int64_t tiles = tile_count(out_features, in_features, tile_m, tile_k, op);
+  TORCH_CHECK_VALUE(tile_offsets.numel() == tiles + 1, op, ": `tile_offsets` must have ", tiles + 1, " entries for a ",
+                    out_features, " x ", in_features, " weight in ", tile_m, " x ", tile_k, " tiles, got ",
+                    tile_offsets.numel());
+  check_stream(op, TileGrid(out_features, in_features, tile_m, tile_k), tile_offsets.data_ptr<int32_t>(),
+               locations.data_ptr<int16_t>(), locations.numel());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(spmm, CPU, m) {
   m.impl("tiled_csl_compress", &tiled_csl_compress_cpu);
   m.impl("tiled_csl_mm", &tiled_csl_mm_cpu);
+  m.impl("_tiled_csl_check", &tiled_csl_check_cpu);
 }
 
 }  // namespace spmm::ops

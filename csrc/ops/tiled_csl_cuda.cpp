@@ -153,11 +153,11 @@ at::Tensor tiled_csl_mm_words_cuda(const at::Tensor& x, const at::Tensor& words,
   check_activation(op, x);
   check_half_dtype(op, "x", x);
   check_kernel_tile(op, tile_m, kernels::kTiledCSLTileK);
-  TORCH_CHECK_VALUE(out_features >= 0, op, ": `out_features` must be >= 0, got ", out_features);
+  check_out_features(op, out_features);
   check_kernel_layout(op, x, "words", words, "word_offsets", word_offsets);
   TORCH_CHECK_VALUE(words.size(1) == 2 && words.size(0) % 4 == 0 && words.size(0) > 0, op,
                     ": `words` must be [4j, 2] (from _tiled_csl_words), got ", words.sizes());
-  const int64_t k = x.size(-1), tiles = tile_count(out_features, k, tile_m, kernels::kTiledCSLTileK);
+  const int64_t k = x.size(-1), tiles = tile_count(out_features, k, tile_m, kernels::kTiledCSLTileK, op);
   TORCH_CHECK_VALUE(word_offsets.numel() == tiles + 1, op, ": `word_offsets` must have ", tiles + 1, " entries for a ",
                     out_features, " x ", k, " weight in ", tile_m, " x 64 tiles, got ", word_offsets.numel());
   check_bias(op, bias, x, out_features);

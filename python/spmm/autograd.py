@@ -3,8 +3,8 @@
 A pruned, packed weight is frozen, but the layers around it may train (adapters on top of a sparse base, or
 calibrating later layers through earlier ones), so gradients must flow through x:
     y = x @ W.T + b   =>   dL/dx = dL/dy @ W,   dL/db = sum over tokens of dL/dy.
-W is rebuilt densely for the backward pass (in pure torch, from the format); a request for the gradient of a
-packed tensor raises instead of returning a silent None.
+W is rebuilt densely for the backward pass (in pure torch, from the format, unchecked: the forward op or the layer
+already checked the layout); a request for the gradient of a packed tensor raises instead of returning a silent None.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _sparse24_setup(ctx, inputs, output):
 def _sparse24_backward(ctx, grad_out):
     _no_weight_grad(ctx, "sparse24_mm", [1, 2, *range(4, 4 + _LAYOUT_ARGS)])
     values, meta = ctx.saved_tensors
-    weight = Sparse24Weight(values, meta, (values.shape[0], ctx.k)).to_dense()
+    weight = Sparse24Weight(values, meta, (values.shape[0], ctx.k)).to_dense(check=False)
     grad_x, grad_bias = _grads(ctx, grad_out, weight)
     return _per_input(ctx, (grad_x, None, None, grad_bias))
 
@@ -64,7 +64,7 @@ def _tiled_csl_setup(ctx, inputs, output):
 def _tiled_csl_backward(ctx, grad_out):
     _no_weight_grad(ctx, "tiled_csl_mm", range(1, 4))
     values, locations, tile_offsets = ctx.saved_tensors
-    weight = TiledCSLWeight(values, locations, tile_offsets, ctx.shape, *ctx.tile).to_dense()
+    weight = TiledCSLWeight(values, locations, tile_offsets, ctx.shape, *ctx.tile).to_dense(check=False)
     grad_x, grad_bias = _grads(ctx, grad_out, weight)
     return grad_x, None, None, None, None, None, None, grad_bias
 
@@ -81,7 +81,7 @@ def _spense_backward(ctx, grad_out):
     _no_weight_grad(ctx, "spense_mm", [1, 2, 3, 4, *range(6, 6 + _LAYOUT_ARGS)])
     dense_weight, values, meta, row_index = ctx.saved_tensors
     sparse = Sparse24Weight(values, meta, (values.shape[0], ctx.k))
-    weight = SpenseWeight(dense_weight, sparse, row_index).to_dense()
+    weight = SpenseWeight(dense_weight, sparse, row_index).to_dense(check=False)
     grad_x, grad_bias = _grads(ctx, grad_out, weight)
     return _per_input(ctx, (grad_x, None, None, None, None, grad_bias))
 

@@ -10,6 +10,21 @@ Errors: a wrong dtype raises TypeError, any other broken rule ValueError; every 
 argument and the rule. Packers refuse a weight with NaN or Inf anywhere (also where the mask drops it), and
 store no zeros: a zero or -0.0 that the mask keeps is left out of Tiled-CSL and is a +0.0 filler in 2:4.
 
+What is checked and what is trusted: every op checks its arguments' types, shapes, devices and integer ranges
+(for any integer: bounds come before arithmetic, products are overflow-checked). The CPU ops also check the
+packed contents they read (2:4 codes, Tiled-CSL offsets and in-tile locations in increasing order, Spense
+row_index a permutation); the CUDA ops trust the contents: they are meant for layouts made by the library's
+packers (formats' validate() checks a layout, and the layers run it whenever they are built or load weights).
+A layout does not record its own tile shape or out_features: those are the caller's word, as in any GEMM. The
+CUDA-only ops (leading underscore) called on CPU tensors raise NotImplementedError naming the CPU op to use.
+
+NaN and Inf in x: a weight that is not stored contributes nothing, so a NaN or Inf of x reaches exactly the
+outputs whose stored weights read its column, and there propagates as in the dense masked matmul; where the
+dense matmul multiplies it by a pruned zero (giving NaN) the sparse output stays as the stored weights make it.
+What is stored: Tiled-CSL stores no zeros; a 2:4 group keeping fewer than two elements stores +0.0 fillers, which
+do read their columns (0 * NaN = NaN; tested on CPU, the CUDA kernels multiply the fillers too); Spense's dense
+rows read every column.
+
 Conventions (nn.Linear): y = x @ W.T (+ bias), W is [M out_features, K in_features], x is [..., K].
 
 2:4 canonical layout (what `sparse24_compress` produces, what save/load stores):
@@ -30,6 +45,7 @@ row_index [Md + Ms] int32 gives the original output row of each block row, dense
 
 from __future__ import annotations
 
+import operator
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -38,6 +54,27 @@ from torch import Tensor
 from . import _C  # loads the library that registers the spmm:: ops; exports the kernel-choice rules
 
 _ops = torch.ops.spmm
+
+
+_INT64_BOUND = 1 << 63
+
+
+def _int64(op: str, name: str, value):
+    """An integer argument as the schemas take it (int64): a TypeError for a non-integer, a ValueError outside int64,
+    instead of the dispatcher's parse error. The C++ checks then bound every value (overflow-safe)."""
+    if type(value) is int and -_INT64_BOUND <= value < _INT64_BOUND:  # the common case, kept cheap (hot path)
+        return value
+    if isinstance(value, torch.SymInt):  # traced by torch.compile
+        return value
+    if isinstance(value, bool):
+        raise TypeError(f"spmm::{op}: `{name}` must be an int, got bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"spmm::{op}: `{name}` must be an int, got {type(value).__name__}") from None
+    if not -_INT64_BOUND <= value < _INT64_BOUND:
+        raise ValueError(f"spmm::{op}: `{name}` = {value} is outside int64")
+    return value
 
 
 def has_cuda_kernel(op: str) -> bool:
@@ -122,10 +159,16 @@ def sparse24_pick_kernel(out_features: int, in_features: int, tokens: int, has_d
     return _C.sparse24_pick_kernel(out_features, in_features, tokens, has_decode, gemm)
 
 
+def sparse24_check(meta: Tensor, in_features: int) -> None:
+    """The checks sparse24_mm's CPU op runs on `meta` (CPU), on their own: every group's code idx0 < idx1 and the
+    unused high nibble of an odd group count 0. What Sparse24Weight.validate() runs."""
+    _ops._sparse24_check(meta, _int64("_sparse24_check", "in_features", in_features))
+
+
 def sparse24_decode_pack(values: Tensor, meta: Tensor, meta_layout: int = 0) -> Tuple[Tensor, Tensor]:
     """Canonical 2:4 layout -> the CUDA decode kernel's layout (fragment order, padded to 128 rows x 128 columns).
     CUDA only; made once per weight (layers cache it)."""
-    return _ops._sparse24_decode_pack(values, meta, meta_layout)
+    return _ops._sparse24_decode_pack(values, meta, _int64("_sparse24_decode_pack", "meta_layout", meta_layout))
 
 
 def sparse24_decode_mm(
@@ -143,7 +186,9 @@ def sparse24_decode_mm(
     tokens, cp.async above, split-K partials summed in a thread block cluster; before sm_90: cp.async).
     For tuning only: `splits` (1 .. the weight's 128-column chunks) sets the split-K factor; 0 leaves the kernel's
     rule (up to 8 splits summed in a cluster on sm_90, more through global memory)."""
-    return _ops._sparse24_decode_mm(x, dvalues, dmeta, out_features, bias, loader, splits)
+    op = "_sparse24_decode_mm"
+    return _ops._sparse24_decode_mm(x, dvalues, dmeta, _int64(op, "out_features", out_features), bias, loader,
+                                    _int64(op, "splits", splits))
 
 
 def sparse24_sm90_pack(values: Tensor, meta: Tensor) -> Tensor:
@@ -161,7 +206,7 @@ def sparse24_sm80_pack(values: Tensor, meta: Tensor) -> Tuple[Tensor, Tensor]:
 
 def sparse24_sm80_mm(x: Tensor, a: Tensor, e: Tensor, out_features: int, bias: Optional[Tensor] = None) -> Tensor:
     """y = x @ W.T (+ bias) on the Ampere prefill GEMM (CUTLASS 2.x mma.sp), W in the layout of sparse24_sm80_pack."""
-    return _ops._sparse24_sm80_mm(x, a, e, out_features, bias)
+    return _ops._sparse24_sm80_mm(x, a, e, _int64("_sparse24_sm80_mm", "out_features", out_features), bias)
 
 
 def sparse24_decode_max_tokens(out_features: int, in_features: int, hopper_gemm: bool) -> int:
@@ -197,7 +242,9 @@ def sparse24_sm90_mm(
         number = SM90_CONFIGS.index(config)
     else:
         raise ValueError(f"spmm.ops.sparse24_sm90_mm: `config` must be one of {SM90_CONFIGS} or None, got {config!r}")
-    return _ops._sparse24_sm90_mm(x, values, e, out_features, bias, number, swizzle, splits)
+    op = "_sparse24_sm90_mm"
+    return _ops._sparse24_sm90_mm(x, values, e, _int64(op, "out_features", out_features), bias, number,
+                                  _int64(op, "swizzle", swizzle), _int64(op, "splits", splits))
 
 
 # ------------------------------------------------------------------------------------------ Tiled-CSL ------------
@@ -206,7 +253,8 @@ def tiled_csl_compress(
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Pack a weight [M, K] of any sparsity into Tiled-CSL: (values [nnz], locations int16 [nnz], tile_offsets int32).
     Runs on CPU and CUDA (same output bit for bit)."""
-    return _ops.tiled_csl_compress(dense, mask, tile_m, tile_k)
+    op = "tiled_csl_compress"
+    return _ops.tiled_csl_compress(dense, mask, _int64(op, "tile_m", tile_m), _int64(op, "tile_k", tile_k))
 
 
 def tiled_csl_mm(
@@ -221,8 +269,21 @@ def tiled_csl_mm(
 ) -> Tensor:
     """y = x @ W.T (+ bias) with W [out_features, K] in Tiled-CSL. x [..., K] -> y [..., out_features].
     On CUDA: float16/bfloat16 and tiles of 256 x 64 or 128 x 64 (others raise NotImplementedError); the stream's
-    contents are trusted there (the CPU op checks them)."""
-    return _ops.tiled_csl_mm(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias)
+    contents are trusted there (the CPU op checks them; TiledCSLWeight.validate() does on any device)."""
+    op = "tiled_csl_mm"
+    return _ops.tiled_csl_mm(x, values, locations, tile_offsets, _int64(op, "out_features", out_features),
+                             _int64(op, "tile_m", tile_m), _int64(op, "tile_k", tile_k), bias)
+
+
+def tiled_csl_check(locations: Tensor, tile_offsets: Tensor, out_features: int, in_features: int, tile_m: int,
+                    tile_k: int) -> None:
+    """The checks tiled_csl_mm's CPU op runs on a stream, on their own (CPU tensors): offsets rising from 0 to nnz,
+    every location inside its (possibly partial) tile, strictly increasing within it. A ValueError names the first
+    rule broken. What TiledCSLWeight.validate() runs."""
+    op = "_tiled_csl_check"
+    _ops._tiled_csl_check(locations, tile_offsets, _int64(op, "out_features", out_features),
+                          _int64(op, "in_features", in_features), _int64(op, "tile_m", tile_m),
+                          _int64(op, "tile_k", tile_k))
 
 
 def tiled_csl_words(
@@ -231,14 +292,18 @@ def tiled_csl_words(
     """Tiled-CSL stream -> the CUDA kernel's word layout: (words [capacity, 2] of the weight's dtype, word_offsets
     int32 [tiles + 1]); one 32-bit word per pair (value, swizzled offset in the kernel's shared tile), each tile's
     run padded to 16 bytes. CUDA only; made once per weight (TiledCSLLinear caches it)."""
-    return _ops._tiled_csl_words(values, locations, tile_offsets, tile_m, tile_k)
+    op = "_tiled_csl_words"
+    return _ops._tiled_csl_words(values, locations, tile_offsets, _int64(op, "tile_m", tile_m),
+                                 _int64(op, "tile_k", tile_k))
 
 
 def tiled_csl_mm_words(
     x: Tensor, words: Tensor, word_offsets: Tensor, out_features: int, tile_m: int, bias: Optional[Tensor] = None
 ) -> Tensor:
     """y = x @ W.T (+ bias) with W [out_features, K] in the word layout of tiled_csl_words (tile_k = 64)."""
-    return _ops._tiled_csl_mm_words(x, words, word_offsets, out_features, tile_m, bias)
+    op = "_tiled_csl_mm_words"
+    return _ops._tiled_csl_mm_words(x, words, word_offsets, _int64(op, "out_features", out_features),
+                                    _int64(op, "tile_m", tile_m), bias)
 
 
 def tiled_csl_words_supported(tile_m: int, tile_k: int, device: torch.device) -> bool:
@@ -261,7 +326,9 @@ def tiled_csl_bitmap_mm(
     bias: Optional[Tensor] = None,
 ) -> Tensor:
     """y = x @ W.T (+ bias) with W [out_features, K] in the pair-bitmap layout of tiled_csl_bitmap (CUDA, sm_90a)."""
-    return _ops._tiled_csl_bitmap_mm(x, records, record_offsets, out_features, max_record_words, bias)
+    op = "_tiled_csl_bitmap_mm"
+    return _ops._tiled_csl_bitmap_mm(x, records, record_offsets, _int64(op, "out_features", out_features),
+                                     _int64(op, "max_record_words", max_record_words), bias)
 
 
 def tiled_csl_bitmap_supported(device: torch.device) -> bool:
@@ -330,6 +397,16 @@ def _sparse24_compress_fake(dense, mask):
 @torch.library.register_fake("spmm::sparse24_mm")
 def _sparse24_mm_fake(x, values, meta, bias=None, dvalues=None, dmeta=None, sm90_e=None, sm80_a=None, sm80_e=None):
     return x.new_empty(*x.shape[:-1], values.shape[0])
+
+
+@torch.library.register_fake("spmm::_sparse24_check")
+def _sparse24_check_fake(meta, in_features):
+    return None
+
+
+@torch.library.register_fake("spmm::_tiled_csl_check")
+def _tiled_csl_check_fake(locations, tile_offsets, out_features, in_features, tile_m, tile_k):
+    return None
 
 
 @torch.library.register_fake("spmm::_sparse24_decode_pack")

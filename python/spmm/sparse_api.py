@@ -4,6 +4,7 @@ sparsify.py, so that the function spmm.sparsify does not hide it."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import warnings
 from dataclasses import dataclass
@@ -14,10 +15,24 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .formats import Sparse24Weight, SpenseWeight, TiledCSLWeight
+from .formats.tiled_csl import check_tile
 from .nn import Sparse24Linear, SpenseLinear, TiledCSLLinear
 from .pruning import InputStats, prune, pruner_needs, select_dense_rows
 from .pruning.registry import parse_sparsity
 from .pruning.sequential import sequential_stats
+
+
+_FIELD_TYPES = {"str": str, "bool": bool, "int": int, "float": (int, float)}
+
+
+def _check_field_types(config) -> None:
+    """A config field of the wrong type is a TypeError naming it (a bool is no number here)."""
+    for field in dataclasses.fields(config):
+        name = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+        want, value = _FIELD_TYPES.get(name), getattr(config, field.name)
+        if want is not None and not (isinstance(value, want) and (want is bool or not isinstance(value, bool))):
+            raise TypeError(f"{type(config).__name__}.{field.name} must be {'an' if name[0] in 'aeiou' else 'a'} "
+                            f"{name}, got {type(value).__name__} {value!r}")
 
 
 @dataclass(frozen=True)
@@ -33,6 +48,9 @@ class Sparse24Config:
     pruner: str = "magnitude"
     prefill_kernel: bool = True
 
+    def __post_init__(self):
+        _check_field_types(self)
+
 
 @dataclass(frozen=True)
 class TiledCSLConfig:
@@ -45,8 +63,13 @@ class TiledCSLConfig:
     tile_k: int = 64
 
     def __post_init__(self):
+        _check_field_types(self)
         if isinstance(parse_sparsity(self.sparsity), tuple):
             raise ValueError(f"TiledCSLConfig.sparsity must be a float in [0, 1], got {self.sparsity!r}")
+        try:
+            check_tile(self.tile_m, self.tile_k)
+        except ValueError as e:
+            raise ValueError(f"TiledCSLConfig.{e}") from None
 
 
 @dataclass(frozen=True)
@@ -63,6 +86,7 @@ class SpenseConfig:
     pruner: str = "magnitude"
 
     def __post_init__(self):
+        _check_field_types(self)
         if not 0.0 <= self.dense_fraction <= 1.0:
             raise ValueError(f"SpenseConfig.dense_fraction must lie in [0, 1], got {self.dense_fraction!r}")
 
@@ -209,6 +233,12 @@ class _Replacer:
                 self.made[id(dense)] = self.handler(dense, self.config, **kwargs)
             except Unsupported as why:
                 self._skip(name, str(why))
+            except (ValueError, TypeError) as e:
+                if type(e) not in (ValueError, TypeError):  # a subclass keeps its type and gets a note
+                    if hasattr(e, "add_note"):  # Python 3.11+
+                        e.add_note(f"while sparsifying {name or '<root>'}")
+                    raise
+                raise type(e)(f"{name or '<root>'}: {e}") from e
         return self.made[id(dense)]
 
     def calibrated(self, model: nn.Module, targets: List[str], calibration: Iterable, gram: bool,

@@ -15,6 +15,17 @@ class PackedWeight:
     def tensors(self) -> Dict[str, Tensor]:
         raise NotImplementedError
 
+    def validate(self) -> "PackedWeight":
+        """Check the layout's contents, which the constructor (shapes, dtypes, devices only) does not read, and
+        return self; a ValueError names the first rule broken. Layers run it when they are built from a format or
+        load a state dict; the CPU ops check what they read on every call, while the CUDA kernels trust the layout
+        (the library's packers make valid ones)."""
+        raise NotImplementedError
+
+    def _holds_data(self) -> bool:
+        """False on the meta device (shapes only: nothing to validate)."""
+        return self.device.type != "meta"
+
     @property
     def nbytes(self) -> int:
         """Bytes a kernel reads for the weight: every stored tensor."""

@@ -71,12 +71,33 @@ class SpenseWeight(PackedWeight):
         dense = torch.zeros(num_dense_rows, k, dtype=sparse.dtype, device=device)
         return cls(dense, sparse, torch.arange(m, dtype=torch.int32, device=device))
 
-    def to_dense(self) -> Tensor:
+    def validate(self) -> "SpenseWeight":
+        """row_index is a permutation of the output rows (each written once); the 2:4 block is valid."""
+        if not self._holds_data():
+            return self
+        m = self.shape[0]
         rows = self.row_index.long()
-        if not torch.equal(torch.sort(rows).values, torch.arange(self.shape[0], device=rows.device)):
-            raise ValueError("row_index must be a permutation of the output rows")
+        outside = (rows < 0) | (rows >= m)
+        if bool(outside.any()):
+            i = int(outside.nonzero()[0])
+            raise ValueError(f"row_index[{i}] = {int(rows[i])} lies outside the {m} output rows")
+        repeated = torch.bincount(rows, minlength=m) > 1
+        if bool(repeated.any()):
+            raise ValueError(f"row_index names output row {int(repeated.nonzero()[0])} more than once; it must be a "
+                             f"permutation of the output rows")
+        try:
+            self.sparse.validate()
+        except ValueError as e:
+            raise ValueError(f"the 2:4 block's {e}") from None
+        return self
+
+    def to_dense(self, check: bool = True) -> Tensor:
+        """The dense weight; check=False skips validate(), for a layout already checked (the ops' backward)."""
+        if check:
+            self.validate()
+        rows = self.row_index.long()
         out = torch.empty(self.shape, dtype=self.dtype, device=self.device)
-        out[rows] = torch.cat((self.dense, self.sparse.to_dense()))
+        out[rows] = torch.cat((self.dense, self.sparse.to_dense(check=False)))
         return plus_zero(out)
 
     def matmul(self, x: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -101,10 +122,11 @@ class SpenseWeight(PackedWeight):
 
     @classmethod
     def from_tensors(cls, tensors: Dict[str, Tensor]) -> "SpenseWeight":
+        """The weight of stored tensors (e.g. a state dict's), validated."""
         dense = tensors["dense_weight"]
         ms = tensors["values"].shape[0]
-        sparse = Sparse24Weight.from_tensors(tensors, (ms, dense.shape[1]))
-        return cls(dense, sparse, tensors["row_index"])
+        sparse = Sparse24Weight(tensors["values"], tensors["meta"], (ms, dense.shape[1]))
+        return cls(dense, sparse, tensors["row_index"]).validate()
 
     def __repr__(self) -> str:
         return (

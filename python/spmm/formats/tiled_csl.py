@@ -72,28 +72,35 @@ class TiledCSLWeight(PackedWeight):
         values = torch.zeros(0, dtype=dtype, device=device)
         return cls(values, torch.zeros(0, dtype=torch.int16, device=device), offsets, shape, tile_m, tile_k)
 
-    def coordinates(self):
-        """(rows, cols) int64 of every stored value, checking the layout on the way."""
-        m, k = self.shape
+    def validate(self) -> "TiledCSLWeight":
+        """tile_offsets rise from 0 to nnz; each location lies inside its (possibly partial) tile, and the locations
+        of a tile strictly increase (the packer's order, so no element twice). (The CPU matmul's own check, run on
+        CPU copies of the locations and offsets: one pass over the stream.)"""
+        if not self._holds_data():
+            return self
+        try:
+            ops.tiled_csl_check(self.locations.cpu(), self.tile_offsets.cpu(), *self.shape, self.tile_m, self.tile_k)
+        except ValueError as e:
+            raise ValueError(str(e).replace("spmm::_tiled_csl_check: ", "")) from None
+        return self
+
+    def coordinates(self, check: bool = True):
+        """(rows, cols) int64 of every stored value, checking the layout on the way (unless check=False)."""
+        if check:
+            self.validate()
         offsets = self.tile_offsets.long()
         counts = offsets[1:] - offsets[:-1]
-        if offsets[0] != 0 or offsets[-1] != self.nnz or bool((counts < 0).any()):
-            raise ValueError("tile_offsets must rise from 0 to nnz")
         tile = torch.repeat_interleave(torch.arange(counts.numel(), device=self.device), counts)
         loc = self.locations.long() & 0xFFFF  # int16 holds the unsigned location
-        tiles_k = -(-k // self.tile_k)
+        tiles_k = -(-self.shape[1] // self.tile_k)
         rows = (tile // tiles_k) * self.tile_m + loc // self.tile_k
         cols = (tile % tiles_k) * self.tile_k + loc % self.tile_k
-        if bool((loc >= self.tile_m * self.tile_k).any() | (rows >= m).any() | (cols >= k).any()):
-            raise ValueError("locations point outside their tile or outside the matrix")
-        key = tile * (self.tile_m * self.tile_k) + loc
-        if bool((key[1:] <= key[:-1]).any()):
-            raise ValueError("locations must be strictly increasing within each tile")
         return rows, cols
 
-    def to_dense(self) -> Tensor:
-        """Unpack in pure torch (independent of the C++ packer)."""
-        rows, cols = self.coordinates()
+    def to_dense(self, check: bool = True) -> Tensor:
+        """Unpack in pure torch (independent of the C++ packer). check=False skips validate(), for a layout already
+        checked (the ops' backward: no host sync, traceable)."""
+        rows, cols = self.coordinates(check)
         dense = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
         dense[rows, cols] = self.values
         return plus_zero(dense)
@@ -131,7 +138,8 @@ class TiledCSLWeight(PackedWeight):
 
     @classmethod
     def from_tensors(cls, tensors: Dict[str, Tensor], shape: Sequence[int], tile_m: int = 256, tile_k: int = 64):
-        return cls(tensors["values"], tensors["locations"], tensors["tile_offsets"], shape, tile_m, tile_k)
+        """The weight of stored tensors (e.g. a state dict's), validated."""
+        return cls(tensors["values"], tensors["locations"], tensors["tile_offsets"], shape, tile_m, tile_k).validate()
 
     def __repr__(self) -> str:
         return (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -14,10 +14,12 @@ def _refresh_after_load(module: "SparseLinear", _incompatible_keys) -> None:
 
 class SparseLinear(nn.Module):
     """Base of the drop-in nn.Linear replacements. Subclasses set `format_cls`, build placeholders in __init__,
-    and implement `weight_format`, `forward` and `kwargs_of`. Everything is a buffer (inference only), so
-    .to()/.cuda()/.half() and state_dict work; bias stays under the key "bias" as in nn.Linear. A subclass whose
-    GPU kernel wants its own copy of the weight builds it in `_refresh_kernel_layout` (non-persistent buffers),
-    which runs whenever the format is set, the layer moves or changes dtype, or loads a state dict."""
+    and implement `_format_from`, `forward` and `kwargs_of`. The packed weight is made of buffers (frozen: no
+    gradient, no optimizer step) and the bias is an nn.Parameter as in nn.Linear (key "bias"), so adapters and
+    biases train on a sparse base; .to()/.cuda()/.half() and state_dict work. A subclass whose GPU kernel wants its
+    own copy of the weight builds it in `_refresh_kernel_layout` (non-persistent buffers), which runs whenever the
+    format is set, the layer moves or changes dtype, or loads a state dict. Every format a layer is built from or
+    loads is validated first (format.validate())."""
 
     format_cls: Any = None
     resizable_buffers: tuple = ()  # buffers whose length follows the loaded state dict (nnz, dense/sparse split)
@@ -25,7 +27,10 @@ class SparseLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool, device=None, dtype=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("bias", torch.zeros(out_features, device=device, dtype=dtype) if bias else None)
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
     # ---- formats in and out
@@ -44,13 +49,16 @@ class SparseLinear(nn.Module):
 
     @classmethod
     def from_format(cls, fmt, bias: Optional[Tensor] = None) -> "SparseLinear":
-        """A layer holding `fmt` (its tensors are used, not copied) and a copy of `bias`."""
+        """A layer holding `fmt` (validated; its tensors are used, not copied) and a copy of `bias` as a Parameter
+        (trainable as `bias` was)."""
+        fmt.validate()
         out_features, in_features = fmt.shape
         layer = cls(in_features, out_features, bias=bias is not None, device="meta", dtype=fmt.dtype,
                     **cls.kwargs_of(fmt))
         layer._set_format(fmt)
         if bias is not None:
-            layer.bias = bias.detach().to(device=fmt.device, dtype=fmt.dtype, copy=True)
+            layer.bias = nn.Parameter(bias.detach().to(device=fmt.device, dtype=fmt.dtype, copy=True),
+                                      requires_grad=bias.requires_grad)
         return layer
 
     @classmethod
@@ -69,6 +77,11 @@ class SparseLinear(nn.Module):
 
     @property
     def weight_format(self):
+        """The packed weight, a format over the layer's buffers (not copied, not validated again)."""
+        return self._format_from(self._buffers)
+
+    def _format_from(self, tensors: Mapping[str, Tensor]):
+        """This layer's format over the given tensors (the layer's buffers, or a state dict's tensors)."""
         raise NotImplementedError
 
     # ---- dense views for checks
@@ -103,10 +116,28 @@ class SparseLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"{self.format_repr()}, nbytes={self.nbytes}")
 
-    # ---- loading: packed sizes depend on the weight, so a placeholder takes the shapes it is given
+    # ---- loading: the incoming layout is validated before it is copied in; packed sizes depend on the weight, so
+    # a placeholder takes the shapes it is given
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self._validate_incoming(state_dict, prefix)
         for name in self.resizable_buffers:
             incoming, current = state_dict.get(prefix + name), getattr(self, name)
             if isinstance(incoming, Tensor) and incoming.shape != current.shape:
                 self.register_buffer(name, torch.empty(incoming.shape, dtype=current.dtype, device=current.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _validate_incoming(self, state_dict: Mapping[str, Tensor], prefix: str) -> None:
+        names = list(self.weight_format.tensors())
+        incoming = {name: state_dict[prefix + name] for name in names
+                    if isinstance(state_dict.get(prefix + name), Tensor)}
+        fixed_size_differs = any(incoming[name].shape != getattr(self, name).shape
+                                 for name in incoming if name not in self.resizable_buffers)
+        if not incoming or fixed_size_differs:  # nothing to check, or torch's own size-mismatch error follows
+            return
+        device = next(iter(incoming.values())).device  # a partial state dict is checked with the layer's other tensors
+        tensors = {name: incoming[name] if name in incoming else getattr(self, name).to(device) for name in names}
+        try:
+            self._format_from(tensors).validate()
+        except ValueError as e:
+            raise ValueError(f"{prefix.rstrip('.') or type(self).__name__}: the state dict's packed weight is not "
+                             f"valid: {e}") from None

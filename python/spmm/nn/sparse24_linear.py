@@ -32,9 +32,8 @@ class Sparse24Linear(SparseLinear):
         super().__init__(in_features, out_features, bias, device, dtype)
         self._set_format(Sparse24Weight.empty((out_features, in_features), dtype=dtype, device=device))
 
-    @property
-    def weight_format(self) -> Sparse24Weight:
-        return Sparse24Weight(self.values, self.meta, (self.out_features, self.in_features))
+    def _format_from(self, tensors) -> Sparse24Weight:
+        return Sparse24Weight(tensors["values"], tensors["meta"], (self.out_features, self.in_features))
 
     def use_prefill_kernel(self, enabled: bool) -> "Sparse24Linear":
         """Keep (True) or drop (False) the prefill GEMM's layout of the weight; returns self."""

@@ -7,7 +7,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from .. import ops
-from ..formats import SpenseWeight
+from ..formats import Sparse24Weight, SpenseWeight
 from ..pruning import select_dense_rows
 from .base import SparseLinear
 
@@ -43,11 +43,9 @@ class SpenseLinear(SparseLinear):
             dense_rows = select_dense_rows(weight, dense_fraction, mask)
         return cls.from_format(SpenseWeight.from_dense(weight, dense_rows, mask), linear.bias)
 
-    @property
-    def weight_format(self) -> SpenseWeight:
-        return SpenseWeight.from_tensors(
-            {"dense_weight": self.dense_weight, "values": self.values, "meta": self.meta, "row_index": self.row_index}
-        )
+    def _format_from(self, tensors) -> SpenseWeight:
+        sparse = Sparse24Weight(tensors["values"], tensors["meta"], (tensors["values"].shape[0], self.in_features))
+        return SpenseWeight(tensors["dense_weight"], sparse, tensors["row_index"])
 
     def _refresh_kernel_layout(self) -> None:
         for name, layout in ops.sparse24_kernel_layouts(self.values, self.meta).items():

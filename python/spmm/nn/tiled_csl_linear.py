@@ -31,10 +31,9 @@ class TiledCSLLinear(SparseLinear):
     def kwargs_of(fmt: TiledCSLWeight):
         return {"tile_m": fmt.tile_m, "tile_k": fmt.tile_k}
 
-    @property
-    def weight_format(self) -> TiledCSLWeight:
-        return TiledCSLWeight(self.values, self.locations, self.tile_offsets, (self.out_features, self.in_features),
-                              self.tile_m, self.tile_k)
+    def _format_from(self, tensors) -> TiledCSLWeight:
+        return TiledCSLWeight(tensors["values"], tensors["locations"], tensors["tile_offsets"],
+                              (self.out_features, self.in_features), self.tile_m, self.tile_k)
 
     def _refresh_kernel_layout(self) -> None:
         layout = (None, None)

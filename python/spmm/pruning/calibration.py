@@ -44,6 +44,9 @@ class InputStats:
     def _check_seen(self) -> None:
         if self.count == 0:
             raise ValueError("stats: no inputs were seen (the layer was never called on the calibration data)")
+        if not bool(torch.isfinite(self.sq_norms).all()):
+            raise ValueError("stats: the calibration inputs of this layer hold NaN or Inf (or values too large "
+                             "to square in float32); check the calibration data and the layers before this one")
 
     def col_norms(self) -> Tensor:
         """||X_j||_2 per input column [K]."""
