@@ -26,10 +26,25 @@ def _module_entry(layer: SparseLinear) -> Dict:
             "bias": layer.bias is not None, **layer.format_kwargs()}
 
 
+def module_entries(model: nn.Module) -> Dict[str, Dict]:
+    """The metadata entry (class, features, bias, format arguments) of each sparse module of `model`, by name; a
+    shared layer is listed under every name it has."""
+    named = model.named_modules(remove_duplicate=False)
+    return {name: _module_entry(m) for name, m in named if isinstance(m, SparseLinear)}
+
+
+def empty_layer(entry: Dict, device=None, dtype=None) -> SparseLinear:
+    """An empty sparse layer shaped as a module entry says; its tensors come from load_state_dict."""
+    entry = dict(entry)
+    cls = _LAYERS.get(entry.pop("class", None))
+    if cls is None:
+        raise ValueError(f"module entry {entry!r} names no known sparse layer class ({sorted(_LAYERS)})")
+    return cls(**entry, device=device, dtype=dtype)
+
+
 def save_sparsified(model: nn.Module, path: PathLike) -> None:
     """Write model.state_dict() to `path` (safetensors) with the sparse modules listed in its metadata."""
-    named = model.named_modules(remove_duplicate=False)  # a shared layer is listed under every name it has
-    modules = {name: _module_entry(m) for name, m in named if isinstance(m, SparseLinear)}
+    modules = module_entries(model)
     tensors, seen = {}, set()
     for key, t in model.state_dict().items():
         t = t.detach().contiguous()
@@ -59,9 +74,7 @@ def load_sparsified(model: nn.Module, path: PathLike) -> nn.Module:
     info = read_metadata(path)
     swapped = {}  # id(dense) -> sparse layer: a module shared by several names stays shared
     for name, entry in info["modules"].items():
-        entry = dict(entry)
-        cls = _LAYERS.get(entry.pop("class"))
-        if cls is None:
+        if entry.get("class") not in _LAYERS:
             raise ValueError(f"path: module {name!r} has an unknown class")
         try:
             dense = model.get_submodule(name)
@@ -69,7 +82,7 @@ def load_sparsified(model: nn.Module, path: PathLike) -> nn.Module:
             raise ValueError(f"model has no module {name!r}, which {os.fspath(path)!r} lists") from None
         if id(dense) not in swapped:
             like = next(dense.parameters(), None)  # the replaced layer decides device and dtype
-            swapped[id(dense)] = cls(**entry, device=getattr(like, "device", None), dtype=getattr(like, "dtype", None))
+            swapped[id(dense)] = empty_layer(entry, getattr(like, "device", None), getattr(like, "dtype", None))
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, swapped[id(dense)])
     model.load_state_dict(load_file(os.fspath(path)), strict=True)
