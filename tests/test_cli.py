@@ -56,7 +56,6 @@ def test_prune_then_info_then_load(model_dir, text_file, tmp_path):
     assert info.stdout == done.stdout  # the same table, read back from the file headers
 
     # the same pruning in Python, on the same calibration tokens, gives the same model
-    dense = spmm.from_pretrained  # noqa: F841  (the loader below is the one under test)
     tokenizer = pytest.importorskip("transformers").AutoTokenizer.from_pretrained(model_dir)
     data = cli.calibration_batches(tokenizer, text_file, 96, 32)
     assert [b["input_ids"].shape for b in data] == [torch.Size([1, 32])] * 3
@@ -109,6 +108,8 @@ def test_unknown_format_and_bad_numbers(model_dir, tmp_path, capsys):
     expect_error(capsys, ["prune", model_dir, out, "--format", "2:4", "--tokens", "0"], "must be a positive integer")
     expect_error(capsys, ["prune", model_dir, out, "--format", "2:4", "--pruner", "wanda"],
                  "--pruner wanda needs calibration data: pass --calibration TEXT_FILE")
+    expect_error(capsys, ["prune", model_dir, out, "--format", "2:4", "--tokens", "64"],
+                 "--tokens and --seqlen choose calibration data: pass --calibration TEXT_FILE")
     expect_error(capsys, ["prune", model_dir, model_dir, "--format", "2:4"], "OUT_DIR must differ from MODEL_DIR")
     assert not out.exists()
 

@@ -102,6 +102,21 @@ def test_sharded_save_has_an_index_and_loads(tmp_path):
     assert torch.equal(greedy(spmm.from_pretrained(tmp_path)), greedy(m))
 
 
+def test_loads_with_a_safetensors_that_only_memory_maps(tmp_path, monkeypatch):
+    import spmm.pretrained as pretrained
+
+    def safe_open_without_backends(path, framework, device="cpu", **kwargs):
+        if kwargs:
+            raise TypeError(f"unexpected keyword arguments {sorted(kwargs)}")
+        return safe_open(path, framework, device)
+
+    safe_open = pretrained.safe_open
+    m = sparse_model("qwen2")
+    spmm.save_pretrained(m, tmp_path)
+    monkeypatch.setattr(pretrained, "safe_open", safe_open_without_backends)
+    assert torch.equal(greedy(spmm.from_pretrained(tmp_path)), greedy(m))
+
+
 def test_save_and_load_errors(tmp_path):
     with pytest.raises(TypeError, match="needs a transformers model .*spmm.save_sparsified"):
         spmm.save_pretrained(torch.nn.Linear(4, 4), tmp_path)
@@ -112,6 +127,11 @@ def test_save_and_load_errors(tmp_path):
     model("llama").save_pretrained(tmp_path / "dense")  # transformers' own save: a dense model
     with pytest.raises(ValueError, match="holds no spmm-sparsified model"):
         spmm.from_pretrained(tmp_path / "dense")
+    spmm.save_pretrained(sparse_model("llama"), tmp_path / "sparse")
+    config = json.loads((tmp_path / "sparse" / "config.json").read_text())
+    (tmp_path / "sparse" / "config.json").write_text(json.dumps({**config, "vocab_size": 100}))
+    with pytest.raises(ValueError, match="(?s)do not fit the model its config builds: .*size mismatch for model.embed_tokens.weight"):
+        spmm.from_pretrained(tmp_path / "sparse")
 
 
 # ---- summary

@@ -37,6 +37,7 @@ from .sparse_api import Sparse24Config, SpenseConfig, TiledCSLConfig, sparsify
 FORMATS = "2:4, unstructured:SPARSITY (e.g. unstructured:0.8) or spense:DENSE_FRACTION (e.g. spense:0.25)"
 
 
+TOKENS = 2048  # default --tokens
 SKIPPED = "spmm.sparsify: skipping "  # how sparsify's warning about a layer the format cannot take begins
 
 
@@ -92,8 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--pruner", default="magnitude", choices=pruning.available_pruners(),
                        help="how weights are chosen (default: magnitude)")
     prune.add_argument("--calibration", metavar="TEXT_FILE", help="text to calibrate on (needed by wanda, sparsegpt)")
-    prune.add_argument("--tokens", type=_positive, default=2048, metavar="N",
-                       help="calibration tokens to use (default 2048)")
+    prune.add_argument("--tokens", type=_positive, metavar="N", help=f"calibration tokens to use (default {TOKENS})")
     prune.add_argument("--seqlen", type=_positive, metavar="L",
                        help="tokens per calibration sequence (default: min(512, the model's context))")
     prune.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
@@ -125,7 +125,12 @@ def _load_tokenizer(model_dir: Path):
         return _transformers().AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     except Exception as why:  # transformers raises OSError, ValueError, TypeError... for a missing tokenizer
         raise InputError(f"MODEL_DIR: {os.fspath(model_dir)!r} has no usable tokenizer to read the calibration "
-                         f"text with ({type(why).__name__}: {str(why).splitlines()[0] if str(why) else ''})") from None
+                         f"text with ({_first_line(why)})") from None
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def calibration_batches(tokenizer, path: Path, tokens: int, seqlen: int) -> List[dict]:
@@ -150,6 +155,9 @@ def prune_command(args: argparse.Namespace) -> int:
     config = args.format.make(args.pruner)
     if args.calibration is None and pruning.pruner_needs(args.pruner) is not None:
         raise InputError(f"--pruner {args.pruner} needs calibration data: pass --calibration TEXT_FILE")
+    if args.calibration is None and (args.tokens or args.seqlen):
+        raise InputError("--tokens and --seqlen choose calibration data: pass --calibration TEXT_FILE")
+    tokens = args.tokens or TOKENS
     _check_model_dir(model_dir)
     if out_dir.resolve() == model_dir.resolve():
         raise InputError("OUT_DIR must differ from MODEL_DIR (the dense model would be overwritten)")
@@ -158,7 +166,8 @@ def prune_command(args: argparse.Namespace) -> int:
     try:
         model_config = transformers.AutoConfig.from_pretrained(model_dir, local_files_only=True)
     except Exception as why:
-        raise InputError(f"MODEL_DIR: {os.fspath(model_dir)!r}: transformers cannot read its config ({why})") from None
+        raise InputError(f"MODEL_DIR: {os.fspath(model_dir)!r}: transformers cannot read its config "
+                         f"({_first_line(why)})") from None
 
     tokenizer, calibration = None, None
     if args.calibration is not None:
@@ -167,16 +176,16 @@ def prune_command(args: argparse.Namespace) -> int:
             raise InputError(f"--calibration: {os.fspath(text)!r} is not a file")
         tokenizer = _load_tokenizer(model_dir)
         context = getattr(model_config, "max_position_embeddings", None) or 512
-        seqlen = args.seqlen or min(512, context, args.tokens)
+        seqlen = args.seqlen or min(512, context, tokens)
         if seqlen > context:
             raise InputError(f"--seqlen {seqlen} exceeds the model's context of {context} tokens")
-        calibration = calibration_batches(tokenizer, text, args.tokens, seqlen)
+        calibration = calibration_batches(tokenizer, text, tokens, seqlen)
 
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", local_files_only=True)
     except Exception as why:
         raise InputError(f"MODEL_DIR: {os.fspath(model_dir)!r}: transformers cannot load it as a causal LM "
-                         f"({type(why).__name__}: {str(why).splitlines()[0] if str(why) else ''})") from None
+                         f"({_first_line(why)})") from None
     head = model.get_output_embeddings()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -233,13 +233,15 @@ def from_pretrained(directory: PathLike, device=None) -> nn.Module:
 
     state: Dict[str, Tensor] = {}
     for path in files:
-        with safe_open(path, framework="pt", backend="pread") as f:
-            for key in f.offset_keys():
-                state[key] = f.get_tensor(key) if device is None else f.get_tensor(key).to(device)
+        state.update(_read_tensors(path, device))
     aliases = info.get("aliases", {})
     for alias, key in aliases.items():
         state[alias] = state[key]
-    model.load_state_dict(state, strict=True, assign=True)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as why:  # keys or shapes that do not fit the model the config builds
+        raise ValueError(f"directory: the weights in {os.fspath(directory)!r} do not fit the model its config "
+                         f"builds: {str(why).strip()[:500]}") from None
     for alias, key in aliases.items():  # assign gave each key a Parameter of its own: share the very object again
         owner_name, _, attr = key.rpartition(".")
         owner = model.get_submodule(owner_name)
@@ -247,13 +249,31 @@ def from_pretrained(directory: PathLike, device=None) -> nn.Module:
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise ValueError(f"directory: {os.fspath(directory)!r} does not hold {left[:5]} ({len(left)} tensors)")
-    if device is not None:
-        model.to(device)  # the buffers computed at construction
+    if device is not None:  # the buffers computed at construction (not model.to: the rest is there already)
+        for module in model.modules():
+            for name in module._non_persistent_buffers_set:
+                if module._buffers.get(name) is not None:
+                    module._buffers[name] = module._buffers[name].to(device)
     for name, error in info.get("output_errors", {}).items():
         model.get_submodule(name).output_error = error
     if (directory / "generation_config.json").is_file():
         model.generation_config = transformers.GenerationConfig.from_pretrained(directory, local_files_only=True)
     return model.eval()
+
+
+def _read_tensors(path: Path, device=None) -> Dict[str, Tensor]:
+    """Every tensor of one file, each read into memory of its own: with pread(2) (safetensors >= 0.8); older
+    safetensors memory-map the file, and each tensor is copied out of the map."""
+    try:
+        opened, copy_out = safe_open(path, framework="pt", backend="pread"), False
+    except TypeError:  # no backend argument
+        opened, copy_out = safe_open(path, framework="pt"), True
+    tensors = {}
+    with opened as f:
+        for key in getattr(f, "offset_keys", f.keys)():  # in file order, where offered
+            t = f.get_tensor(key)
+            tensors[key] = t.to(device) if device is not None else t.clone() if copy_out else t
+    return tensors
 
 
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}

@@ -274,7 +274,10 @@ def _is_block_chain(model: nn.Module, blocks: nn.ModuleList, calls: List[Tuple[i
         return False
     if not all(args[0] is _hidden(out) for (_, _, _, out), (_, args, _, _) in zip(calls, calls[1:])):
         return False
-    _, rests = _block_inputs(model, blocks, [c[3] for c in calls], [batch])[0]
+    try:
+        _, rests = _block_inputs(model, blocks, [c[3] for c in calls], [batch])[0]
+    except Exception:  # the model's code between blocks needs what the blocks compute: not a plain chain
+        return False
     return _same(rests, [_without_caches((args[1:], kwargs)) for _, args, kwargs, _ in calls])
 
 
