@@ -425,18 +425,24 @@ def _sparse_weights(model):
     return {n: m.to_dense_weight() for n, m in model.named_modules() if hasattr(m, "to_dense_weight")}
 
 
+def _both_ways(base, data, config=None):
+    """Copies of `base` calibrated block by block (where it can be) and by whole-model passes: the same layers."""
+    blockwise, whole = copy.deepcopy(base), copy.deepcopy(base)
+    _calibrate(blockwise, data, True, config)
+    _calibrate(whole, data, False, config)
+    a, b = _sparse_weights(blockwise), _sparse_weights(whole)
+    assert len(a) > 0 and a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    return blockwise, whole
+
+
 @pytest.mark.parametrize("config", [spmm.Sparse24Config(pruner="sparsegpt"), spmm.TiledCSLConfig(0.6, "wanda")],
                          ids=["sparsegpt-2:4", "wanda-60%"])
 def test_blockwise_calibration_equals_whole_model_passes_and_costs_less(config):
     torch.manual_seed(0)
     base = Stack()
     data = [(torch.randn(2, 5, 16, generator=gen(i)), 0.5) for i in range(3)]
-    blockwise, whole = copy.deepcopy(base), copy.deepcopy(base)
-    _calibrate(blockwise, data, True, config)
-    _calibrate(whole, data, False, config)
-    a, b = _sparse_weights(blockwise), _sparse_weights(whole)
-    assert len(a) == 3 * 6 + 2 and a.keys() == b.keys()  # every block's 6 linears, embed and head
-    assert all(torch.equal(a[n], b[n]) for n in a)
+    blockwise, whole = _both_ways(base, data, config)
+    assert len(_sparse_weights(blockwise)) == 3 * 6 + 2  # every block's 6 linears, embed and head
     # block 0 runs for: the model's group trace (which also checks the chain), the block's own group trace, its 4
     # groups x 3 batches, its outputs, the head's pass over the 3 batches and the pass measuring the head's output
     # error; the whole-model passes run it for every group of every block (12 groups, 3 batches each) and more
@@ -450,11 +456,7 @@ def test_blockwise_calibration_with_other_arguments_per_block():
     torch.manual_seed(4)
     base = Stack(own_masks=True)
     data = [(torch.randn(2, 5, 16, generator=gen(i)), 0.5) for i in range(2)]
-    blockwise, whole = copy.deepcopy(base), copy.deepcopy(base)
-    _calibrate(blockwise, data, True)
-    _calibrate(whole, data, False)
-    a, b = _sparse_weights(blockwise), _sparse_weights(whole)
-    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    blockwise, _ = _both_ways(base, data)
     assert blockwise.layers[1].calls == 1 + 1 + 4 * 2 + 2 + 2 + 2  # block by block (see the test above)
 
 
@@ -462,11 +464,7 @@ def test_blockwise_falls_back_when_blocks_do_not_chain():
     torch.manual_seed(1)
     base = Stack(chain=False)
     data = [(torch.randn(2, 5, 16, generator=gen(i)), 0.5) for i in range(2)]
-    fallback, whole = copy.deepcopy(base), copy.deepcopy(base)
-    _calibrate(fallback, data, True)
-    _calibrate(whole, data, False)
-    a, b = _sparse_weights(fallback), _sparse_weights(whole)
-    assert all(torch.equal(a[n], b[n]) for n in a)
+    _both_ways(base, data)
     with pytest.raises(ValueError, match="calibration_device: the model is not a chain of repeated blocks"):
         _calibrate(copy.deepcopy(base), data, True, calibration_device="cpu")
 
