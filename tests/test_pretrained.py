@@ -130,7 +130,8 @@ def test_save_and_load_errors(tmp_path):
     spmm.save_pretrained(sparse_model("llama"), tmp_path / "sparse")
     config = json.loads((tmp_path / "sparse" / "config.json").read_text())
     (tmp_path / "sparse" / "config.json").write_text(json.dumps({**config, "vocab_size": 100}))
-    with pytest.raises(ValueError, match="(?s)do not fit the model its config builds: .*size mismatch for model.embed_tokens.weight"):
+    with pytest.raises(ValueError, match="(?s)do not fit the model its config builds: .*size mismatch for "
+                                         "model.embed_tokens.weight"):
         spmm.from_pretrained(tmp_path / "sparse")
 
 

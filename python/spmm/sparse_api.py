@@ -151,10 +151,10 @@ def sparsify(model: nn.Module, config, filter_fn: Optional[Callable[[str, nn.Mod
     sparsegpt). The targets are then pruned sequentially in forward order, each on the inputs it sees with the
     earlier targets already pruned, with the model in eval mode (restored afterwards). With any pruner, each
     swapped layer's relative output error on those inputs, ||y - y_dense|| / ||y_dense||, is measured and kept as
-    `layer.output_error` (spmm.summary shows it; magnitude pruning itself does not read the data). Only input statistics are
-    kept (K floats per layer for Wanda, a K x K matrix for SparseGPT), never activations. Every token row counts,
-    so batch without padding (e.g. equal lengths per batch). Deterministic for given inputs: nothing random is
-    drawn. Device-agnostic: statistics and pruning math run on the device of each layer's inputs.
+    `layer.output_error` (spmm.summary shows it; magnitude pruning itself does not read the data). Only input
+    statistics are kept (K floats per layer for Wanda, a K x K matrix for SparseGPT), never activations. Every
+    token row counts, so batch without padding (e.g. equal lengths per batch). Deterministic for given inputs:
+    nothing random is drawn. Device-agnostic: statistics and pruning math run on the device of each layer's inputs.
 
     A model made of a chain of repeated blocks (an nn.ModuleList of transformer layers, each fed the previous one's
     output) is calibrated block by block: each block runs only on its own captured inputs, so the cost grows
