@@ -5,6 +5,7 @@ packed layers exact, determinism, bad input named."""
 from __future__ import annotations
 
 import copy
+import warnings
 from collections import UserDict
 
 import pytest
@@ -310,7 +311,8 @@ def test_linears_reading_one_input_are_calibrated_together():
     data = [(torch.randn(2, 5, 16, generator=gen(i)), 0.5) for i in range(3)]  # tuples: model(*batch)
     with pytest.warns(UserWarning, match="skipping 'unused'.*never called on the calibration data"):
         spmm.sparsify(model, spmm.Sparse24Config(pruner="wanda"), calibration=data)
-    assert model.calls == 1 + 2 * 3  # one tracing pass, then one pass over the data per group
+    # one tracing pass, one pass over the data per group, and one more measuring the last group's output error
+    assert model.calls == 1 + 2 * 3 + 3
     assert all(isinstance(getattr(model, n), Sparse24Linear) for n in ("q", "k", "v", "out"))
     assert type(model.unused) is nn.Linear
 
@@ -345,13 +347,32 @@ def test_sparsify_calibration_errors_and_warnings():
     with pytest.raises(ValueError, match="calibration must hold at least one model input"):
         spmm.sparsify(mlp(), spmm.Sparse24Config(pruner="sparsegpt"), calibration=[])
     model = mlp()
-    with pytest.warns(UserWarning, match="calibration is ignored"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # magnitude pruning with data is not a mistake: the data measures the error
         spmm.sparsify(model, spmm.Sparse24Config(), calibration=batches())
     assert isinstance(model[0], Sparse24Linear)
     model = mlp()
     with pytest.raises(RuntimeError):  # a failing forward leaves the original layers in place
         spmm.sparsify(model, spmm.Sparse24Config(pruner="wanda"), calibration=[torch.randn(3, 7)])
     assert all(type(model[i]) is nn.Linear for i in (0, 2, 4))
+
+
+@pytest.mark.parametrize("config", [spmm.Sparse24Config(), spmm.TiledCSLConfig(0.7, "sparsegpt"),
+                                    spmm.SpenseConfig(0.25, "wanda")], ids=repr)
+def test_calibration_records_each_layers_output_error(config):
+    model, dense, data = mlp(), mlp().requires_grad_(False), batches()
+    spmm.sparsify(model, config, calibration=data)
+    if config.pruner == "magnitude":  # the data only measures: the same layers as without it, no error recorded
+        plain = spmm.sparsify(mlp(), config)
+        assert all(torch.equal(model[i].to_dense_weight(), plain[i].to_dense_weight()) for i in (0, 2, 4))
+        assert all(plain[i].output_error is None for i in (0, 2, 4))
+    x = torch.cat(data)  # by hand: each layer's inputs come through the pruned layers before it
+    for i, layer in enumerate(model.requires_grad_(False)):
+        if i in (0, 2, 4):
+            y, y0 = layer(x).double(), dense[i](x).double()
+            assert layer.output_error == pytest.approx(float((y - y0).norm() / y0.norm()), rel=1e-5)
+            assert 0.01 < layer.output_error < 1
+        x = layer(x)
 
 
 # ---- block by block
@@ -373,17 +394,18 @@ class Block(nn.Module):
 
 
 class Stack(nn.Module):
-    def __init__(self, depth=3, d=16, chain=True):
+    def __init__(self, depth=3, d=16, chain=True, own_masks=False):
         super().__init__()
         self.embed, self.head = nn.Linear(d, d), nn.Linear(d, 4)
         self.layers = nn.ModuleList(Block(d) for _ in range(depth))
-        self.chain = chain
+        self.chain, self.own_masks = chain, own_masks
 
     def forward(self, x, scale):
         h, mask = self.embed(x), torch.ones(x.shape[-1])
         for i, layer in enumerate(self.layers):
-            # chain=False: each block gets its own mask tensor, so captured inputs cannot be reused across blocks
-            h = layer(h, scale, mask=mask if self.chain else mask.clone())[0]
+            # own_masks: each block gets a mask of its own (as models with sliding-window layers do)
+            out = layer(h, scale, mask=mask * (i + 1) if self.own_masks else mask)[0]
+            h = out if self.chain else h + out  # chain=False: a block's input is not the previous block's output
         return self.head(h)
 
 
@@ -403,36 +425,46 @@ def _sparse_weights(model):
     return {n: m.to_dense_weight() for n, m in model.named_modules() if hasattr(m, "to_dense_weight")}
 
 
+def _both_ways(base, data, config=None):
+    """Copies of `base` calibrated block by block (where it can be) and by whole-model passes: the same layers."""
+    blockwise, whole = copy.deepcopy(base), copy.deepcopy(base)
+    _calibrate(blockwise, data, True, config)
+    _calibrate(whole, data, False, config)
+    a, b = _sparse_weights(blockwise), _sparse_weights(whole)
+    assert len(a) > 0 and a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    return blockwise, whole
+
+
 @pytest.mark.parametrize("config", [spmm.Sparse24Config(pruner="sparsegpt"), spmm.TiledCSLConfig(0.6, "wanda")],
                          ids=["sparsegpt-2:4", "wanda-60%"])
 def test_blockwise_calibration_equals_whole_model_passes_and_costs_less(config):
     torch.manual_seed(0)
     base = Stack()
     data = [(torch.randn(2, 5, 16, generator=gen(i)), 0.5) for i in range(3)]
-    blockwise, whole = copy.deepcopy(base), copy.deepcopy(base)
-    _calibrate(blockwise, data, True, config)
-    _calibrate(whole, data, False, config)
-    a, b = _sparse_weights(blockwise), _sparse_weights(whole)
-    assert len(a) == 3 * 6 + 2 and a.keys() == b.keys()  # every block's 6 linears, embed and head
-    assert all(torch.equal(a[n], b[n]) for n in a)
+    blockwise, whole = _both_ways(base, data, config)
+    assert len(_sparse_weights(blockwise)) == 3 * 6 + 2  # every block's 6 linears, embed and head
     # block 0 runs for: the model's group trace (which also checks the chain), the block's own group trace, its 4
-    # groups x 3 batches, its outputs, and the head's pass over the 3 batches; the whole-model passes run it for
-    # every group of every block (12 groups, 3 batches each) and more
-    assert blockwise.layers[0].calls == 1 + 1 + 4 * 3 + 3 + 3
+    # groups x 3 batches, its outputs, the head's pass over the 3 batches and the pass measuring the head's output
+    # error; the whole-model passes run it for every group of every block (12 groups, 3 batches each) and more
+    assert blockwise.layers[0].calls == 1 + 1 + 4 * 3 + 3 + 3 + 3
     assert whole.layers[0].calls > 12 * 3
     x = torch.randn(2, 5, 16)
     torch.testing.assert_close(blockwise(x, 0.5), whole(x, 0.5), rtol=0, atol=0)
+
+
+def test_blockwise_calibration_with_other_arguments_per_block():
+    torch.manual_seed(4)
+    base = Stack(own_masks=True)
+    data = [(torch.randn(2, 5, 16, generator=gen(i)), 0.5) for i in range(2)]
+    blockwise, _ = _both_ways(base, data)
+    assert blockwise.layers[1].calls == 1 + 1 + 4 * 2 + 2 + 2 + 2  # block by block (see the test above)
 
 
 def test_blockwise_falls_back_when_blocks_do_not_chain():
     torch.manual_seed(1)
     base = Stack(chain=False)
     data = [(torch.randn(2, 5, 16, generator=gen(i)), 0.5) for i in range(2)]
-    fallback, whole = copy.deepcopy(base), copy.deepcopy(base)
-    _calibrate(fallback, data, True)
-    _calibrate(whole, data, False)
-    a, b = _sparse_weights(fallback), _sparse_weights(whole)
-    assert all(torch.equal(a[n], b[n]) for n in a)
+    _both_ways(base, data)
     with pytest.raises(ValueError, match="calibration_device: the model is not a chain of repeated blocks"):
         _calibrate(copy.deepcopy(base), data, True, calibration_device="cpu")
 

@@ -2,6 +2,8 @@
 
 from . import formats, nn, ops, pruning
 from . import autograd  # noqa: F401  (registers the backward formulas of the matmul ops)
+from .layer_summary import summary
+from .pretrained import from_pretrained, save_pretrained
 from .serialization import load_sparsified, save_sparsified
 from .sparse_api import Sparse24Config, SpenseConfig, TiledCSLConfig, register_handler, sparsify
 
@@ -9,5 +11,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ops", "formats", "nn", "pruning", "sparsify", "register_handler",
-    "Sparse24Config", "TiledCSLConfig", "SpenseConfig", "save_sparsified", "load_sparsified", "__version__",
+    "Sparse24Config", "TiledCSLConfig", "SpenseConfig", "save_sparsified", "load_sparsified", "save_pretrained",
+    "from_pretrained", "summary", "__version__",
 ]

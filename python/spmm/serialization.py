@@ -77,11 +77,26 @@ def _module_entry(layer: SparseLinear) -> Dict:
             "bias": layer.bias is not None, **layer.format_kwargs()}
 
 
+def module_entries(model: nn.Module) -> Dict[str, Dict]:
+    """The metadata entry (class, features, bias, format arguments) of each sparse module of `model`, by name; a
+    shared layer is listed under every name it has."""
+    named = model.named_modules(remove_duplicate=False)
+    return {name: _module_entry(m) for name, m in named if isinstance(m, SparseLinear)}
+
+
+def empty_layer(entry: Dict, device=None, dtype=None) -> SparseLinear:
+    """An empty sparse layer shaped as a module entry says; its tensors come from load_state_dict."""
+    entry = dict(entry)
+    cls = _LAYERS.get(entry.pop("class", None))
+    if cls is None:
+        raise ValueError(f"module entry {entry!r} names no known sparse layer class ({sorted(_LAYERS)})")
+    return cls(**entry, device=device, dtype=dtype)
+
+
 def save_sparsified(model: nn.Module, path: PathLike) -> None:
     """Write model.state_dict() to `path` (safetensors) with the sparse modules listed in its metadata and a
     checksum of every tensor and of that list."""
-    named = model.named_modules(remove_duplicate=False)  # a shared layer is listed under every name it has
-    modules = {name: _module_entry(m) for name, m in named if isinstance(m, SparseLinear)}
+    modules = module_entries(model)
     tensors, seen = {}, set()
     for key, t in model.state_dict().items():
         t = t.detach().contiguous()

@@ -173,10 +173,12 @@ def sparsify(model: nn.Module, config, filter_fn: Optional[Callable[[str, nn.Mod
     calibration: an iterable of model inputs (a tuple or list is passed as model(*batch), a mapping such as a
     tokenizer's output as model(**batch), anything else as model(batch)), needed by the calibrated pruners (wanda,
     sparsegpt). The targets are then pruned sequentially in forward order, each on the inputs it sees with the
-    earlier targets already pruned, with the model in eval mode (restored afterwards). Only input statistics are
-    kept (K floats per layer for Wanda, a K x K matrix for SparseGPT), never activations. Every token row counts,
-    so batch without padding (e.g. equal lengths per batch). Deterministic for given inputs: nothing random is
-    drawn. Device-agnostic: statistics and pruning math run on the device of each layer's inputs.
+    earlier targets already pruned, with the model in eval mode (restored afterwards). With any pruner, each
+    swapped layer's relative output error on those inputs, ||y - y_dense|| / ||y_dense||, is measured and kept as
+    `layer.output_error` (spmm.summary shows it; magnitude pruning itself does not read the data). Only input
+    statistics are kept (K floats per layer for Wanda, a K x K matrix for SparseGPT), never activations. Every
+    token row counts, so batch without padding (e.g. equal lengths per batch). Deterministic for given inputs:
+    nothing random is drawn. Device-agnostic: statistics and pruning math run on the device of each layer's inputs.
 
     A model made of a chain of repeated blocks (an nn.ModuleList of transformer layers, each fed the previous one's
     output) is calibrated block by block: each block runs only on its own captured inputs, so the cost grows
@@ -192,10 +194,6 @@ def sparsify(model: nn.Module, config, filter_fn: Optional[Callable[[str, nn.Mod
         raise ValueError(f"calibration: {type(config).__name__}(pruner={pruner!r}) needs calibration data; pass "
                          f"calibration=<iterable of model inputs> to spmm.sparsify")
     needs = _stats_needed(config)
-    if calibration is not None and needs is None:
-        warnings.warn(f"spmm.sparsify: calibration is ignored: {type(config).__name__}(pruner={pruner!r}) does not "
-                      f"use it", stacklevel=3)
-        calibration = None
 
     modules = dict(model.named_modules(remove_duplicate=False))
     targets = [
@@ -254,10 +252,11 @@ class _Replacer:
         home = {name: mod.weight.device for name, mod in unique.items()}  # where each sparse layer must end up
         was_training = {mod: mod.training for mod in model.modules()}
         model.eval()  # no dropout: calibration statistics are deterministic
+        errors: Dict[str, float] = {}
         try:
             for group in sequential_stats(model, unique, calibration, gram,
                                           progress=lambda g: _progress(g, "spmm.sparsify (calibrating)"),
-                                          device=device):
+                                          device=device, errors=errors):
                 for name, stats in group.items():
                     made = self.make(name, stats)
                     if made is not None:  # later groups must see this layer pruned: run its dense equivalent
@@ -275,6 +274,8 @@ class _Replacer:
         for name, dense in unique.items():
             if id(dense) not in self.made:
                 self._skip(name, "it was never called on the calibration data")
+            elif self.made[id(dense)] is not None and name in errors:
+                self.made[id(dense)].output_error = errors[name]
 
     def swap_all(self, targets: List[str]) -> nn.Module:
         for name in targets:

@@ -23,6 +23,9 @@ class SparseLinear(nn.Module):
 
     format_cls: Any = None
     resizable_buffers: tuple = ()  # buffers whose length follows the loaded state dict (nnz, dense/sparse split)
+    # Relative output error ||y - y_dense|| / ||y_dense|| on the calibration data, set by spmm.sparsify when it ran
+    # with calibration (None otherwise); spmm.summary shows it and spmm.save_pretrained keeps it.
+    output_error: Optional[float] = None
 
     def __init__(self, in_features: int, out_features: int, bias: bool, device=None, dtype=None):
         super().__init__()

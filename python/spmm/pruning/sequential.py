@@ -7,11 +7,20 @@ stops (by an exception from a hook) once the group's last call has been seen, so
 A batch is a model input: a tuple or list is passed as model(*batch), a mapping as model(**batch), anything else
 as model(batch).
 
-Block by block: when the model is a chain of repeated blocks (an nn.ModuleList whose blocks each hold targets,
-each block fed the previous one's output and the same other arguments -- every transformer stack), the inputs of
-the first block are captured once, and each block is then calibrated on its own inputs alone and run once to make
-the next block's: linear in depth instead of quadratic, and with `device` set, only the block being calibrated
-(and the activations) sit on that device. The statistics are the same as the whole-model passes would give.
+Block by block: when the model is a chain of repeated blocks (an nn.ModuleList whose blocks each hold targets, each
+block called once per forward, in order, on the previous one's hidden output -- every transformer stack), each
+block is calibrated on its own inputs alone and run once to make the next block's: linear in depth instead of
+quadratic, and with `device` set, only the block being calibrated (and the activations) sit on that device. The
+other arguments of every block (attention masks, position embeddings, keyword arguments; they may differ from block
+to block, as with alternating sliding-window layers) are captured in one pass per batch in which the blocks are
+bypassed; key/value cache objects (Hugging Face `Cache`s: anything with `update` and `get_seq_length`) are dropped
+and `use_cache` set to False, since a block run again on the same inputs must not append to a cache. The
+statistics are the same as the whole-model passes would give; a model whose bypassed pass hands the blocks other
+arguments than its real forward does is calibrated by whole-model passes instead.
+
+Output error: with `errors` given, each pruned layer's relative output error on its calibration inputs,
+||y - y0|| / ||y0|| over every call (y from the layer as pruned, y0 from the original), is measured in the next pass
+that runs all the data through it (a last pass over the model for the layers no later pass reaches).
 """
 
 from __future__ import annotations
@@ -96,12 +105,14 @@ def collect_stats(model: nn.Module, group: Dict[str, nn.Module], batches: Sequen
 
 
 def sequential_stats(model: nn.Module, linears: Dict[str, nn.Module], batches: Iterable, gram: bool,
-                     progress: Callable[[Iterable], Iterable] = iter,
-                     device: Optional[torch.device] = None) -> Iterator[Dict[str, InputStats]]:
+                     progress: Callable[[Iterable], Iterable] = iter, device: Optional[torch.device] = None,
+                     errors: Optional[Dict[str, float]] = None) -> Iterator[Dict[str, InputStats]]:
     """Yield, group by group in forward order, {name: InputStats} for the `linears` of that group. The caller
     prunes (swaps) the group before asking for the next, so later groups see the pruned earlier ones. Linears
     the model never calls on the first batch are not yielded. `device`: where each block is calibrated (moved there
-    and back one at a time); only with a block chain (see the module docstring), else it is an error."""
+    and back one at a time); only with a block chain (see the module docstring), else it is an error. `errors`: a
+    dict that receives, for every swapped linear, its relative output error on the calibration data (filled once
+    the generator is exhausted)."""
     batches = list(batches)
     if not batches:
         raise ValueError("calibration must hold at least one model input")
@@ -109,19 +120,84 @@ def sequential_stats(model: nn.Module, linears: Dict[str, nn.Module], batches: I
     with _block_calls(blocks) as block_calls:  # the block structure is read off the same tracing pass
         groups, calls = trace_calls(model, linears, batches[0])
     span = _block_span(blocks, linears, groups) if blocks is not None else None
-    if span is None or not _is_block_chain(block_calls, len(blocks)):
+    if span is None or not _is_block_chain(model, blocks, block_calls, batches[0]):
         if device is not None:
             raise ValueError("calibration_device: the model is not a chain of repeated blocks (an nn.ModuleList "
                              "whose blocks each take the previous one's output), so it cannot be calibrated block "
                              "by block")
         span = (len(groups), len(groups))
+    meter = _OutputErrors(model, linears, calls, len(batches), errors)
     first, last = span  # groups[first:last] are the blocks' own, calibrated block by block
     for names in progress(groups[:first]):
-        yield collect_stats(model, {n: linears[n] for n in names}, batches, gram, calls)
+        with meter.measuring():
+            stats = collect_stats(model, {n: linears[n] for n in names}, batches, gram, calls)
+        yield stats
+        meter.swapped(names)
     if first < last:
-        yield from _blockwise_stats(model, blocks, linears, batches, gram, progress, device)
+        outputs = [call[3] for call in block_calls]
+        yield from _blockwise_stats(model, blocks, outputs, linears, batches, gram, progress, device, meter)
     for names in progress(groups[last:]):
-        yield collect_stats(model, {n: linears[n] for n in names}, batches, gram, calls)
+        with meter.measuring():
+            stats = collect_stats(model, {n: linears[n] for n in names}, batches, gram, calls)
+        yield stats
+        meter.swapped(names)
+    meter.finish(batches)
+
+
+# ----------------------------------------------------------------------------------------- output error ------
+class _OutputErrors:
+    """Measures swapped linears against their originals: per name, sqrt(sum ||y - y0||^2 / sum ||y0||^2) over all its
+    calls in one pass over the data, y the output of the module now at that name, y0 the original's on the same
+    input. `measuring()` watches the layers swapped but not yet measured during one pass; a layer whose calls in
+    that pass were not all seen (the pass stopped early, or did not reach it) waits for a later one."""
+
+    def __init__(self, model: nn.Module, originals: Dict[str, nn.Module], calls: Dict[str, int], n_batches: int,
+                 errors: Optional[Dict[str, float]]):
+        self.model, self.originals, self.calls, self.n_batches = model, originals, calls, n_batches
+        self.errors = errors
+        self.pending: List[str] = []
+
+    def swapped(self, names: List[str]) -> None:
+        if self.errors is not None:  # an unswapped layer (the format could not take it) has nothing to measure
+            self.pending += [n for n in names if self.model.get_submodule(n) is not self.originals[n]]
+
+    @contextmanager
+    def measuring(self):
+        sums = {name: [0.0, 0.0, 0] for name in self.pending}  # squared error, squared reference, calls
+
+        def hook(name):
+            original = self.originals[name]
+
+            def accumulate(mod, args, kwargs, output):
+                reference = original.forward(_input_of(args, kwargs))  # forward(): not the original's own hooks
+                sums[name][0] += (output.double() - reference.double()).square().sum()
+                sums[name][1] += reference.double().square().sum()
+                sums[name][2] += 1
+            return accumulate
+
+        handles = [self.model.get_submodule(n).register_forward_hook(hook(n), with_kwargs=True) for n in sums]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+        for name, (error, reference, count) in sums.items():
+            if count == self.calls[name] * self.n_batches:
+                self.errors[name] = _relative(float(error), float(reference))
+                self.pending.remove(name)
+
+    def finish(self, batches: Sequence) -> None:
+        """One more pass over the model for the layers no pass has measured yet (the last groups)."""
+        if self.pending:
+            with self.measuring():
+                for batch in batches:
+                    run_model(self.model, batch)
+
+
+def _relative(error: float, reference: float) -> float:
+    if reference > 0:
+        return (error / reference) ** 0.5
+    return 0.0 if error == 0 else float("inf")
 
 
 # ----------------------------------------------------------------------------------------- block by block ------
@@ -135,6 +211,13 @@ def _run_block(block: nn.Module, inp: BlockInput):
 def _hidden(output) -> Tensor:
     """A block's hidden-state output: the output itself, or the first element of a tuple/list (HF layers)."""
     return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _shaped_like(output, hidden: Tensor):
+    """`hidden` in the structure of a block's `output`: itself, or first in a tuple/list padded with None."""
+    if isinstance(output, (tuple, list)):
+        return type(output)((hidden,) + (None,) * (len(output) - 1))
+    return hidden
 
 
 def find_blocks(model: nn.Module, linears: Dict[str, nn.Module]) -> Optional[nn.ModuleList]:
@@ -182,19 +265,54 @@ def _block_calls(blocks: Optional[nn.ModuleList]):
             h.remove()
 
 
-def _is_block_chain(calls: List[Tuple[int, tuple, dict, Any]], n_blocks: int) -> bool:
+def _is_block_chain(model: nn.Module, blocks: nn.ModuleList, calls: List[Tuple[int, tuple, dict, Any]],
+                    batch) -> bool:
     """Whether one forward's block calls (_block_calls) call each block once, in order, block i + 1 on block i's
-    hidden output and with the very same other arguments as block 0 -- what calibrating blocks on their captured
-    inputs assumes."""
-    if [c[0] for c in calls] != list(range(n_blocks)) or not calls[0][1]:
+    hidden output (positional), and whether a pass with the blocks bypassed hands each block the same other
+    arguments as that real forward did -- what calibrating blocks on captured inputs assumes."""
+    if [c[0] for c in calls] != list(range(len(blocks))) or not all(c[1] for c in calls):
         return False
-    _, args0, kwargs0, _ = calls[0]
-    for (_, _, _, out), (_, args, kwargs, _) in zip(calls, calls[1:]):
-        same_rest = len(args) == len(args0) and all(a is b for a, b in zip(args[1:], args0[1:]))
-        same_kwargs = kwargs.keys() == kwargs0.keys() and all(kwargs[k] is kwargs0[k] for k in kwargs)
-        if not (args[0] is _hidden(out) and same_rest and same_kwargs):
-            return False
-    return True
+    if not all(args[0] is _hidden(out) for (_, _, _, out), (_, args, _, _) in zip(calls, calls[1:])):
+        return False
+    try:
+        _, rests = _block_inputs(model, blocks, [c[3] for c in calls], [batch])[0]
+    except Exception:  # the model's code between blocks needs what the blocks compute: not a plain chain
+        return False
+    return _same(rests, [_without_caches((args[1:], kwargs)) for _, args, kwargs, _ in calls])
+
+
+def _is_cache(obj) -> bool:
+    return callable(getattr(obj, "update", None)) and callable(getattr(obj, "get_seq_length", None))
+
+
+def _without_caches(obj, key: Optional[str] = None):
+    """obj (nested tuples/lists/dicts) with key/value cache objects replaced by None and `use_cache` by False."""
+    if key == "use_cache" and isinstance(obj, bool):
+        return False
+    if _is_cache(obj):
+        return None
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_without_caches(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _without_caches(v, k) for k, v in obj.items()}
+    return obj
+
+
+def _same(a, b) -> bool:
+    """Equal values: tensors by torch.equal, containers element by element, anything else by identity or ==."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return (isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and a.dtype == b.dtype
+                and a.device == b.device and torch.equal(a, b))
+    if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) or isinstance(b, dict):
+        return type(a) is type(b) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except Exception:  # an object whose == is not a plain truth value
+        return False
 
 
 def _to(obj, device: Optional[torch.device]):
@@ -210,37 +328,73 @@ def _to(obj, device: Optional[torch.device]):
     return obj
 
 
-def _first_block_inputs(model: nn.Module, block: nn.Module, batches: Sequence) -> List[BlockInput]:
-    inputs: List[BlockInput] = []
-
-    def capture(mod, args, kwargs):
-        inputs.append((args, kwargs))
-        raise _GroupDone
-
-    handle = block.register_forward_pre_hook(capture, with_kwargs=True)
+@contextmanager
+def _bypassed(blocks: nn.ModuleList, make_forward: Callable[[int], Callable]):
+    """Inside the with-block, block i runs make_forward(i) instead of its forward."""
+    saved = [block.__dict__.get("forward") for block in blocks]  # a forward set on the instance is put back
+    for i, block in enumerate(blocks):
+        block.forward = make_forward(i)
     try:
-        for batch in batches:
+        yield
+    finally:
+        for block, forward in zip(blocks, saved):
+            if forward is None:
+                del block.forward
+            else:
+                block.forward = forward
+
+
+def _block_inputs(model: nn.Module, blocks: nn.ModuleList, outputs: List[Any],
+                  batches: Sequence) -> List[Tuple[Tensor, List[BlockInput]]]:
+    """Per batch: the first block's hidden input and every block's other arguments (caches dropped), from one pass
+    in which each block returns its hidden input unchanged (shaped like its traced output) and the pass stops at the
+    last block. No block's own code runs."""
+    captured: List[Tuple[Tensor, List[BlockInput]]] = []
+
+    def make_forward(index):
+        def bypass(*args, **kwargs):
+            if index == 0:
+                captured.append((args[0], []))
+            captured[-1][1].append(_without_caches((tuple(args[1:]), kwargs)))
+            if index == len(blocks) - 1:
+                raise _GroupDone
+            return _shaped_like(outputs[index], args[0])
+        return bypass
+
+    with _bypassed(blocks, make_forward):
+        for i, batch in enumerate(batches):
             try:
                 run_model(model, batch)
             except _GroupDone:
                 pass
-    finally:
-        handle.remove()
-    return inputs
+            if len(captured) != i + 1 or len(captured[-1][1]) != len(blocks):
+                raise ValueError(f"calibration: batch {i} does not call each of the {len(blocks)} blocks once, in "
+                                 f"order, as the first batch does")
+    return captured
 
 
-def _blockwise_stats(model, blocks, linears, batches, gram, progress, device) -> Iterator[Dict[str, InputStats]]:
-    inputs = [_to(inp, device) for inp in _first_block_inputs(model, blocks[0], batches)]
-    for block in progress(blocks):
+def _blockwise_stats(model, blocks, outputs, linears, batches, gram, progress, device,
+                     meter: _OutputErrors) -> Iterator[Dict[str, InputStats]]:
+    with meter.measuring():  # the layers before the blocks run on all the data in this pass
+        captured = _block_inputs(model, blocks, outputs, batches)
+    hidden = [_to(h, device) for h, _ in captured]
+    for index in progress(range(len(blocks))):
+        block = blocks[index]
+        inputs = [((h,) + _to(rests[index][0], device), _to(rests[index][1], device))
+                  for h, (_, rests) in zip(hidden, captured)]
         home = next(block.parameters()).device
         block.to(device or home)
         in_block = {id(m) for m in block.modules()}
         mine = {name: mod for name, mod in linears.items() if id(mod) in in_block}
         groups, calls = trace_calls(block, mine, inputs[0], _run_block)
         for names in groups:
-            yield collect_stats(block, {n: mine[n] for n in names}, inputs, gram, calls, _run_block)
+            with meter.measuring():
+                stats = collect_stats(block, {n: mine[n] for n in names}, inputs, gram, calls, _run_block)
+            yield stats
+            meter.swapped(names)
         # the block as pruned so far (the caller swapped its groups) makes the next block's inputs
-        inputs = [((_hidden(_run_block(block, inp)),) + tuple(inp[0][1:]), inp[1]) for inp in inputs]
+        with meter.measuring():
+            hidden = [_hidden(_run_block(block, inp)) for inp in inputs]
         block.to(home)
         for mod in mine.values():  # the originals the caller swapped out are no longer in the block: move them too
             mod.to(home)
