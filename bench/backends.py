@@ -161,18 +161,10 @@ TILE_M, TILE_K = 256, 64  # Flash-LLM's tile
 
 
 def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, source: str = "layer") -> Prepared:
-    """source: "layer" (TiledCSLLinear: its kernel layout, what a model gets), "words" (the word-layout kernel),
-    "bitmap" (the Hopper pair-bitmap kernel, experimental) or "stream" (the kernel on the Tiled-CSL stream itself,
-    what the functional op runs on CUDA)."""
+    """source: "layer" (TiledCSLLinear: its kernel layout, what a model gets), "words" (the word-layout kernel) or
+    "stream" (the kernel on the Tiled-CSL stream itself, what the functional op runs on CUDA)."""
     ops = _ops()
     m = c.w.shape[0]
-    if source == "bitmap":
-        _require_cuda_kernel(c, "_tiled_csl_bitmap_mm", "the pair-bitmap kernel")
-        if not ops.tiled_csl_bitmap_supported(c.w.device):
-            raise NotImplementedError("the pair-bitmap kernel needs an sm_90a build and a compute capability 9.0 GPU")
-        records, record_offsets, longest = ops.tiled_csl_bitmap(c.w)  # c.w: the dense masked weight
-        return Prepared(lambda x: lambda: ops.tiled_csl_bitmap_mm(x, records, record_offsets, m, longest, c.bias),
-                        _nbytes(records, record_offsets))
     if source == "stream":
         _require_cuda_kernel(c, "tiled_csl_mm", "the stream kernel")
     values, locations, offsets = _pack(ops.tiled_csl_compress, c.w, c.mask, tile_m, TILE_K)  # GPU packer on CUDA
@@ -217,8 +209,6 @@ SPMM_SPARSE24_CP_ASYNC = Backend("spmm_cp_async", partial(_spmm_sparse24_decode,
 SPMM_TILED_CSL = Backend("spmm", _spmm_tiled_csl)
 # The kernel reading the Tiled-CSL stream itself (what the functional op runs on CUDA), next to the layer's words.
 SPMM_TILED_CSL_STREAM = Backend("spmm_stream", lambda c: _spmm_tiled_csl(c, source="stream"), cuda_only=True)
-# The experimental Hopper pair-bitmap kernel (sm_90a), next to the layer's word layout.
-SPMM_TILED_CSL_BITMAP = Backend("spmm_bitmap", lambda c: _spmm_tiled_csl(c, source="bitmap"), cuda_only=True)
 # 128-row tiles: twice the row tiles, so fewer K splits and partials for the same SM fill; a tuning comparison.
 SPMM_TILED_CSL_TM128 = Backend("spmm_tm128", lambda c: _spmm_tiled_csl(c, tile_m=128, source="words"),
                                 cuda_only=True)

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 import spmm
 from conftest import assert_bitwise_equal, masked, masked_reference as reference, random_weight
 from spmm import ops
-from spmm.formats import TiledCSLWeight
 
 pytestmark = [
     pytest.mark.gpu,
@@ -57,30 +56,10 @@ def words_mm(x, packed, m, bias=None, tile=(256, 64)):
     return ops.tiled_csl_mm_words(x, words, word_offsets, m, tile[0], bias)
 
 
-HAS_BITMAP_KERNEL = torch.cuda.is_available() and ops.tiled_csl_bitmap_supported(torch.device("cuda"))
-NO_BITMAP_KERNEL = "the pair-bitmap kernel needs an sm_90a build and a compute capability 9.0 GPU"
-_bitmap_layouts = {}
-
-
-def bitmap_mm(x, packed, m, bias=None, tile=(256, 64)):
-    """The same product on the Hopper kernel's pair-bitmap layout, built from the stream's dense weight (once per
-    stream: a graph capture replays the product, not the build)."""
-    key = (tuple(t.data_ptr() for t in packed), tuple(t.numel() for t in packed), m, x.shape[-1], tile)
-    if key not in _bitmap_layouts:
-        _bitmap_layouts.clear()
-        dense = TiledCSLWeight(*packed, (m, x.shape[-1]), *tile).to_dense()
-        _bitmap_layouts[key] = (packed, ops.tiled_csl_bitmap(dense))  # packed: keeps the pointers in the key alive
-    records, offsets, longest = _bitmap_layouts[key][1]
-    return ops.tiled_csl_bitmap_mm(x, records, offsets, m, longest, bias)
-
-
-@pytest.fixture(params=["stream", "words", "bitmap"])
+@pytest.fixture(params=["stream", "words"])
 def mm(request):
-    """Every matmul test runs on each kernel: the stream's, the word layout's, and (compute capability 9.0) the
-    pair bitmap's."""
-    if request.param == "bitmap" and not HAS_BITMAP_KERNEL:
-        pytest.skip(NO_BITMAP_KERNEL)
-    return {"stream": stream_mm, "words": words_mm, "bitmap": bitmap_mm}[request.param]
+    """Every matmul test runs on each kernel: the stream's and the word layout's."""
+    return {"stream": stream_mm, "words": words_mm}[request.param]
 
 
 def test_has_cuda_kernels():
@@ -448,47 +427,3 @@ def test_layer_graph_capture_and_compile():
         assert torch.equal(out, expected)
         compiled = torch.compile(layer, fullgraph=True)
         assert torch.equal(compiled(x), expected)
-
-
-# ------------------------------------------------------------------------------------------ pair bitmap ----------
-needs_bitmap = pytest.mark.skipif(not HAS_BITMAP_KERNEL, reason=NO_BITMAP_KERNEL)
-
-
-@needs_bitmap
-def test_bitmap_opcheck_and_layout_built_on_gpu_matches_cpu():
-    w, mask, x, bias = int_case(300, 200, 5, torch.float16, 0.6, 31)
-    dense = masked(w, mask)
-    layout = ops.tiled_csl_bitmap(dense)
-    for got, want in zip(layout, ops.tiled_csl_bitmap(dense.cpu())):  # (records as bits: masks read as fp16 are NaNs)
-        assert torch.equal(got.cpu().view(torch.int16), want.view(torch.int16)) if isinstance(got, torch.Tensor) \
-            else got == want
-    records, offsets, longest = layout
-    torch.library.opcheck(torch.ops.spmm._tiled_csl_bitmap_mm, (x, records, offsets, 300, longest, bias))
-    torch.library.opcheck(torch.ops.spmm._tiled_csl_bitmap_mm, (x, records, offsets, 300, longest, None))
-
-
-@needs_bitmap
-def test_bitmap_misaligned_records_are_copied():
-    w, mask, x, bias = int_case(300, 520, 3, torch.float16, 0.8, 32)
-    records, offsets, longest = ops.tiled_csl_bitmap(masked(w, mask))
-    shifted = torch.cat([records[:1], records])[1:]  # one 32-bit word off 16-byte alignment
-    assert shifted.data_ptr() % 16 != 0
-    assert torch.equal(ops.tiled_csl_bitmap_mm(x, shifted, offsets, 300, longest, bias), reference(x, w, mask, bias))
-
-
-@needs_bitmap
-def test_bitmap_rejects_bad_input():
-    w, mask, x, bias = int_case(300, 200, 5, torch.float16, 0.6, 33)
-    records, offsets, longest = ops.tiled_csl_bitmap(masked(w, mask))
-    with pytest.raises(TypeError, match=r"`records` must be Half, got BFloat16"):
-        ops.tiled_csl_bitmap_mm(x, records.bfloat16(), offsets, 300, longest)
-    with pytest.raises(ValueError, match=r"`record_offsets` must have 21 entries for a 600 x 200 weight"):
-        ops.tiled_csl_bitmap_mm(x, records, offsets, 600, longest)
-    with pytest.raises(ValueError, match=r"`records` must be \[4j, 2\]"):
-        ops.tiled_csl_bitmap_mm(x, records[:-1], offsets, 300, longest)
-    with pytest.raises(ValueError, match=r"`max_record_words` must be in \[136, 4232\]"):
-        ops.tiled_csl_bitmap_mm(x, records, offsets, 300, 100)
-    with pytest.raises(ValueError, match=r"`bias` must have out_features = 300"):
-        ops.tiled_csl_bitmap_mm(x, records, offsets, 300, longest, bias[:7])
-    with pytest.raises(ValueError, match=r"`records` is on cpu but `x` is on cuda"):
-        ops.tiled_csl_bitmap_mm(x, records.cpu(), offsets, 300, longest)

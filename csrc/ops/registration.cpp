@@ -29,8 +29,6 @@ TORCH_LIBRARY(spmm, m) {
   // made from the stream, and its matmul.
   m.def("_tiled_csl_words(Tensor values, Tensor locations, Tensor tile_offsets, int tile_m, int tile_k) -> (Tensor words, Tensor word_offsets)");
   m.def("_tiled_csl_mm_words(Tensor x, Tensor words, Tensor word_offsets, int out_features, int tile_m, Tensor? bias) -> Tensor");
-  // Internal (CUDA, sm_90a): matmul on the Tiled-CSL pair-bitmap layout (spmm.ops.tiled_csl_bitmap builds it in torch).
-  m.def("_tiled_csl_bitmap_mm(Tensor x, Tensor records, Tensor record_offsets, int out_features, int max_record_words, Tensor? bias) -> Tensor");
   // Spense: dense row block + 2:4 row block, output rows placed by row_index (dense rows first). CPU.
   m.def("spense_mm(Tensor x, Tensor dense_weight, Tensor values, Tensor meta, Tensor row_index, Tensor? bias) -> Tensor");
 }

@@ -209,30 +209,6 @@ def tiled_csl_words_supported(tile_m: int, tile_k: int, device: torch.device) ->
     return device.type == "cuda" and has_cuda_kernel("_tiled_csl_mm_words") and tile_k == 64 and tile_m in (128, 256)
 
 
-def tiled_csl_bitmap(dense: Tensor):
-    """Dense [M, K] float16/bfloat16 weight -> the Hopper kernel's pair-bitmap layout (records, record_offsets,
-    max_record_words): per 8 x 8 block a mask of the element pairs an mma lane holds and the nonzero pairs. Built in
-    torch on the weight's device (CPU or CUDA). Experimental: TiledCSLLinear runs the word layout (see
-    csrc/kernels/tiled_csl/NOTES.md)."""
-    from .formats import tiled_csl_bitmap as bitmap
-
-    return bitmap.build(dense)
-
-
-def tiled_csl_bitmap_mm(
-    x: Tensor, records: Tensor, record_offsets: Tensor, out_features: int, max_record_words: int,
-    bias: Optional[Tensor] = None,
-) -> Tensor:
-    """y = x @ W.T (+ bias) with W [out_features, K] in the pair-bitmap layout of tiled_csl_bitmap (CUDA, sm_90a)."""
-    return _ops._tiled_csl_bitmap_mm(x, records, record_offsets, out_features, max_record_words, bias)
-
-
-def tiled_csl_bitmap_supported(device: torch.device) -> bool:
-    """Whether this build has the pair-bitmap kernel and `device` runs it (compute capability 9.0)."""
-    return (device.type == "cuda" and has_cuda_kernel("_tiled_csl_bitmap_mm")
-            and torch.cuda.get_device_capability(device) == (9, 0))
-
-
 # --------------------------------------------------------------------------------------------- Spense ------------
 # The Spense kernels' row tile (csrc/kernels/spense/spense_tiles.h): dense row counts that are multiples of it keep
 # every tile of the GPU decode kernel all dense or all 2:4.
@@ -326,11 +302,6 @@ def _tiled_csl_words_fake(values, locations, tile_offsets, tile_m, tile_k):
 
 @torch.library.register_fake("spmm::_tiled_csl_mm_words")
 def _tiled_csl_mm_words_fake(x, words, word_offsets, out_features, tile_m, bias):
-    return x.new_empty(*x.shape[:-1], out_features)
-
-
-@torch.library.register_fake("spmm::_tiled_csl_bitmap_mm")
-def _tiled_csl_bitmap_mm_fake(x, records, record_offsets, out_features, max_record_words, bias):
     return x.new_empty(*x.shape[:-1], out_features)
 
 
