@@ -160,13 +160,16 @@ def sm90_config_backends() -> List[Backend]:
 TILE_M, TILE_K = 256, 64  # Flash-LLM's tile
 
 
-def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, source: str = "layer") -> Prepared:
-    """source: "layer" (TiledCSLLinear: its kernel layout, what a model gets), "words" (the word-layout kernel) or
-    "stream" (the kernel on the Tiled-CSL stream itself, what the functional op runs on CUDA)."""
+def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, source: str = "layer", tokens_per_pass: int = 0) -> Prepared:
+    """source: "layer" (TiledCSLLinear with the kernel layout the C++ rule gives it, what a model gets), "words" (the
+    word-layout kernel), "delta" (the delta kernel, from the layer's delta layout: what SPMM_TILED_CSL_DELTA=1 gives a
+    model; `tokens_per_pass` pins its pass width) or "stream" (the kernel on the Tiled-CSL stream itself).
+    weight_bytes: everything the backend holds for the weight."""
     ops = _ops()
     m = c.w.shape[0]
-    if source == "stream":
-        _require_cuda_kernel(c, "tiled_csl_mm", "the stream kernel")
+    if source != "layer":
+        _require_cuda_kernel(c, {"stream": "tiled_csl_mm", "words": "_tiled_csl_words",
+                                 "delta": "_tiled_csl_delta_mm"}[source], f"the {source} kernel")
     values, locations, offsets = _pack(ops.tiled_csl_compress, c.w, c.mask, tile_m, TILE_K)  # GPU packer on CUDA
     if source == "layer" and c.w.is_cuda:
         from spmm.formats import TiledCSLWeight
@@ -174,13 +177,22 @@ def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, source: str = "layer") -> Pre
 
         layer = TiledCSLLinear.from_format(TiledCSLWeight(values, locations, offsets, tuple(c.w.shape), tile_m, TILE_K),
                                            c.bias)
-        layout = [t for t in (layer.words, layer.word_offsets) if t is not None] or [values, locations, offsets]
-        return Prepared(lambda x: lambda: layer(x), _nbytes(*layout))
+        held = [t for name, t in layer.named_buffers() if name != "bias"]
+        return Prepared(lambda x: lambda: layer(x), _nbytes(*held))
     if source == "words":
-        _require_cuda_kernel(c, "_tiled_csl_mm_words", "the word-layout kernel")
         words, word_offsets = ops.tiled_csl_words(values, locations, offsets, tile_m, TILE_K)
-        return Prepared(lambda x: lambda: ops.tiled_csl_mm_words(x, words, word_offsets, m, tile_m, c.bias),
+        empty = offsets[:0]
+        return Prepared(lambda x: lambda: ops.tiled_csl_mm(x, values[:0], locations[:0], empty, m, tile_m, TILE_K, c.bias,
+                                                           words=words, word_offsets=word_offsets),
                         _nbytes(words, word_offsets))
+    if source == "delta":
+        from spmm.formats import TiledCSLWeight, tiled_csl_layouts
+
+        layout = tiled_csl_layouts.delta_layout(TiledCSLWeight(values, locations, offsets, tuple(c.w.shape), tile_m,
+                                                               TILE_K))
+        del values, locations, offsets
+        return Prepared(lambda x: lambda: ops.tiled_csl_delta_mm(x, *layout, m, c.bias, tokens_per_pass),
+                        _nbytes(*layout))
 
     def bind(x: Tensor) -> Callable[[], Tensor]:
         return lambda: ops.tiled_csl_mm(x, values, locations, offsets, m, tile_m, TILE_K, c.bias)
@@ -207,8 +219,13 @@ SPMM_SPARSE24_SM90 = Backend("spmm_sm90", _spmm_sparse24_sm90, cuda_only=True)
 # The decode kernel with the sm_80 loader (cp.async, split-K through global memory), run on whatever GPU this is.
 SPMM_SPARSE24_CP_ASYNC = Backend("spmm_cp_async", partial(_spmm_sparse24_decode, loader="cp_async"), cuda_only=True)
 SPMM_TILED_CSL = Backend("spmm", _spmm_tiled_csl)
-# The kernel reading the Tiled-CSL stream itself (what the functional op runs on CUDA), next to the layer's words.
+# The kernel reading the Tiled-CSL stream itself (what the op runs on CUDA given nothing else), next to the layer's.
 SPMM_TILED_CSL_STREAM = Backend("spmm_stream", lambda c: _spmm_tiled_csl(c, source="stream"), cuda_only=True)
+# The delta kernel on the delta layout (CUDA cores, ~2.5 bytes per nonzero): what the layer runs with
+# SPMM_TILED_CSL_DELTA=1, at the rule's tokens per pass, and pinned to passes of 8 tokens (to place the rule).
+SPMM_TILED_CSL_DELTA = Backend("spmm_delta", lambda c: _spmm_tiled_csl(c, source="delta"), cuda_only=True)
+SPMM_TILED_CSL_DELTA_P8 = Backend("spmm_delta_p8", lambda c: _spmm_tiled_csl(c, source="delta", tokens_per_pass=8),
+                                  cuda_only=True)
 # 128-row tiles: twice the row tiles, so fewer K splits and partials for the same SM fill; a tuning comparison.
 SPMM_TILED_CSL_TM128 = Backend("spmm_tm128", lambda c: _spmm_tiled_csl(c, tile_m=128, source="words"),
                                 cuda_only=True)

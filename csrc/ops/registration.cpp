@@ -9,8 +9,12 @@ TORCH_LIBRARY(spmm, m) {
   m.def("sparse24_mm(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor");
   // Tiled-CSL: dense [M, K] (+ keep mask) -> values [nnz], locations int16 [nnz], tile_offsets int32 [tiles + 1]. CPU.
   m.def("tiled_csl_compress(Tensor dense, Tensor? mask, int tile_m, int tile_k) -> (Tensor values, Tensor locations, Tensor tile_offsets)");
-  // y = x @ W.T (+ bias), W [out_features, K] in Tiled-CSL. CPU.
-  m.def("tiled_csl_mm(Tensor x, Tensor values, Tensor locations, Tensor tile_offsets, int out_features, int tile_m, int tile_k, Tensor? bias) -> Tensor");
+  // y = x @ W.T (+ bias), W [out_features, K] in Tiled-CSL. CPU: from the stream. CUDA: from the first given of a
+  // kernel layout derived from the stream -- the delta layout (spmm.formats.tiled_csl_layouts) or the word layout
+  // (_tiled_csl_words) -- else the stream; with a layout given the stream is not read and may be empty.
+  m.def("tiled_csl_mm(Tensor x, Tensor values, Tensor locations, Tensor tile_offsets, int out_features, int tile_m, "
+        "int tile_k, Tensor? bias=None, Tensor? words=None, Tensor? word_offsets=None, Tensor? delta_values=None, "
+        "Tensor? delta_codes=None, Tensor? delta_offsets=None) -> Tensor");
   // Internal (CUDA): the 2:4 decode kernel's weight layout, made from the canonical one, and its matmul.
   m.def("_sparse24_decode_pack(Tensor values, Tensor meta, int meta_layout=0) -> (Tensor dvalues, Tensor dmeta)");
   m.def("_sparse24_decode_mm(Tensor x, Tensor dvalues, Tensor dmeta, int out_features, Tensor? bias, "
@@ -25,10 +29,13 @@ TORCH_LIBRARY(spmm, m) {
   // reordered metadata) and its matmul.
   m.def("_sparse24_sm80_pack(Tensor values, Tensor meta) -> (Tensor a, Tensor e)");
   m.def("_sparse24_sm80_mm(Tensor x, Tensor a, Tensor e, int out_features, Tensor? bias) -> Tensor");
-  // Internal (CUDA): the Tiled-CSL kernel's word layout (one 32-bit word per pair, runs padded to 16 bytes),
-  // made from the stream, and its matmul.
+  // Internal (CUDA): the Tiled-CSL word layout (one 32-bit word per pair, runs padded to 16 bytes), made from the
+  // stream; tiled_csl_mm runs it.
   m.def("_tiled_csl_words(Tensor values, Tensor locations, Tensor tile_offsets, int tile_m, int tile_k) -> (Tensor words, Tensor word_offsets)");
-  m.def("_tiled_csl_mm_words(Tensor x, Tensor words, Tensor word_offsets, int out_features, int tile_m, Tensor? bias) -> Tensor");
+  // Internal: matmul on the Tiled-CSL delta layout. CUDA: the delta kernel (tokens_per_pass 0 = the rule's, else 1, 2,
+  // 4 or 8, for tuning). CPU: the kernel emulated lane by lane (its index math and fp32 order), the tests' reference.
+  m.def("_tiled_csl_delta_mm(Tensor x, Tensor values, Tensor codes, Tensor offsets, int out_features, Tensor? bias=None, "
+        "int tokens_per_pass=0) -> Tensor");
   // Spense: dense row block + 2:4 row block, output rows placed by row_index (dense rows first). CPU.
   m.def("spense_mm(Tensor x, Tensor dense_weight, Tensor values, Tensor meta, Tensor row_index, Tensor? bias) -> Tensor");
 }

@@ -181,32 +181,58 @@ def tiled_csl_mm(
     tile_m: int,
     tile_k: int,
     bias: Optional[Tensor] = None,
+    *,
+    words: Optional[Tensor] = None,
+    word_offsets: Optional[Tensor] = None,
+    delta_values: Optional[Tensor] = None,
+    delta_codes: Optional[Tensor] = None,
+    delta_offsets: Optional[Tensor] = None,
 ) -> Tensor:
     """y = x @ W.T (+ bias) with W [out_features, K] in Tiled-CSL. x [..., K] -> y [..., out_features].
-    On CUDA: float16/bfloat16 and tiles of 256 x 64 or 128 x 64 (others raise NotImplementedError); the stream's
-    contents are trusted there (the CPU op checks them)."""
-    return _ops.tiled_csl_mm(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias)
+
+    On CUDA (float16/bfloat16) the op runs the kernel of the first it is given of: the delta layout (`delta_values`,
+    `delta_codes`, `delta_offsets`: spmm.formats.tiled_csl_layouts.delta_layout, any tiles), the word layout (`words`,
+    `word_offsets`: tiled_csl_words, tiles of 256 x 64 or 128 x 64), the stream (the same tiles; others raise
+    NotImplementedError). With a layout given the stream is not read there and may be empty (a TiledCSLLinear holding
+    only the delta layout passes empty tensors); the contents are trusted on CUDA (the CPU op checks the stream). On
+    CPU the op reads the stream."""
+    return _ops.tiled_csl_mm(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias, words,
+                             word_offsets, delta_values, delta_codes, delta_offsets)
 
 
 def tiled_csl_words(
     values: Tensor, locations: Tensor, tile_offsets: Tensor, tile_m: int, tile_k: int
 ) -> Tuple[Tensor, Tensor]:
-    """Tiled-CSL stream -> the CUDA kernel's word layout: (words [capacity, 2] of the weight's dtype, word_offsets
-    int32 [tiles + 1]); one 32-bit word per pair (value, swizzled offset in the kernel's shared tile), each tile's
-    run padded to 16 bytes. CUDA only; made once per weight (TiledCSLLinear caches it)."""
+    """Tiled-CSL stream -> the CUDA word kernel's layout: (words [rows, 2] of the weight's dtype, word_offsets int32
+    [tiles + 1]); one 32-bit word per pair (value, swizzled offset in the kernel's shared tile), each tile's run padded
+    to 16 bytes. CUDA only; made once per weight (TiledCSLLinear caches it); tiled_csl_mm(..., words=, word_offsets=)
+    runs it."""
     return _ops._tiled_csl_words(values, locations, tile_offsets, tile_m, tile_k)
 
 
-def tiled_csl_mm_words(
-    x: Tensor, words: Tensor, word_offsets: Tensor, out_features: int, tile_m: int, bias: Optional[Tensor] = None
+def tiled_csl_delta_mm(
+    x: Tensor, values: Tensor, codes: Tensor, offsets: Tensor, out_features: int, bias: Optional[Tensor] = None,
+    tokens_per_pass: int = 0,
 ) -> Tensor:
-    """y = x @ W.T (+ bias) with W [out_features, K] in the word layout of tiled_csl_words (tile_k = 64)."""
-    return _ops._tiled_csl_mm_words(x, words, word_offsets, out_features, tile_m, bias)
+    """y = x @ W.T (+ bias) with W in the delta layout, on the delta kernel itself: what tiled_csl_mm runs when given
+    that layout. For tuning: `tokens_per_pass` (1, 2, 4 or 8; 0 = the rule's). On CPU: the kernel emulated lane by lane
+    (same index math, same fp32 order; the tests' reference of the kernel)."""
+    return _ops._tiled_csl_delta_mm(x, values, codes, offsets, out_features, bias, tokens_per_pass)
 
 
-def tiled_csl_words_supported(tile_m: int, tile_k: int, device: torch.device) -> bool:
-    """Whether this build has the word-layout kernel for these tiles on `device`."""
-    return device.type == "cuda" and has_cuda_kernel("_tiled_csl_mm_words") and tile_k == 64 and tile_m in (128, 256)
+_TILED_CSL_KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def tiled_csl_layer_layout(tile_m: int, tile_k: int, dtype: torch.dtype, device: torch.device) -> str:
+    """The kernel layout a TiledCSLLinear derives from its stream: "delta", "words", or "" (none: the layer keeps the
+    stream alone) -- "" off CUDA, for other dtypes, or in a build without CUDA kernels; else the C++ rule
+    (spmm._C.tiled_csl_layer_layout: "delta" where the switch SPMM_TILED_CSL_DELTA=1 is set, "words" for the tiles the
+    word kernel takes)."""
+    device = torch.device(device)
+    if device.type != "cuda" or dtype not in _TILED_CSL_KERNEL_DTYPES or not has_cuda_kernel("tiled_csl_mm"):
+        return ""
+    layout = _C.tiled_csl_layer_layout(tile_m, tile_k)
+    return layout if layout != "delta" or has_cuda_kernel("_tiled_csl_delta_mm") else ""
 
 
 # --------------------------------------------------------------------------------------------- Spense ------------
@@ -280,28 +306,27 @@ def _sparse24_sm80_mm_fake(x, a, e, out_features, bias):
 def _tiled_csl_compress_fake(dense, mask, tile_m, tile_k):
     m, k = dense.shape
     nnz = torch.library.get_ctx().new_dynamic_size()
-    n_tiles = -(-m // tile_m) * -(-k // tile_k)
     return (
         dense.new_empty(nnz),
         dense.new_empty(nnz, dtype=torch.int16),
-        dense.new_empty(n_tiles + 1, dtype=torch.int32),
+        dense.new_empty(_C.tiled_csl_tile_count(m, k, tile_m, tile_k) + 1, dtype=torch.int32),
     )
 
 
 @torch.library.register_fake("spmm::tiled_csl_mm")
-def _tiled_csl_mm_fake(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias):
+def _tiled_csl_mm_fake(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias=None, words=None,
+                       word_offsets=None, delta_values=None, delta_codes=None, delta_offsets=None):
     return x.new_empty(*x.shape[:-1], out_features)
 
 
 @torch.library.register_fake("spmm::_tiled_csl_words")
 def _tiled_csl_words_fake(values, locations, tile_offsets, tile_m, tile_k):
     tiles = tile_offsets.shape[0] - 1
-    capacity = max(-(-(values.shape[0] + 3 * tiles) // 4) * 4, 4)
-    return values.new_empty(capacity, 2), tile_offsets.new_empty(tiles + 1)
+    return values.new_empty(_C.tiled_csl_word_rows(values.shape[0], tiles), 2), tile_offsets.new_empty(tiles + 1)
 
 
-@torch.library.register_fake("spmm::_tiled_csl_mm_words")
-def _tiled_csl_mm_words_fake(x, words, word_offsets, out_features, tile_m, bias):
+@torch.library.register_fake("spmm::_tiled_csl_delta_mm")
+def _tiled_csl_delta_mm_fake(x, values, codes, offsets, out_features, bias=None, tokens_per_pass=0):
     return x.new_empty(*x.shape[:-1], out_features)
 
 

@@ -144,11 +144,12 @@ int main() {
     uint16_t* dx = device_copy(x);
     uint16_t* dbias = device_copy(bias);
     // The word layout, made on the GPU.
-    const int64_t capacity = spmm::kernels::tiled_csl_words_capacity(nnz, tiles);
+    const int64_t capacity = spmm::kernels::tiled_csl_word_rows(nnz, tiles);
     uint32_t* d_words = nullptr;
     int32_t* d_word_offsets = nullptr;
     int64_t* d_scratch = nullptr;
-    CHECK(cudaMalloc(&d_words, std::max<int64_t>(capacity, 4) * 4));
+    CHECK(cudaMalloc(&d_words, capacity * 4));
+    CHECK(cudaMemset(d_words, 0, capacity * 4));
     CHECK(cudaMalloc(&d_word_offsets, (tiles + 1) * 4));
     CHECK(cudaMalloc(&d_scratch, (tiles + 1) * 8));
     const spmm::kernels::TiledCSLWordsParams wp{d_values, d_locations, d_offsets, tiles, pr.tile_m,

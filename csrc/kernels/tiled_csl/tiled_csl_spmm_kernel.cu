@@ -443,7 +443,7 @@ namespace {
 
 cudaError_t run_mm(const TiledCSLMMParams& p, Source source, cudaStream_t stream) {
   const bool words = source != Source::kStream;
-  if (!tiled_csl_mm_supports(p.tile_m, kTiledCSLTileK) || p.m < 0 || p.n < 0 || p.k < 0 || p.nnz < 0) 
+  if (!tiled_csl_word_tiles(p.tile_m, kTiledCSLTileK) || p.m < 0 || p.n < 0 || p.k < 0 || p.nnz < 0) 
     return cudaErrorInvalidValue;
   const int64_t row_tiles = ceil_div(p.m, p.tile_m), col_tiles = ceil_div(p.k, kTiledCSLTileK);
   if (p.k % 8 != 0 || p.x_ld % 8 != 0 || (p.n > 1 && p.x_ld < p.k) || !aligned16(p.x) || !aligned16(p.values) ||

@@ -1,0 +1,27 @@
+// The CUDA entries of the Tiled-CSL kernel families, for spmm::tiled_csl_mm, which picks between them
+// (tiled_csl_cuda.cpp).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <optional>
+
+namespace spmm::ops {
+
+// A delta layout as an op received it, with the names its arguments have there (for the messages).
+struct DeltaLayoutArgs {
+  const at::Tensor& values;
+  const at::Tensor& codes;
+  const at::Tensor& offsets;
+  std::array<const char*, 3> names = {"values", "codes", "offsets"};
+};
+
+#if SPMM_HAS_TILED_CSL_DELTA
+// The delta kernel (tiled_csl_delta_cuda.cpp); tokens_per_pass 0: the rule's (tiled_csl_delta_tokens_per_pass).
+at::Tensor tiled_csl_delta_mm_cuda(const char* op, const DeltaLayoutArgs& layout, const at::Tensor& x,
+                                   int64_t out_features, const std::optional<at::Tensor>& bias,
+                                   int64_t tokens_per_pass);
+#endif
+
+}  // namespace spmm::ops
