@@ -386,7 +386,7 @@ def test_fake_kernels_of_the_cuda_only_layouts():
         words, word_offsets = torch.ops.spmm._tiled_csl_words(*stream, 256, 64)
         assert words.shape == (1036, 2) and words.dtype == torch.bfloat16  # 1000 + 3 per tile, to a multiple of 4
         assert word_offsets.shape == (13,) and word_offsets.dtype == torch.int32
-        y = torch.ops.spmm._tiled_csl_mm_words(x.bfloat16(), words, word_offsets, 300, 256, None)
+        y = torch.ops.spmm.tiled_csl_mm(x.bfloat16(), *stream, 300, 256, 64, None, words, word_offsets)
         assert y.shape == (5, 7, 300) and y.dtype == torch.bfloat16
 
 

@@ -46,6 +46,7 @@ _TILED_CSL_WEIGHT_ARGS = (1, 2, 3, 8, 9, 10, 11, 12)  # the stream and the kerne
 
 
 def _tiled_csl_setup(ctx, inputs, output):
+    inputs = tuple(inputs) + (None,) * (13 - len(inputs))
     x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias = inputs[:8]
     ctx.save_for_backward(values, locations, tile_offsets, *inputs[8:])
     ctx.shape, ctx.tile = (out_features, x.shape[-1]), (tile_m, tile_k)
@@ -63,7 +64,8 @@ def _tiled_csl_weight(ctx) -> TiledCSLWeight:
 
 
 def _tiled_csl_backward(ctx, grad_out):
-    _no_weight_grad(ctx, "tiled_csl_mm", _TILED_CSL_WEIGHT_ARGS)
+    # needs_input_grad covers the arguments given (the layout tensors may be left out)
+    _no_weight_grad(ctx, "tiled_csl_mm", [i for i in _TILED_CSL_WEIGHT_ARGS if i < len(ctx.needs_input_grad)])
     weight = _tiled_csl_weight(ctx).to_dense()
     grad_x, grad_bias = _grads(ctx, grad_out, weight)
     return (grad_x, None, None, None, None, None, None, grad_bias) + (None,) * 5

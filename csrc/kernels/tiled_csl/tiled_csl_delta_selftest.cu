@@ -4,12 +4,14 @@
 //     for bit with a dense reference;
 //   - unless --host-only: the kernel at the rule's tokens per pass and at every other pass width that holds N,
 //     compared bit for bit with the reference, and on real-valued inputs bit for bit with the emulation (same fp32
-//     order); then the large problems timed (CUDA events, L2 flushed, median) next to a plain read of the layout's
-//     bytes and of the dense fp16 weight (what cuBLAS reads).
+//     order); then the large problems timed (CUDA events, L2 flushed, median) next to the word-layout kernel on the
+//     same weight (what TiledCSLLinear runs by default), a plain read of the layout's bytes, and a plain read of the
+//     dense fp16 weight (what cuBLAS reads at best).
 // Exit status 1 on any mismatch.
 //
 //   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Icsrc csrc/kernels/tiled_csl/tiled_csl_delta_selftest.cu \
-//        csrc/kernels/tiled_csl/tiled_csl_delta_kernel.cu -o t && ./t            (./t --host-only: no GPU needed)
+//        csrc/kernels/tiled_csl/tiled_csl_delta_kernel.cu csrc/kernels/tiled_csl/tiled_csl_spmm_kernel.cu \
+//        csrc/kernels/tiled_csl/tiled_csl_pack_kernel.cu -o t && ./t           (./t --host-only: no GPU needed)
 #include <cuda_runtime.h>
 
 #include <cstdio>
@@ -21,6 +23,7 @@
 #include "kernels/common/selftest.cuh"
 #include "kernels/tiled_csl/tiled_csl_delta.h"
 #include "kernels/tiled_csl/tiled_csl_delta_layout.h"
+#include "kernels/tiled_csl/tiled_csl_spmm.h"
 
 namespace {
 
@@ -113,6 +116,64 @@ float run(const Problem& pr, const DeviceLayout& d, int64_t width, int64_t token
   return us;
 }
 
+// The word-layout kernel on the same weight (CSR rows -> the stream in 256 x 64 tiles -> words on the GPU), timed.
+float time_words(const Problem& pr, const std::vector<int64_t>& row_begin, const std::vector<int64_t>& cols,
+                 const std::vector<uint16_t>& value_bits, const void* x, const void* bias, void* y, const Flush& flush) {
+  constexpr int64_t kTileM = 256, kTileK = spmm::kernels::kTiledCSLTileK;
+  const int64_t col_tiles = (pr.k + kTileK - 1) / kTileK, tiles = (pr.m + kTileM - 1) / kTileM * col_tiles;
+  std::vector<std::vector<std::pair<uint16_t, uint16_t>>> runs(tiles);  // (value, location) per tile, in order
+  for (int64_t r = 0; r < pr.m; ++r)
+    for (int64_t e = row_begin[r]; e < row_begin[r + 1]; ++e)
+      runs[r / kTileM * col_tiles + cols[e] / kTileK].push_back(
+          {value_bits[e], static_cast<uint16_t>((r % kTileM) * kTileK + cols[e] % kTileK)});
+  std::vector<uint16_t> values;
+  std::vector<int16_t> locations;
+  std::vector<int32_t> offsets{0};
+  for (const auto& run : runs) {
+    for (const auto& [v, loc] : run) values.push_back(v), locations.push_back(static_cast<int16_t>(loc));
+    offsets.push_back(static_cast<int32_t>(values.size()));
+  }
+  const int64_t rows = spmm::kernels::tiled_csl_word_rows(static_cast<int64_t>(values.size()), tiles);
+  uint16_t* d_values = device_copy(values);
+  int16_t* d_locations = device_copy(locations);
+  int32_t* d_offsets = device_copy(offsets);
+  uint32_t* d_words = nullptr;
+  int32_t* d_word_offsets = nullptr;
+  int64_t* d_scratch = nullptr;
+  CHECK(cudaMalloc(&d_words, rows * 4));
+  CHECK(cudaMemset(d_words, 0, rows * 4));
+  CHECK(cudaMalloc(&d_word_offsets, (tiles + 1) * 4));
+  CHECK(cudaMalloc(&d_scratch, (tiles + 1) * 8));
+  CHECK(spmm::kernels::tiled_csl_to_words({d_values, d_locations, d_offsets, tiles, kTileM, d_scratch, d_words,
+                                           d_word_offsets}, 0));
+  int sms = 0;
+  CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  spmm::kernels::TiledCSLMMParams p{};
+  p.x = x;
+  p.x_ld = pr.k;
+  p.values = d_words;
+  p.tile_offsets = d_word_offsets;
+  p.nnz = rows;
+  p.bias = bias;
+  p.y = y;
+  p.y_ld = pr.m;
+  p.m = pr.m;
+  p.n = pr.n;
+  p.k = pr.k;
+  p.tile_m = kTileM;
+  p.dtype = pr.dtype;
+  p.splits = spmm::kernels::tiled_csl_mm_splits(pr.m, pr.n, pr.k, rows, kTileM, sms);
+  void* ws = nullptr;
+  const size_t ws_bytes = spmm::kernels::tiled_csl_mm_workspace_bytes(pr.m, pr.n, kTileM, p.splits);
+  if (ws_bytes) CHECK(cudaMalloc(&ws, ws_bytes));
+  p.workspace = ws;
+  const float us = median_us([&] { CHECK(spmm::kernels::tiled_csl_mm_words(p, 0)); }, flush, 30);
+  for (void* ptr : {static_cast<void*>(d_values), static_cast<void*>(d_locations), static_cast<void*>(d_offsets),
+                    static_cast<void*>(d_words), static_cast<void*>(d_word_offsets), static_cast<void*>(d_scratch), ws})
+    if (ptr) CHECK(cudaFree(ptr));
+  return us;
+}
+
 std::vector<uint16_t> fetch(const void* dy, size_t count) {
   std::vector<uint16_t> y(count);
   CHECK(cudaMemcpy(y.data(), dy, count * 2, cudaMemcpyDeviceToHost));
@@ -141,9 +202,9 @@ int main(int argc, char** argv) {
   Flush* flush = host_only ? nullptr : new Flush();
   std::mt19937 rng(2024);
   bool all_ok = true;
-  std::printf("%6s %6s %3s %5s %-12s %4s | %6s %7s %-6s %-10s | %8s %8s %8s  (us: kernel, read of the layout, "
-              "read of dense fp16)\n", "M", "K", "N", "spars", "mask", "type", "slice", "B/elem", "emul",
-              "kernel", "kernel", "layout", "dense");
+  std::printf("%6s %6s %3s %5s %-12s %4s | %6s %7s %-6s %-10s | %8s %8s %8s %8s  (median us: delta kernel, word "
+              "kernel, read of the delta layout, read of dense fp16)\n", "M", "K", "N", "spars", "mask", "type",
+              "slice", "B/elem", "emul", "kernel", "delta", "words", "layout", "dense");
   for (const Problem& pr : problems) {
     const int64_t width = spmm::kernels::tiled_csl_delta_slice_width(pr.m, pr.k);
     std::uniform_int_distribution<int> val(1, 3), sign(0, 1), xd(-2, 2);
@@ -204,9 +265,10 @@ int main(int argc, char** argv) {
       std::printf(" %-10s\n", ok ? "exact" : "WRONG");
     } else {
       const float us = run(pr, d, width, rule, dx, dbias, dy, *flush, 30);
+      const float words_us = time_words(pr, row_begin, cols, value_bits, dx, dbias, dy, *flush);
       const float layout_us = time_read(static_cast<size_t>(bytes) / 16 * 16, *flush, 30);
       const float dense_us = time_read(static_cast<size_t>(pr.m * pr.k * 2), *flush, 30);
-      std::printf(" %-10s | %8.1f %8.1f %8.1f\n", "timed", us, layout_us, dense_us);
+      std::printf(" %-10s | %8.1f %8.1f %8.1f %8.1f\n", "timed", us, words_us, layout_us, dense_us);
     }
     std::fflush(stdout);
     for (void* ptr : {static_cast<void*>(d.values), static_cast<void*>(d.codes), static_cast<void*>(d.offsets),
