@@ -160,11 +160,11 @@ def sm90_config_backends() -> List[Backend]:
 TILE_M, TILE_K = 256, 64  # Flash-LLM's tile
 
 
-def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, source: str = "layer", tokens_per_pass: int = 0) -> Prepared:
+def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, source: str = "layer", kernel: str = "auto") -> Prepared:
     """source: "layer" (TiledCSLLinear with the kernel layout the C++ rule gives it, what a model gets), "words" (the
-    word-layout kernel), "delta" (the delta kernel, from the layer's delta layout: what SPMM_TILED_CSL_DELTA=1 gives a
-    model; `tokens_per_pass` pins its pass width) or "stream" (the kernel on the Tiled-CSL stream itself).
-    weight_bytes: everything the backend holds for the weight."""
+    word-layout kernel), "delta" (the delta kernels on the layer's delta layout: what SPMM_TILED_CSL_DELTA=1 gives a
+    model; `kernel` pins one of them) or "stream" (the kernel on the Tiled-CSL stream itself). weight_bytes: what the
+    kernel reads (the layer's kernel layout where it has one)."""
     ops = _ops()
     m = c.w.shape[0]
     if source != "layer":
@@ -177,13 +177,14 @@ def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, source: str = "layer", tokens
 
         layer = TiledCSLLinear.from_format(TiledCSLWeight(values, locations, offsets, tuple(c.w.shape), tile_m, TILE_K),
                                            c.bias)
-        held = [t for name, t in layer.named_buffers() if name != "bias"]
-        return Prepared(lambda x: lambda: layer(x), _nbytes(*held))
+        layouts = ([layer.delta_values, layer.delta_codes, layer.delta_offsets], [layer.words, layer.word_offsets])
+        read = next((ts for ts in layouts if ts[0] is not None), [values, locations, offsets])
+        return Prepared(lambda x: lambda: layer(x), _nbytes(*read))
     if source == "words":
         words, word_offsets = ops.tiled_csl_words(values, locations, offsets, tile_m, TILE_K)
-        empty = offsets[:0]
-        return Prepared(lambda x: lambda: ops.tiled_csl_mm(x, values[:0], locations[:0], empty, m, tile_m, TILE_K, c.bias,
-                                                           words=words, word_offsets=word_offsets),
+        empty = (values.new_empty(0), locations.new_empty(0), offsets.new_empty(0))  # the op reads the words alone
+        return Prepared(lambda x: lambda: ops.tiled_csl_mm(x, *empty, m, tile_m, TILE_K, c.bias, words=words,
+                                                           word_offsets=word_offsets),
                         _nbytes(words, word_offsets))
     if source == "delta":
         from spmm.formats import TiledCSLWeight, tiled_csl_layouts
@@ -191,8 +192,7 @@ def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, source: str = "layer", tokens
         layout = tiled_csl_layouts.delta_layout(TiledCSLWeight(values, locations, offsets, tuple(c.w.shape), tile_m,
                                                                TILE_K))
         del values, locations, offsets
-        return Prepared(lambda x: lambda: ops.tiled_csl_delta_mm(x, *layout, m, c.bias, tokens_per_pass),
-                        _nbytes(*layout))
+        return Prepared(lambda x: lambda: ops.tiled_csl_delta_mm(x, *layout, m, c.bias, kernel), _nbytes(*layout))
 
     def bind(x: Tensor) -> Callable[[], Tensor]:
         return lambda: ops.tiled_csl_mm(x, values, locations, offsets, m, tile_m, TILE_K, c.bias)
@@ -221,10 +221,12 @@ SPMM_SPARSE24_CP_ASYNC = Backend("spmm_cp_async", partial(_spmm_sparse24_decode,
 SPMM_TILED_CSL = Backend("spmm", _spmm_tiled_csl)
 # The kernel reading the Tiled-CSL stream itself (what the op runs on CUDA given nothing else), next to the layer's.
 SPMM_TILED_CSL_STREAM = Backend("spmm_stream", lambda c: _spmm_tiled_csl(c, source="stream"), cuda_only=True)
-# The delta kernel on the delta layout (CUDA cores, ~2.5 bytes per nonzero): what the layer runs with
-# SPMM_TILED_CSL_DELTA=1, at the rule's tokens per pass, and pinned to passes of 8 tokens (to place the rule).
+# The delta kernels on the delta layout (~2.5 bytes per nonzero): what the layer runs with SPMM_TILED_CSL_DELTA=1
+# (the C++ rule: CUDA cores up to 8 tokens, tensor cores above), and each kernel pinned at every N (to place the rule).
 SPMM_TILED_CSL_DELTA = Backend("spmm_delta", lambda c: _spmm_tiled_csl(c, source="delta"), cuda_only=True)
-SPMM_TILED_CSL_DELTA_P8 = Backend("spmm_delta_p8", lambda c: _spmm_tiled_csl(c, source="delta", tokens_per_pass=8),
+SPMM_TILED_CSL_DELTA_CORES = Backend("spmm_delta_cores", lambda c: _spmm_tiled_csl(c, source="delta",
+                                                                                  kernel="cuda_cores"), cuda_only=True)
+SPMM_TILED_CSL_DELTA_TC = Backend("spmm_delta_tc", lambda c: _spmm_tiled_csl(c, source="delta", kernel="tensor_cores"),
                                   cuda_only=True)
 # 128-row tiles: twice the row tiles, so fewer K splits and partials for the same SM fill; a tuning comparison.
 SPMM_TILED_CSL_TM128 = Backend("spmm_tm128", lambda c: _spmm_tiled_csl(c, tile_m=128, source="words"),

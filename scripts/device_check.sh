@@ -40,9 +40,9 @@ esac
 case "$what" in tiled-csl-delta-bench|tiled-csl-delta-levels)
   if [ "$what" = tiled-csl-delta-bench ]; then run=(--sparsity 0.8 --tokens 1 8 16 32 64); else
     run=(--sparsity 0.5 0.7 0.9 --tokens 1 8 16); fi
-  timeout 500 python3 -m bench tiled_csl --graph "${run[@]}" --backends spmm spmm_delta spmm_delta_p8 --reps 20 \
+  timeout 500 python3 -m bench tiled_csl --graph "${run[@]}" --backends spmm spmm_delta spmm_delta_cores spmm_delta_tc --reps 20 \
     --warmup 5 --out "$out/$what" 2>&1 | tail -2
-  python3 -m bench.summary "$out/$what/bench.json" --backends spmm spmm_delta spmm_delta_p8 ;;
+  python3 -m bench.summary "$out/$what/bench.json" --backends spmm spmm_delta spmm_delta_cores spmm_delta_tc ;;
 esac
 case "$what" in bench-prefill|all)
   timeout 300 python3 -m bench sparse24 --tokens 512 2048 8192 --out "$out/prefill" 2>&1 | tail -3 ;;

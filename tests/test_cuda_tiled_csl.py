@@ -86,12 +86,18 @@ def delta_mm(x, packed, m, bias=None, tile=(256, 64)):
                             delta_offsets=offsets)
 
 
-@pytest.fixture(params=["stream", "words", "delta"])
+def delta_tc_mm(x, packed, m, bias=None, tile=(256, 64)):
+    """The delta layout on its tensor-core kernel at any N (the rule runs it above 8 tokens only)."""
+    return ops.tiled_csl_delta_mm(x, *delta_layout(packed, m, x.shape[-1], tile), m, bias, "tensor_cores")
+
+
+@pytest.fixture(params=["stream", "words", "delta", "delta_tc"])
 def mm(request):
-    """Every matmul test runs on each kernel: the stream's, the word layout's and the delta layout's."""
-    if request.param == "delta" and not HAS_DELTA_KERNEL:
+    """Every matmul test runs on each kernel: the stream's, the word layout's, the delta layout's (the rule's kernel:
+    CUDA cores up to 8 tokens, tensor cores above) and the delta tensor-core kernel at every N."""
+    if request.param.startswith("delta") and not HAS_DELTA_KERNEL:
         pytest.skip(NO_DELTA_KERNEL)
-    return {"stream": stream_mm, "words": words_mm, "delta": delta_mm}[request.param]
+    return {"stream": stream_mm, "words": words_mm, "delta": delta_mm, "delta_tc": delta_tc_mm}[request.param]
 
 
 def test_has_cuda_kernels():
@@ -510,17 +516,17 @@ def test_delta_layout_built_on_gpu_matches_cpu_bit_for_bit(mk, sparsity):
 @pytest.mark.parametrize("sparsity", [0.0, 0.8, 0.95])
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 9, 17])
 def test_delta_kernel_agrees_with_its_cpu_emulation_bit_for_bit(dtype, mk, sparsity, n):
-    """Real values: the kernel sums in the order the CPU op emulates (per lane, entry by entry, fma; slices in
-    order), so the results agree in every bit, at the rule's pass width and at every other."""
+    """Real values: the CUDA-core kernel sums in the order the CPU op emulates (per lane, entry by entry, fma; slices
+    in order), so the results agree in every bit, at the rule's pass width and at every other."""
     g = cuda_gen(hash((mk, sparsity, n)) % 1000)
     w = torch.randn(*mk, generator=g, device="cuda").to(dtype)
     mask = torch.rand(*mk, generator=g, device="cuda") >= sparsity
     x = torch.randn(n, mk[1], generator=g, device="cuda").to(dtype)
     bias = torch.randn(mk[0], generator=g, device="cuda").to(dtype)
     layout = layouts.delta_layout(TiledCSLWeight.from_dense(w, mask))
-    want = ops.tiled_csl_delta_mm(x.cpu(), *(t.cpu() for t in layout), mk[0], bias.cpu())
+    want = ops.tiled_csl_delta_mm(x.cpu(), *(t.cpu() for t in layout), mk[0], bias.cpu(), "cuda_cores")
     for tokens_per_pass in (0, 1, 2, 4, 8):
-        got = ops.tiled_csl_delta_mm(x, *layout, mk[0], bias, tokens_per_pass)
+        got = ops.tiled_csl_delta_mm(x, *layout, mk[0], bias, "cuda_cores", tokens_per_pass)
         assert_bitwise_equal(got.cpu(), want)
 
 
@@ -530,12 +536,15 @@ def test_delta_opcheck_and_misaligned_values():
     packed = ops.tiled_csl_compress(w, mask)
     values, codes, offsets = layouts.delta_layout(TiledCSLWeight(*packed, (300, 520)))
     for b in (bias, None):
-        torch.library.opcheck(torch.ops.spmm._tiled_csl_delta_mm, (x, values, codes, offsets, 300, b, 0))
+        for kernel in ("cuda_cores", "tensor_cores"):
+            torch.library.opcheck(torch.ops.spmm._tiled_csl_delta_mm, (x, values, codes, offsets, 300, b, kernel, 0))
         torch.library.opcheck(torch.ops.spmm.tiled_csl_mm, (x, *empty_stream(packed), 300, 256, 64, b, None, None,
                                                             values, codes, offsets))
     shifted = torch.cat([values[:1], values])[1:]  # 2 bytes off the 16-byte alignment the kernel loads at
     assert shifted.data_ptr() % 16 != 0
-    assert torch.equal(ops.tiled_csl_delta_mm(x, shifted, codes, offsets, 300, bias), reference(x, w, mask, bias))
+    for kernel in ("cuda_cores", "tensor_cores"):
+        assert torch.equal(ops.tiled_csl_delta_mm(x, shifted, codes, offsets, 300, bias, kernel),
+                           reference(x, w, mask, bias))
 
 
 @needs_delta
@@ -554,7 +563,9 @@ def test_delta_rejects_bad_input():
     with pytest.raises(ValueError, match=r"`bias` must have out_features = 300 elements"):
         ops.tiled_csl_delta_mm(x, values, codes, offsets, 300, bias[:7])
     with pytest.raises(ValueError, match=r"`tokens_per_pass` must be 0"):
-        ops.tiled_csl_delta_mm(x, values, codes, offsets, 300, bias, 16)
+        ops.tiled_csl_delta_mm(x, values, codes, offsets, 300, bias, tokens_per_pass=16)
+    with pytest.raises(ValueError, match=r"`kernel` must be \"auto\", \"cuda_cores\" or \"tensor_cores\""):
+        ops.tiled_csl_delta_mm(x, values, codes, offsets, 300, bias, "fastest")
     with pytest.raises(ValueError, match=r"needs all of `delta_values`, `delta_codes` and `delta_offsets`"):
         ops.tiled_csl_mm(x, x[0, :0], codes[:0].short(), codes[:0], 300, 256, 64, delta_values=values)
 

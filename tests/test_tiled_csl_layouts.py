@@ -13,7 +13,6 @@ from spmm import _C, ops
 from spmm.formats import TiledCSLWeight, tiled_csl_layouts as layouts
 from spmm.nn import TiledCSLLinear
 
-SPARSITIES = [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0]
 SHAPES = [(300, 1000), (33, 7), (1, 1), (257, 520), (64, 4100), (513, 63), (40, 2049)]
 
 
@@ -163,6 +162,8 @@ def test_corrupt_layout_is_refused_by_the_decoder_and_the_cpu_op():
         ops.tiled_csl_delta_mm(x, values, codes.long(), offsets, 64)
     with pytest.raises(ValueError, match=r"`tokens_per_pass` must be 0 \(the rule's\), 1, 2, 4 or 8, got 3"):
         ops.tiled_csl_delta_mm(x, values, codes, offsets, 64, tokens_per_pass=3)
+    with pytest.raises(ValueError, match=r"`kernel` must be \"auto\", \"cuda_cores\" or \"tensor_cores\", got \"mma\""):
+        ops.tiled_csl_delta_mm(x, values, codes, offsets, 64, kernel="mma")
     far = codes.clone()
     far[0] = -1  # every gap 15: past the last column
     with pytest.raises(ValueError, match="past the last column"):
@@ -170,51 +171,57 @@ def test_corrupt_layout_is_refused_by_the_decoder_and_the_cpu_op():
 
 
 # ---------------------------------------------------------------------- the kernel's math, emulated ------
+KERNELS = ["cuda_cores", "tensor_cores"]
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("mk", SHAPES)
-@pytest.mark.parametrize("sparsity", SPARSITIES)
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.8, 0.95, 1.0])
 @pytest.mark.parametrize("n", [1, 3, 9])
-def test_emulated_kernel_exact_on_integer_inputs(dtype, mk, sparsity, n):
+def test_emulated_kernels_exact_on_integer_inputs(dtype, mk, sparsity, n):
     m, k = mk
     w, mask = int_weight(m, k, dtype, sparsity, hash((mk, sparsity, n)) % 1000)
     _, layout = layout_of(w, mask)
     g = torch.Generator().manual_seed(n)
     x = torch.randint(-2, 3, (n, k), generator=g).to(dtype)
     bias = torch.randint(-2, 3, (m,), generator=g).to(dtype)
-    y = ops.tiled_csl_delta_mm(x, *layout, m, bias)
-    assert y.shape == (n, m) and y.dtype == dtype
-    assert torch.equal(y, reference(x, w, mask, bias))
+    for kernel in ["auto"] + KERNELS:
+        y = ops.tiled_csl_delta_mm(x, *layout, m, bias, kernel)
+        assert y.shape == (n, m) and y.dtype == dtype
+        assert torch.equal(y, reference(x, w, mask, bias)), kernel
     assert torch.equal(ops.tiled_csl_delta_mm(x, *layout, m), reference(x, w, mask))
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("kind", ["empty_rows", "one_dense_column", "empty_slices", "full_rows", "long_gaps",
                                   "last_column_only", "first_and_last", "full"])
-def test_emulated_kernel_exact_on_adversarial_masks(kind):
+def test_emulated_kernels_exact_on_adversarial_masks(kind, kernel):
     m, k = 300, 3000
     w, _ = int_weight(m, k, torch.float16, 0.0, 4)
     mask = adversarial_mask(kind, m, k)
     _, layout = layout_of(w, mask)
     x = torch.randint(-2, 3, (5, k), generator=torch.Generator().manual_seed(1)).half()
-    assert torch.equal(ops.tiled_csl_delta_mm(x, *layout, m), reference(x, w, mask))
+    assert torch.equal(ops.tiled_csl_delta_mm(x, *layout, m, None, kernel), reference(x, w, mask))
 
 
-def test_emulated_kernel_leading_dims_strided_x_and_empty_products():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_emulated_kernels_leading_dims_strided_x_and_empty_products(kernel):
     m, k = 70, 600
     w, mask = int_weight(m, k, torch.float16, 0.8, 12)
     _, layout = layout_of(w, mask)
     x = torch.randint(-2, 3, (12, k), generator=torch.Generator().manual_seed(2)).half()
     bias = torch.arange(m).half()
     expected = reference(x, w, mask, bias)
-    assert torch.equal(ops.tiled_csl_delta_mm(x.reshape(3, 4, k), *layout, m, bias), expected.reshape(3, 4, m))
+    assert torch.equal(ops.tiled_csl_delta_mm(x.reshape(3, 4, k), *layout, m, bias, kernel), expected.reshape(3, 4, m))
     strided = torch.stack([x, x], dim=-1).reshape(12, 2 * k)[:, ::2]
-    assert torch.equal(ops.tiled_csl_delta_mm(strided, *layout, m, bias), expected)
-    assert ops.tiled_csl_delta_mm(x[:0], *layout, m, bias).shape == (0, m)
+    assert torch.equal(ops.tiled_csl_delta_mm(strided, *layout, m, bias, kernel), expected)
+    assert ops.tiled_csl_delta_mm(x[:0], *layout, m, bias, kernel).shape == (0, m)
     empty = layouts.delta_layout(TiledCSLWeight.empty((m, 0), dtype=torch.float16))
-    assert torch.equal(ops.tiled_csl_delta_mm(x[:, :0], *empty, m, bias), bias.expand(12, m))
+    assert torch.equal(ops.tiled_csl_delta_mm(x[:, :0], *empty, m, bias, kernel), bias.expand(12, m))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_emulated_kernel_on_real_values_within_twice_dense_error(dtype):
+def test_emulated_kernels_on_real_values_within_twice_dense_error(dtype):
     g = torch.Generator().manual_seed(3)
     m, k = 512, 4096
     w = torch.randn(m, k, generator=g).to(dtype)
@@ -224,7 +231,8 @@ def test_emulated_kernel_on_real_values_within_twice_dense_error(dtype):
     wm = masked(w, mask)
     ref = x.double() @ wm.double().T
     dense_err = (torch.nn.functional.linear(x.float(), wm.float()).to(dtype).double() - ref).abs().max()
-    assert (ops.tiled_csl_delta_mm(x, *layout, m).double() - ref).abs().max() <= 2 * dense_err
+    for kernel in KERNELS:
+        assert (ops.tiled_csl_delta_mm(x, *layout, m, None, kernel).double() - ref).abs().max() <= 2 * dense_err
 
 
 # ------------------------------------------------------------------------------------------ word layout ------

@@ -32,10 +32,11 @@ TORCH_LIBRARY(spmm, m) {
   // Internal (CUDA): the Tiled-CSL word layout (one 32-bit word per pair, runs padded to 16 bytes), made from the
   // stream; tiled_csl_mm runs it.
   m.def("_tiled_csl_words(Tensor values, Tensor locations, Tensor tile_offsets, int tile_m, int tile_k) -> (Tensor words, Tensor word_offsets)");
-  // Internal: matmul on the Tiled-CSL delta layout. CUDA: the delta kernel (tokens_per_pass 0 = the rule's, else 1, 2,
-  // 4 or 8, for tuning). CPU: the kernel emulated lane by lane (its index math and fp32 order), the tests' reference.
+  // Internal: matmul on the Tiled-CSL delta layout. CUDA: a delta kernel -- kernel "auto" (the rule), "cuda_cores" or
+  // "tensor_cores"; tokens_per_pass 0 (the rule's) or 1, 2, 4, 8 for the CUDA-core kernel. CPU: that kernel emulated
+  // lane by lane (its index math; the CUDA-core kernel's fp32 order too), the tests' reference.
   m.def("_tiled_csl_delta_mm(Tensor x, Tensor values, Tensor codes, Tensor offsets, int out_features, Tensor? bias=None, "
-        "int tokens_per_pass=0) -> Tensor");
+        "str kernel=\"auto\", int tokens_per_pass=0) -> Tensor");
   // Spense: dense row block + 2:4 row block, output rows placed by row_index (dense rows first). CPU.
   m.def("spense_mm(Tensor x, Tensor dense_weight, Tensor values, Tensor meta, Tensor row_index, Tensor? bias) -> Tensor");
 }

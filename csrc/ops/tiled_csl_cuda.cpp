@@ -161,7 +161,7 @@ at::Tensor tiled_csl_mm_cuda(const at::Tensor& x, const at::Tensor& values, cons
 #if SPMM_HAS_TILED_CSL_DELTA
       return tiled_csl_delta_mm_cuda(op, {*delta_values, *delta_codes, *delta_offsets,
                                           {"delta_values", "delta_codes", "delta_offsets"}},
-                                     x, out_features, bias, 0);
+                                     x, out_features, bias);
 #else
       TORCH_CHECK_NOT_IMPLEMENTED(false, op, ": this build has no delta kernel (CMake family tiled_csl_delta)");
 #endif

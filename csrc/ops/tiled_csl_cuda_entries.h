@@ -7,6 +7,8 @@
 #include <array>
 #include <optional>
 
+#include <c10/util/string_view.h>
+
 namespace spmm::ops {
 
 // A delta layout as an op received it, with the names its arguments have there (for the messages).
@@ -18,10 +20,11 @@ struct DeltaLayoutArgs {
 };
 
 #if SPMM_HAS_TILED_CSL_DELTA
-// The delta kernel (tiled_csl_delta_cuda.cpp); tokens_per_pass 0: the rule's (tiled_csl_delta_tokens_per_pass).
+// The delta kernels (tiled_csl_delta_cuda.cpp): kernel "auto" (the rule), "cuda_cores" or "tensor_cores";
+// tokens_per_pass 0: the rule's (tiled_csl_delta_tokens_per_pass).
 at::Tensor tiled_csl_delta_mm_cuda(const char* op, const DeltaLayoutArgs& layout, const at::Tensor& x,
                                    int64_t out_features, const std::optional<at::Tensor>& bias,
-                                   int64_t tokens_per_pass);
+                                   c10::string_view kernel = "auto", int64_t tokens_per_pass = 0);
 #endif
 
 }  // namespace spmm::ops

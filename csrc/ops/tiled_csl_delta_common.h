@@ -32,6 +32,15 @@ inline void check_delta_layout(const char* op, const at::Tensor& x, const at::Te
                     "; build the layout for this shape");
 }
 
+// The delta kernel an op call runs for N tokens: "auto" (tiled_csl_delta_tensor_cores, the rule), "cuda_cores" or
+// "tensor_cores" (tuning knobs).
+inline bool delta_tensor_cores(const char* op, c10::string_view kernel, int64_t n) {
+  if (kernel == "auto") return kernels::tiled_csl_delta_tensor_cores(n);
+  if (kernel == "cuda_cores") return false;
+  if (kernel == "tensor_cores") return true;
+  TORCH_CHECK_VALUE(false, op, ": `kernel` must be \"auto\", \"cuda_cores\" or \"tensor_cores\", got \"", kernel, "\"");
+}
+
 inline void check_tokens_per_pass(const char* op, int64_t tokens_per_pass) {
   TORCH_CHECK_VALUE(tokens_per_pass == 0 || tokens_per_pass == 1 || tokens_per_pass == 2 || tokens_per_pass == 4 ||
                         tokens_per_pass == kernels::kDeltaMaxTokensPerPass,

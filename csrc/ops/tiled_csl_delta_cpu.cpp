@@ -1,7 +1,10 @@
-// spmm::_tiled_csl_delta_mm on CPU: the delta kernel emulated lane by lane (emulate_delta_mm in
-// kernels/tiled_csl/tiled_csl_delta_layout.h: the kernel's own index math and clamps, its fp32 fma order, its split-K
-// order), so the CPU tests check the layout and the kernel's decode at once, and on the GPU the kernel must agree
-// with it bit for bit. A reference for tests, not a fast path (TiledCSLLinear keeps the stream on CPU).
+// spmm::_tiled_csl_delta_mm on CPU: the delta kernel the call names (or the rule picks for N) emulated lane by lane
+// with the kernels' own __host__ __device__ index math and clamps (kernels/tiled_csl/tiled_csl_delta_layout.h):
+//   - CUDA cores: emulate_delta_mm, in the kernel's fp32 fma order and split-K order (the GPU kernel must agree with
+//     it bit for bit);
+//   - tensor cores: emulate_delta_tiles places every entry where the kernel's windows store it, and the product of
+//     that matrix is taken in fp64 (the mma's own order is the hardware's).
+// So the CPU tests check the layout and the kernels' decode at once. A reference for tests, not a fast path.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -14,7 +17,8 @@ namespace {
 
 at::Tensor tiled_csl_delta_mm_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& codes,
                                   const at::Tensor& offsets, int64_t out_features,
-                                  const std::optional<at::Tensor>& bias, int64_t tokens_per_pass) {
+                                  const std::optional<at::Tensor>& bias, c10::string_view kernel,
+                                  int64_t tokens_per_pass) {
   constexpr const char* op = "spmm::_tiled_csl_delta_mm";
   check_activation(op, x);
   TORCH_CHECK_VALUE(out_features >= 0, op, ": `out_features` must be >= 0, got ", out_features);
@@ -28,6 +32,20 @@ at::Tensor tiled_csl_delta_mm_cpu(const at::Tensor& x, const at::Tensor& values,
   for (int64_t i = 0; i + 1 < offsets.numel(); ++i)
     TORCH_CHECK_VALUE(offs[i] <= offs[i + 1], op, ": `offsets` must not decrease (entry ", i, ")");
 
+  const int64_t width = kernels::tiled_csl_delta_slice_width(m, k);
+  if (delta_tensor_cores(op, kernel, n)) {
+    at::Tensor dense = at::zeros({m, k}, x.options().dtype(at::kDouble));
+    double* d = dense.data_ptr<double>();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "tiled_csl_delta_tiles_cpu", [&] {
+      const scalar_t* vals = values.data_ptr<scalar_t>();
+      kernels::delta::emulate_delta_tiles(reinterpret_cast<const uint32_t*>(codes.data_ptr<int32_t>()), offs, chunks, m,
+                                          k, width, [&](int64_t r, int64_t c, int64_t e) {
+                                            // past K only the padding lands (x is zero there in the kernel)
+                                            if (c < k) d[r * k + c] = static_cast<double>(vals[e]);
+                                          });
+    });
+    return finish_linear(at::matmul(activation_matrix(x, n, k), dense.t()), bias, x);
+  }
   const at::Tensor xf = x.reshape({n, k}).to(at::kFloat).contiguous();
   const at::Tensor bf = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor y = at::empty({n, m}, x.options().dtype(at::kFloat));
@@ -35,7 +53,7 @@ at::Tensor tiled_csl_delta_mm_cpu(const at::Tensor& x, const at::Tensor& values,
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "tiled_csl_delta_mm_cpu", [&] {
       const scalar_t* vals = values.data_ptr<scalar_t>();
       kernels::delta::emulate_delta_mm(reinterpret_cast<const uint32_t*>(codes.data_ptr<int32_t>()), offs, chunks, m,
-                                       k, n, kernels::tiled_csl_delta_slice_width(m, k), xf.data_ptr<float>(),
+                                       k, n, width, xf.data_ptr<float>(),
                                        bf.defined() ? bf.data_ptr<float>() : nullptr, y.data_ptr<float>(),
                                        [&](int64_t i) { return static_cast<float>(vals[i]); });
     });

@@ -16,7 +16,7 @@ namespace spmm::ops {
 
 at::Tensor tiled_csl_delta_mm_cuda(const char* op, const DeltaLayoutArgs& layout, const at::Tensor& x,
                                    int64_t out_features, const std::optional<at::Tensor>& bias,
-                                   int64_t tokens_per_pass) {
+                                   c10::string_view kernel, int64_t tokens_per_pass) {
   check_activation(op, x);
   check_half_dtype(op, "x", x);
   TORCH_CHECK_VALUE(out_features >= 0, op, ": `out_features` must be >= 0, got ", out_features);
@@ -26,6 +26,7 @@ at::Tensor tiled_csl_delta_mm_cuda(const char* op, const DeltaLayoutArgs& layout
   check_tokens_per_pass(op, tokens_per_pass);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t m = out_features, k = x.size(-1), n = leading_rows(x);
+  const bool tensor_cores = delta_tensor_cores(op, kernel, n);
   if (n == 0 || m == 0 || k == 0) return empty_product(x, n, m, bias);
   const MatmulOperands operands(x, m, bias);
   const at::Tensor values = aligned16(layout.values);
@@ -37,8 +38,10 @@ at::Tensor tiled_csl_delta_mm_cuda(const char* op, const DeltaLayoutArgs& layout
   p.offsets = layout.offsets.data_ptr<int32_t>();
   p.chunks = layout.codes.numel();
   p.slice_width = kernels::tiled_csl_delta_slice_width(m, k);
+  p.tensor_cores = tensor_cores;
   p.tokens_per_pass = tokens_per_pass > 0 ? tokens_per_pass : kernels::tiled_csl_delta_tokens_per_pass(n);
-  const KernelWorkspace workspace(x, kernels::tiled_csl_delta_workspace_bytes(m, k, p.tokens_per_pass));
+  const KernelWorkspace workspace(x, kernels::tiled_csl_delta_workspace_bytes(m, n, k, tensor_cores,
+                                                                              p.tokens_per_pass));
   p.workspace = workspace.data();
   check_cuda(op, kernels::tiled_csl_delta_mm(p, at::cuda::getCurrentCUDAStream()));
   return operands.result(x);
@@ -48,9 +51,9 @@ namespace {
 
 at::Tensor delta_mm_op(const at::Tensor& x, const at::Tensor& values, const at::Tensor& codes,
                        const at::Tensor& offsets, int64_t out_features, const std::optional<at::Tensor>& bias,
-                       int64_t tokens_per_pass) {
+                       c10::string_view kernel, int64_t tokens_per_pass) {
   return tiled_csl_delta_mm_cuda("spmm::_tiled_csl_delta_mm", DeltaLayoutArgs{values, codes, offsets}, x,
-                                 out_features, bias, tokens_per_pass);
+                                 out_features, bias, kernel, tokens_per_pass);
 }
 
 }  // namespace

@@ -212,12 +212,13 @@ def tiled_csl_words(
 
 def tiled_csl_delta_mm(
     x: Tensor, values: Tensor, codes: Tensor, offsets: Tensor, out_features: int, bias: Optional[Tensor] = None,
-    tokens_per_pass: int = 0,
+    kernel: str = "auto", tokens_per_pass: int = 0,
 ) -> Tensor:
-    """y = x @ W.T (+ bias) with W in the delta layout, on the delta kernel itself: what tiled_csl_mm runs when given
-    that layout. For tuning: `tokens_per_pass` (1, 2, 4 or 8; 0 = the rule's). On CPU: the kernel emulated lane by lane
-    (same index math, same fp32 order; the tests' reference of the kernel)."""
-    return _ops._tiled_csl_delta_mm(x, values, codes, offsets, out_features, bias, tokens_per_pass)
+    """y = x @ W.T (+ bias) with W in the delta layout, on a delta kernel itself: what tiled_csl_mm runs when given
+    that layout. For tuning: `kernel` ("auto": the C++ rule, CUDA cores up to 8 tokens, tensor cores above;
+    "cuda_cores"; "tensor_cores") and `tokens_per_pass` (CUDA cores: 1, 2, 4 or 8; 0 = the rule's). On CPU: that
+    kernel emulated lane by lane (same index math; the CUDA-core kernel's fp32 order too), the tests' reference."""
+    return _ops._tiled_csl_delta_mm(x, values, codes, offsets, out_features, bias, kernel, tokens_per_pass)
 
 
 _TILED_CSL_KERNEL_DTYPES = (torch.float16, torch.bfloat16)
@@ -326,7 +327,7 @@ def _tiled_csl_words_fake(values, locations, tile_offsets, tile_m, tile_k):
 
 
 @torch.library.register_fake("spmm::_tiled_csl_delta_mm")
-def _tiled_csl_delta_mm_fake(x, values, codes, offsets, out_features, bias=None, tokens_per_pass=0):
+def _tiled_csl_delta_mm_fake(x, values, codes, offsets, out_features, bias=None, kernel="auto", tokens_per_pass=0):
     return x.new_empty(*x.shape[:-1], out_features)
 
 

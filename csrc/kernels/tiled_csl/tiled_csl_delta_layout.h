@@ -83,12 +83,32 @@ SPMM_DELTA_FN uint32_t active_lanes_below(uint32_t active, int lane) {
   return popcount(active & ((1u << lane) - 1u));
 }
 
-// A segment's chunk count as the kernels trust it: [0, max_chunks] (a corrupt offsets array gives wrong numbers,
-// never a read outside the layout: chunk indices are clamped too). A valid segment of a slice S columns wide has at
-// most S / 16 fillers and 7 padding entries besides its <= S nonzeros, so S chunks always suffice.
+// A segment's chunk count as the kernels trust it: [0, max_chunks] (max_segment_chunks below: a corrupt offsets array
+// gives wrong numbers, never a read outside the layout; chunk indices are clamped too).
 SPMM_DELTA_FN int segment_chunks(int32_t begin, int32_t end, int64_t max_chunks) {
   const int64_t len = static_cast<int64_t>(end) - static_cast<int64_t>(begin);
   return static_cast<int>(len < 0 ? 0 : len > max_chunks ? max_chunks : len);
+}
+
+// Most chunks a valid segment of a slice `slice_width` columns wide can have: its nonzeros, one filler per 16 columns,
+// the padding of one chunk. The kernels clamp a segment's chunk count to it (segment_chunks).
+SPMM_DELTA_FN int max_segment_chunks(int64_t slice_width) {
+  return static_cast<int>(slice_width / kChunk + slice_width / (kChunk * (kMaxCode + 1)) + 1);
+}
+
+// ---------------------------------------------------------------------------- the tile kernel's windows ------
+constexpr int kWindow = 64;  // columns of the tile kernel's dense shared tile (one mma K tile of 4 x k16)
+
+// The tile kernel hands a lane's chunk (base: its first column in the slice) to window [w0, w0 + 64): entry t goes to
+// column window_column(...) of the window's tile if that is < 64. Unsigned, so an entry outside the window (also one
+// before it, in a corrupt layout) is never stored. The lane moves on to its next chunk once the chunk ends in the
+// window (a chunk spans at most 7 + 8 * 15 columns, up to three windows), else keeps it for the next window.
+SPMM_DELTA_FN uint32_t window_column(const ChunkColumns& cols, uint32_t base, uint32_t w0, int t) {
+  return base + entry_column(cols, t) - w0;
+}
+
+SPMM_DELTA_FN bool chunk_ends_in_window(const ChunkColumns& cols, uint32_t base, uint32_t w0) {
+  return base + entry_column(cols, kChunk - 1) < w0 + kWindow;
 }
 
 // =============================================================================================== host side ======
@@ -176,7 +196,7 @@ void emulate_delta_mm(const uint32_t* codes, const int32_t* offsets, int64_t chu
       uint32_t base[kGroupRows] = {};
       int iters = 0;
       for (int l = 0; l < kGroupRows && r0 + l < m; ++l) {
-        len[l] = chunks > 0 ? segment_chunks(offs[r0 + l], offs[r0 + l + 1], slice_width) : 0;
+        len[l] = chunks > 0 ? segment_chunks(offs[r0 + l], offs[r0 + l + 1], max_segment_chunks(slice_width)) : 0;
         iters = std::max(iters, len[l]);
       }
       std::vector<float> acc(kGroupRows * n, 0.0f);
@@ -213,6 +233,59 @@ void emulate_delta_mm(const uint32_t* codes, const int32_t* offsets, int64_t chu
         y[tok * m + r] = sum + b;
       }
     }
+}
+
+// The tile kernel's walk (delta_tile_kernel), emulated: each lane of each record hands its chunks to the windows of
+// its slice as the kernel does (same jagged table, same clamps) and visit(row, col, entry) receives every entry the
+// kernel stores into its dense tile (col: the window's column in W). Storing visit's entries (fillers and padding
+// are +0.0) into a zero matrix must give back W: the tests' check of the kernel's index math; the sums themselves
+// run on tensor cores, in an order the hardware chooses.
+template <typename Visit>
+void emulate_delta_tiles(const uint32_t* codes, const int32_t* offsets, int64_t chunks, int64_t m, int64_t k,
+                         int64_t slice_width, Visit visit) {
+  const int64_t slices = (k + slice_width - 1) / slice_width;
+  const int max_chunks = max_segment_chunks(slice_width);
+  std::vector<uint32_t> masks(max_chunks), starts(max_chunks);
+  for (int64_t s = 0; s < slices; ++s) {
+    const int64_t col0 = s * slice_width, windows = (std::min(slice_width, k - col0) + kWindow - 1) / kWindow;
+    const int32_t* offs = offsets + s * m;
+    for (int64_t r0 = 0; r0 < m; r0 += kGroupRows) {
+      int len[kGroupRows] = {}, next[kGroupRows] = {}, iters = 0;
+      uint32_t base[kGroupRows] = {};
+      for (int l = 0; l < kGroupRows && r0 + l < m; ++l) {
+        len[l] = chunks > 0 ? segment_chunks(offs[r0 + l], offs[r0 + l + 1], max_chunks) : 0;
+        iters = std::max(iters, len[l]);
+      }
+      uint32_t start = 0;
+      for (int j = 0; j < iters; ++j) {
+        masks[j] = 0;
+        for (int l = 0; l < kGroupRows; ++l) masks[j] |= static_cast<uint32_t>(j < len[l]) << l;
+        starts[j] = start;
+        start += popcount(masks[j]);
+      }
+      for (int64_t c = 0; c < windows; ++c) {
+        const uint32_t w0 = static_cast<uint32_t>(c * kWindow);
+        for (int l = 0; l < kGroupRows; ++l) {
+          while (next[l] < len[l]) {
+            const int j = next[l];
+            const int64_t chunk = std::min<int64_t>(offs[r0] + starts[j] + active_lanes_below(masks[j], l), chunks - 1);
+            const ChunkColumns cols = chunk_columns(codes[chunk]);
+            const uint32_t b = std::min<uint32_t>(base[l], static_cast<uint32_t>(slice_width));
+            for (int t = 0; t < kChunk; ++t) {
+              const uint32_t local = window_column(cols, b, w0, t);
+              if (local < static_cast<uint32_t>(kWindow)) visit(r0 + l, col0 + w0 + local, chunk * kChunk + t);
+            }
+            if (!chunk_ends_in_window(cols, b, w0)) {
+              base[l] = b;
+              break;
+            }
+            base[l] = b + chunk_advance(cols);
+            ++next[l];
+          }
+        }
+      }
+    }
+  }
 }
 
 }  // namespace spmm::kernels::delta

@@ -1,12 +1,13 @@
 // Self-test of the Tiled-CSL delta kernel, torch-free (nvcc alone). For each problem: a weight of small integers
 // (every sum exact) under a random or adversarial mask, its delta layout built on the host (build_host_layout), and
-//   - the host emulation of the kernel (emulate_delta_mm: the kernel's own index math, lane by lane) compared bit
-//     for bit with a dense reference;
-//   - unless --host-only: the kernel at the rule's tokens per pass and at every other pass width that holds N,
-//     compared bit for bit with the reference, and on real-valued inputs bit for bit with the emulation (same fp32
-//     order); then the large problems timed (CUDA events, L2 flushed, median) next to the word-layout kernel on the
-//     same weight (what TiledCSLLinear runs by default), a plain read of the layout's bytes, and a plain read of the
-//     dense fp16 weight (what cuBLAS reads at best).
+//   - the host emulations of the two kernels (their own index math, lane by lane): the CUDA-core kernel's products
+//     (emulate_delta_mm) compared bit for bit with a dense reference, the tensor-core kernel's tile stores
+//     (emulate_delta_tiles) compared with the weight;
+//   - unless --host-only: the CUDA-core kernel at every pass width, and the tensor-core kernel, compared bit for bit
+//     with the reference, and the CUDA-core kernel on real-valued inputs bit for bit with its emulation (same fp32
+//     order); then the large problems timed (CUDA events, L2 flushed, median): both kernels, the word-layout kernel on
+//     the same weight (what TiledCSLLinear runs by default), a plain read of the layout's bytes, and a plain read of
+//     the dense fp16 weight (what cuBLAS reads at best).
 // Exit status 1 on any mismatch.
 //
 //   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Icsrc csrc/kernels/tiled_csl/tiled_csl_delta_selftest.cu \
@@ -66,6 +67,18 @@ std::vector<uint16_t> reference(const Problem& pr, const std::vector<float>& w, 
   return y;
 }
 
+// Whether the tensor-core kernel's windows store exactly the weight (entries past K are padding: zeros).
+bool tiles_exact(const Problem& pr, const delta::HostLayout& lay, int64_t width, const std::vector<float>& w) {
+  std::vector<float> stored(pr.m * pr.k, 0.f);
+  delta::emulate_delta_tiles(lay.codes.data(), lay.offsets.data(), static_cast<int64_t>(lay.codes.size()), pr.m, pr.k,
+                             width, [&](int64_t r, int64_t c, int64_t e) {
+                               if (c < pr.k) stored[r * pr.k + c] = from_bits(lay.values[e], pr.dtype);
+                             });
+  const bool ok = stored == w;
+  if (!ok) std::printf("  MISMATCH (tile emulation): the stored entries differ from the weight\n");
+  return ok;
+}
+
 std::vector<uint16_t> emulate(const Problem& pr, const delta::HostLayout& lay, int64_t width,
                               const std::vector<uint16_t>& x, const std::vector<uint16_t>& bias) {
   std::vector<float> xf(x.size()), bf(bias.size()), y(pr.n * pr.m);
@@ -86,8 +99,8 @@ struct DeviceLayout {
   int64_t chunks;
 };
 
-float run(const Problem& pr, const DeviceLayout& d, int64_t width, int64_t tokens_per_pass, const void* x,
-          const void* bias, void* y, const Flush& flush, int reps) {
+float run(const Problem& pr, const DeviceLayout& d, int64_t width, bool tensor_cores, int64_t tokens_per_pass,
+          const void* x, const void* bias, void* y, const Flush& flush, int reps) {
   spmm::kernels::TiledCSLDeltaMMParams p{};
   p.x = x;
   p.x_ld = pr.k;
@@ -102,10 +115,12 @@ float run(const Problem& pr, const DeviceLayout& d, int64_t width, int64_t token
   p.n = pr.n;
   p.k = pr.k;
   p.slice_width = width;
+  p.tensor_cores = tensor_cores;
   p.tokens_per_pass = tokens_per_pass;
   p.dtype = pr.dtype;
   void* ws = nullptr;
-  const size_t ws_bytes = spmm::kernels::tiled_csl_delta_workspace_bytes(pr.m, pr.k, tokens_per_pass);
+  const size_t ws_bytes =
+      spmm::kernels::tiled_csl_delta_workspace_bytes(pr.m, pr.n, pr.k, tensor_cores, tokens_per_pass);
   if (ws_bytes) CHECK(cudaMalloc(&ws, ws_bytes));
   p.workspace = ws;
   auto call = [&] { CHECK(spmm::kernels::tiled_csl_delta_mm(p, 0)); };
@@ -202,9 +217,10 @@ int main(int argc, char** argv) {
   Flush* flush = host_only ? nullptr : new Flush();
   std::mt19937 rng(2024);
   bool all_ok = true;
-  std::printf("%6s %6s %3s %5s %-12s %4s | %6s %7s %-6s %-10s | %8s %8s %8s %8s  (median us: delta kernel, word "
-              "kernel, read of the delta layout, read of dense fp16)\n", "M", "K", "N", "spars", "mask", "type",
-              "slice", "B/elem", "emul", "kernel", "delta", "words", "layout", "dense");
+  std::printf("%6s %6s %3s %5s %-12s %4s | %6s %7s %-6s %-10s | %8s %8s %8s %8s %8s  (median us: delta CUDA-core "
+              "and tensor-core kernels, word kernel, read of the delta layout, read of dense fp16)\n", "M", "K", "N",
+              "spars", "mask", "type", "slice", "B/elem", "emul", "kernels", "cores", "tensor", "words", "layout",
+              "dense");
   for (const Problem& pr : problems) {
     const int64_t width = spmm::kernels::tiled_csl_delta_slice_width(pr.m, pr.k);
     std::uniform_int_distribution<int> val(1, 3), sign(0, 1), xd(-2, 2);
@@ -229,6 +245,7 @@ int main(int argc, char** argv) {
     bool emul_ok = true;
     if (!pr.timed) {
       emul_ok = exact(emulate(pr, lay, width, x, bias), expected, pr.m, pr.dtype, "emulation");
+      emul_ok = tiles_exact(pr, lay, width, w) && emul_ok;
       all_ok = all_ok && emul_ok;
     }
     std::printf("%6lld %6lld %3lld %5.2f %-12s %4s | %6lld %7.3f %-6s", static_cast<long long>(pr.m),
@@ -249,26 +266,29 @@ int main(int argc, char** argv) {
     const int64_t rule = spmm::kernels::tiled_csl_delta_tokens_per_pass(pr.n);
     if (!pr.timed) {
       bool ok = true;
-      for (const int64_t tpp : {rule, int64_t{1}, int64_t{2}, int64_t{4}, int64_t{8}}) {
+      for (const int64_t tpp : {int64_t{0}, int64_t{1}, int64_t{2}, int64_t{4}, int64_t{8}}) {  // 0: tensor cores
         CHECK(cudaMemset(dy, 0xFF, pr.n * pr.m * 2));
-        run(pr, d, width, tpp, dx, dbias, dy, *flush, 0);
-        ok = exact(fetch(dy, pr.n * pr.m), expected, pr.m, pr.dtype, ("kernel, passes of " + std::to_string(tpp)).c_str()) && ok;
+        run(pr, d, width, tpp == 0, tpp == 0 ? rule : tpp, dx, dbias, dy, *flush, 0);
+        const std::string what = tpp == 0 ? "tensor cores" : "CUDA cores, passes of " + std::to_string(tpp);
+        ok = exact(fetch(dy, pr.n * pr.m), expected, pr.m, pr.dtype, what.c_str()) && ok;
       }
       // Real values: the kernel sums in the emulation's order, so the bits agree exactly.
       std::normal_distribution<float> normal(0.f, 1.f);
       std::vector<uint16_t> xr(x.size());
       for (auto& v : xr) v = to_bits(normal(rng), pr.dtype);
       CHECK(cudaMemcpy(dx, xr.data(), xr.size() * 2, cudaMemcpyHostToDevice));
-      run(pr, d, width, rule, dx, dbias, dy, *flush, 0);
+      run(pr, d, width, false, rule, dx, dbias, dy, *flush, 0);
       ok = exact(fetch(dy, pr.n * pr.m), emulate(pr, lay, width, xr, bias), pr.m, pr.dtype, "kernel vs emulation") && ok;
       all_ok = all_ok && ok;
       std::printf(" %-10s\n", ok ? "exact" : "WRONG");
     } else {
-      const float us = run(pr, d, width, rule, dx, dbias, dy, *flush, 30);
+      const float cores_us = run(pr, d, width, false, rule, dx, dbias, dy, *flush, 30);
+      const float tensor_us = run(pr, d, width, true, rule, dx, dbias, dy, *flush, 30);
       const float words_us = time_words(pr, row_begin, cols, value_bits, dx, dbias, dy, *flush);
       const float layout_us = time_read(static_cast<size_t>(bytes) / 16 * 16, *flush, 30);
       const float dense_us = time_read(static_cast<size_t>(pr.m * pr.k * 2), *flush, 30);
-      std::printf(" %-10s | %8.1f %8.1f %8.1f %8.1f\n", "timed", us, words_us, layout_us, dense_us);
+      std::printf(" %-10s | %8.1f %8.1f %8.1f %8.1f %8.1f\n", "timed", cores_us, tensor_us, words_us, layout_us,
+                  dense_us);
     }
     std::fflush(stdout);
     for (void* ptr : {static_cast<void*>(d.values), static_cast<void*>(d.codes), static_cast<void*>(d.offsets),

@@ -65,6 +65,10 @@ inline int64_t tiled_csl_delta_tokens_per_pass(int64_t n) {
   return n <= 1 ? 1 : n <= 2 ? 2 : n <= 4 ? 4 : kDeltaMaxTokensPerPass;
 }
 
+// Which delta kernel runs N tokens: CUDA cores up to 8 (one pass), tensor cores above (the mma kernel streams the
+// weight once per 64 tokens instead of once per 8).
+inline bool tiled_csl_delta_tensor_cores(int64_t n) { return n > kDeltaMaxTokensPerPass; }
+
 // -------------------------------------------------------------------------- what TiledCSLLinear derives ------
 // The switch of the delta layout: SPMM_TILED_CSL_DELTA=1 in the environment (read when a layer derives its layout).
 inline bool tiled_csl_delta_switch_on() {
