@@ -470,27 +470,6 @@ def test_layer_keeps_the_word_layout_in_step_with_its_weight(monkeypatch):
         assert layer.cpu().words is None
 
 
-def test_layer_graph_capture_and_compile():
-    w, mask, x, bias = int_case(1024, 2048, 8, torch.float16, 0.8, 26)
-    linear = torch.nn.Linear(2048, 1024, dtype=torch.half, device="cuda")
-    with torch.no_grad():
-        linear.weight.copy_(w)
-        linear.bias.copy_(bias)
-    layer = spmm.nn.TiledCSLLinear.from_dense(linear, mask)
-    expected = reference(x, w, mask, bias)
-    with torch.no_grad():
-        static_x = x.clone()
-        layer(static_x)  # warm-up outside capture
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = layer(static_x)
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(out, expected)
-        compiled = torch.compile(layer, fullgraph=True)
-        assert torch.equal(compiled(x), expected)
-
-
 # ------------------------------------------------------------------------------------------ delta layout --------
 needs_delta = pytest.mark.skipif(not HAS_DELTA_KERNEL, reason=NO_DELTA_KERNEL)
 
@@ -608,27 +587,23 @@ def test_delta_layer_holds_one_copy_runs_exact_and_saves_the_stream(dtype, delta
     assert cpu.delta_values is None and cpu.values is not None and torch.equal(cpu.to_dense_weight(), masked(w, mask).cpu())
 
 
-def test_delta_layer_graph_capture_compile_and_backward(delta_layer):
-    w, mask, x, bias = int_case(1024, 2048, 8, torch.float16, 0.8, 44)
+@pytest.mark.parametrize("layout", ["words", "delta"])
+def test_layer_graph_capture_compile_and_backward(layout, monkeypatch):
+    """Whichever kernel layout the layer holds: CUDA graph replay and torch.compile exact; gradients for x and bias."""
+    if layout == "delta":
+        if not HAS_DELTA_KERNEL:
+            pytest.skip(NO_DELTA_KERNEL)
+        monkeypatch.setenv("SPMM_TILED_CSL_DELTA", "1")
+    else:
+        monkeypatch.delenv("SPMM_TILED_CSL_DELTA", raising=False)
+    w, mask, x, bias = int_case(1024, 2048, 8, torch.float16, 0.8, 26)
     linear = torch.nn.Linear(2048, 1024, dtype=torch.half, device="cuda")
     with torch.no_grad():
         linear.weight.copy_(w)
         linear.bias.copy_(bias)
     layer = spmm.nn.TiledCSLLinear.from_dense(linear, mask)
-    assert layer.values is None
+    assert getattr(layer, {"words": "words", "delta": "delta_values"}[layout]) is not None
     assert_exact_on_graph_and_compile(layer, x, reference(x, w, mask, bias))
-    assert_backward_matches_dense(layer, masked(w, mask), bias)
-
-
-def test_word_layer_backward(monkeypatch):
-    monkeypatch.delenv("SPMM_TILED_CSL_DELTA", raising=False)
-    w, mask, _, bias = int_case(1024, 2048, 8, torch.float16, 0.8, 45)
-    linear = torch.nn.Linear(2048, 1024, dtype=torch.half, device="cuda")
-    with torch.no_grad():
-        linear.weight.copy_(w)
-        linear.bias.copy_(bias)
-    layer = spmm.nn.TiledCSLLinear.from_dense(linear, mask)
-    assert layer.words is not None
     assert_backward_matches_dense(layer, masked(w, mask), bias)
 
 

@@ -24,7 +24,7 @@
 #include "kernels/common/selftest.cuh"
 #include "kernels/tiled_csl/tiled_csl_delta.h"
 #include "kernels/tiled_csl/tiled_csl_delta_layout.h"
-#include "kernels/tiled_csl/tiled_csl_spmm.h"
+#include "kernels/tiled_csl/tiled_csl_selftest.cuh"
 
 namespace {
 
@@ -131,64 +131,6 @@ float run(const Problem& pr, const DeviceLayout& d, int64_t width, bool tensor_c
   return us;
 }
 
-// The word-layout kernel on the same weight (CSR rows -> the stream in 256 x 64 tiles -> words on the GPU), timed.
-float time_words(const Problem& pr, const std::vector<int64_t>& row_begin, const std::vector<int64_t>& cols,
-                 const std::vector<uint16_t>& value_bits, const void* x, const void* bias, void* y, const Flush& flush) {
-  constexpr int64_t kTileM = 256, kTileK = spmm::kernels::kTiledCSLTileK;
-  const int64_t col_tiles = (pr.k + kTileK - 1) / kTileK, tiles = (pr.m + kTileM - 1) / kTileM * col_tiles;
-  std::vector<std::vector<std::pair<uint16_t, uint16_t>>> runs(tiles);  // (value, location) per tile, in order
-  for (int64_t r = 0; r < pr.m; ++r)
-    for (int64_t e = row_begin[r]; e < row_begin[r + 1]; ++e)
-      runs[r / kTileM * col_tiles + cols[e] / kTileK].push_back(
-          {value_bits[e], static_cast<uint16_t>((r % kTileM) * kTileK + cols[e] % kTileK)});
-  std::vector<uint16_t> values;
-  std::vector<int16_t> locations;
-  std::vector<int32_t> offsets{0};
-  for (const auto& run : runs) {
-    for (const auto& [v, loc] : run) values.push_back(v), locations.push_back(static_cast<int16_t>(loc));
-    offsets.push_back(static_cast<int32_t>(values.size()));
-  }
-  const int64_t rows = spmm::kernels::tiled_csl_word_rows(static_cast<int64_t>(values.size()), tiles);
-  uint16_t* d_values = device_copy(values);
-  int16_t* d_locations = device_copy(locations);
-  int32_t* d_offsets = device_copy(offsets);
-  uint32_t* d_words = nullptr;
-  int32_t* d_word_offsets = nullptr;
-  int64_t* d_scratch = nullptr;
-  CHECK(cudaMalloc(&d_words, rows * 4));
-  CHECK(cudaMemset(d_words, 0, rows * 4));
-  CHECK(cudaMalloc(&d_word_offsets, (tiles + 1) * 4));
-  CHECK(cudaMalloc(&d_scratch, (tiles + 1) * 8));
-  CHECK(spmm::kernels::tiled_csl_to_words({d_values, d_locations, d_offsets, tiles, kTileM, d_scratch, d_words,
-                                           d_word_offsets}, 0));
-  int sms = 0;
-  CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-  spmm::kernels::TiledCSLMMParams p{};
-  p.x = x;
-  p.x_ld = pr.k;
-  p.values = d_words;
-  p.tile_offsets = d_word_offsets;
-  p.nnz = rows;
-  p.bias = bias;
-  p.y = y;
-  p.y_ld = pr.m;
-  p.m = pr.m;
-  p.n = pr.n;
-  p.k = pr.k;
-  p.tile_m = kTileM;
-  p.dtype = pr.dtype;
-  p.splits = spmm::kernels::tiled_csl_mm_splits(pr.m, pr.n, pr.k, rows, kTileM, sms);
-  void* ws = nullptr;
-  const size_t ws_bytes = spmm::kernels::tiled_csl_mm_workspace_bytes(pr.m, pr.n, kTileM, p.splits);
-  if (ws_bytes) CHECK(cudaMalloc(&ws, ws_bytes));
-  p.workspace = ws;
-  const float us = median_us([&] { CHECK(spmm::kernels::tiled_csl_mm_words(p, 0)); }, flush, 30);
-  for (void* ptr : {static_cast<void*>(d_values), static_cast<void*>(d_locations), static_cast<void*>(d_offsets),
-                    static_cast<void*>(d_words), static_cast<void*>(d_word_offsets), static_cast<void*>(d_scratch), ws})
-    if (ptr) CHECK(cudaFree(ptr));
-  return us;
-}
-
 std::vector<uint16_t> fetch(const void* dy, size_t count) {
   std::vector<uint16_t> y(count);
   CHECK(cudaMemcpy(y.data(), dy, count * 2, cudaMemcpyDeviceToHost));
@@ -284,7 +226,9 @@ int main(int argc, char** argv) {
     } else {
       const float cores_us = run(pr, d, width, false, rule, dx, dbias, dy, *flush, 30);
       const float tensor_us = run(pr, d, width, true, rule, dx, dbias, dy, *flush, 30);
-      const float words_us = time_words(pr, row_begin, cols, value_bits, dx, dbias, dy, *flush);
+      namespace tcsl = spmm::selftest::tiled_csl;  // the word kernel on the same weight, 256 x 64 tiles
+      const tcsl::DeviceStream stream(tcsl::pack(w, pr.m, pr.k, 256, pr.dtype), 256);
+      const float words_us = tcsl::run(tcsl::Path::kWords, stream, pr.m, pr.k, pr.n, pr.dtype, dx, dbias, dy, *flush, 30);
       const float layout_us = time_read(static_cast<size_t>(bytes) / 16 * 16, *flush, 30);
       const float dense_us = time_read(static_cast<size_t>(pr.m * pr.k * 2), *flush, 30);
       std::printf(" %-10s | %8.1f %8.1f %8.1f %8.1f %8.1f\n", "timed", cores_us, tensor_us, words_us, layout_us,
