@@ -91,13 +91,13 @@ def delta_tc_mm(x, packed, m, bias=None, tile=(256, 64)):
     return ops.tiled_csl_delta_mm(x, *delta_layout(packed, m, x.shape[-1], tile), m, bias, "tensor_cores")
 
 
-@pytest.fixture(params=["stream", "words", "delta", "delta_tc"])
+@pytest.fixture(params=["stream", "words", "delta"])
 def mm(request):
-    """Every matmul test runs on each kernel: the stream's, the word layout's, the delta layout's (the rule's kernel:
-    CUDA cores up to 8 tokens, tensor cores above) and the delta tensor-core kernel at every N."""
-    if request.param.startswith("delta") and not HAS_DELTA_KERNEL:
+    """Every matmul test runs on each kernel: the stream's, the word layout's and the delta layout's (the rule's
+    kernel: CUDA cores up to 8 tokens, tensor cores above; test_delta_tensor_cores_at_few_tokens covers the rest)."""
+    if request.param == "delta" and not HAS_DELTA_KERNEL:
         pytest.skip(NO_DELTA_KERNEL)
-    return {"stream": stream_mm, "words": words_mm, "delta": delta_mm, "delta_tc": delta_tc_mm}[request.param]
+    return {"stream": stream_mm, "words": words_mm, "delta": delta_mm}[request.param]
 
 
 def test_has_cuda_kernels():
@@ -507,6 +507,17 @@ def test_delta_kernel_agrees_with_its_cpu_emulation_bit_for_bit(dtype, mk, spars
     for tokens_per_pass in (0, 1, 2, 4, 8):
         got = ops.tiled_csl_delta_mm(x, *layout, mk[0], bias, "cuda_cores", tokens_per_pass)
         assert_bitwise_equal(got.cpu(), want)
+
+
+@needs_delta
+@pytest.mark.parametrize("dtype", DTYPES, ids=name)
+@pytest.mark.parametrize("mk", [(264, 1040), (300, 72), (1000, 136)], ids=name)
+@pytest.mark.parametrize("n", [1, 7, 8])
+@pytest.mark.parametrize("sparsity", [0.0, 0.8, 0.99, 1.0])
+def test_delta_tensor_cores_at_few_tokens(dtype, mk, n, sparsity):
+    """The tensor-core kernel where the rule does not send it (N <= 8), exact as everywhere."""
+    w, mask, x, bias = int_case(*mk, n, dtype, sparsity, hash((mk, n, sparsity, 4)) % 1000)
+    assert torch.equal(delta_tc_mm(x, ops.tiled_csl_compress(w, mask), mk[0], bias), reference(x, w, mask, bias))
 
 
 @needs_delta

@@ -22,7 +22,9 @@ Conventions (nn.Linear): y = x @ W.T (+ bias), W is [M out_features, K in_featur
 Tiled-CSL layout (Flash-LLM): W is cut into tiles of tile_m x tile_k, numbered row-tile major
 (tile = (r // tile_m) * ceil(K / tile_k) + c // tile_k); tile_offsets[t] .. tile_offsets[t + 1] is the slice of
 values / locations that holds tile t's nonzeros, ordered by location = (r % tile_m) * tile_k + c % tile_k,
-stored as int16 holding the unsigned 16-bit location.
+stored as int16 holding the unsigned 16-bit location. The CUDA kernels read layouts derived from it once per weight:
+the word layout (tiled_csl_words) and the delta layout (spmm.formats.tiled_csl_layouts.delta_layout); tiled_csl_mm
+takes either beside the stream, and TiledCSLLinear derives the one the C++ rule names (tiled_csl_layer_layout).
 
 Spense layout: the output rows split into a dense block [Md, K] and a 2:4 block [Ms, K] (canonical layout);
 row_index [Md + Ms] int32 gives the original output row of each block row, dense rows first.
