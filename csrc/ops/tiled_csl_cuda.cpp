@@ -83,16 +83,11 @@ void check_kernel_tile(const char* op, int64_t tile_m, int64_t tile_k) {
                               "`tile_m` = ", tile_m, ", `tile_k` = ", tile_k, "; pack the weight with one of those");
 }
 
-void check_kernel_dtype(const char* op, const at::Tensor& x) {
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, op,
-                   ": `x` must be float16 or bfloat16 for the CUDA Tiled-CSL kernels, got ", x.scalar_type());
-}
-
 at::Tensor stream_mm(const char* op, const at::Tensor& x, const at::Tensor& values, const at::Tensor& locations,
                      const at::Tensor& tile_offsets, int64_t out_features, int64_t tile_m, int64_t tile_k,
                      const std::optional<at::Tensor>& bias) {
   check_tiled_csl_mm_args(op, x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias);
-  check_kernel_dtype(op, x);
+  check_tiled_csl_kernel_dtype(op, x);
   check_kernel_tile(op, tile_m, tile_k);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = leading_rows(x);
@@ -110,7 +105,7 @@ at::Tensor stream_mm(const char* op, const at::Tensor& x, const at::Tensor& valu
 at::Tensor words_mm(const char* op, const at::Tensor& x, const at::Tensor& words, const at::Tensor& word_offsets,
                     int64_t out_features, int64_t tile_m, int64_t tile_k, const std::optional<at::Tensor>& bias) {
   check_activation(op, x);
-  check_kernel_dtype(op, x);
+  check_tiled_csl_kernel_dtype(op, x);
   check_kernel_tile(op, tile_m, tile_k);
   TORCH_CHECK_VALUE(out_features >= 0, op, ": `out_features` must be >= 0, got ", out_features);
   check_kernel_layout(op, x, "words", words, "word_offsets", word_offsets);

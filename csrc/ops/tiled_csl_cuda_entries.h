@@ -11,6 +11,11 @@
 
 namespace spmm::ops {
 
+inline void check_tiled_csl_kernel_dtype(const char* op, const at::Tensor& x) {
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, op,
+                   ": `x` must be float16 or bfloat16 for the CUDA Tiled-CSL kernels, got ", x.scalar_type());
+}
+
 // A delta layout as an op received it, with the names its arguments have there (for the messages).
 struct DeltaLayoutArgs {
   const at::Tensor& values;

@@ -18,7 +18,7 @@ at::Tensor tiled_csl_delta_mm_cuda(const char* op, const DeltaLayoutArgs& layout
                                    int64_t out_features, const std::optional<at::Tensor>& bias,
                                    c10::string_view kernel, int64_t tokens_per_pass) {
   check_activation(op, x);
-  check_half_dtype(op, "x", x);
+  check_tiled_csl_kernel_dtype(op, x);
   TORCH_CHECK_VALUE(out_features >= 0, op, ": `out_features` must be >= 0, got ", out_features);
   check_delta_layout(op, x, layout.values, layout.codes, layout.offsets, out_features, layout.names[0],
                      layout.names[1], layout.names[2]);
