@@ -197,21 +197,16 @@ def sm90_config_backends() -> List[Backend]:
 TILE_M, TILE_K = 256, 64  # Flash-LLM's tile
 
 
-def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, source: str = "layer") -> Prepared:
-    """source: "layer" (TiledCSLLinear: its kernel layout, what a model gets), "words" (the word-layout kernel),
-    "bitmap" (the Hopper pair-bitmap kernel, experimental) or "stream" (the kernel on the Tiled-CSL stream itself,
-    what the functional op runs on CUDA)."""
+def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, source: str = "layer", kernel: str = "auto") -> Prepared:
+    """source: "layer" (TiledCSLLinear with the kernel layout the C++ rule gives it, what a model gets), "words" (the
+    word-layout kernel), "delta" (the delta kernels on the layer's delta layout: what SPMM_TILED_CSL_DELTA=1 gives a
+    model; `kernel` pins one of them) or "stream" (the kernel on the Tiled-CSL stream itself). weight_bytes: what the
+    kernel reads (the layer's kernel layout where it has one)."""
     ops = _ops()
     m = c.w.shape[0]
-    if source == "bitmap":
-        _require_cuda_kernel(c, "_tiled_csl_bitmap_mm", "the pair-bitmap kernel")
-        if not ops.tiled_csl_bitmap_supported(c.w.device):
-            raise NotImplementedError("the pair-bitmap kernel needs an sm_90a build and a compute capability 9.0 GPU")
-        records, record_offsets, longest = ops.tiled_csl_bitmap(c.w)  # c.w: the dense masked weight
-        return Prepared(lambda x: lambda: ops.tiled_csl_bitmap_mm(x, records, record_offsets, m, longest, c.bias),
-                        _nbytes(records, record_offsets), _nbytes(records, record_offsets, c.bias))
-    if source == "stream":
-        _require_cuda_kernel(c, "tiled_csl_mm", "the stream kernel")
+    if source != "layer":
+        _require_cuda_kernel(c, {"stream": "tiled_csl_mm", "words": "_tiled_csl_words",
+                                 "delta": "_tiled_csl_delta_mm"}[source], f"the {source} kernel")
     values, locations, offsets = _pack(ops.tiled_csl_compress, c.w, c.mask, tile_m, TILE_K)  # GPU packer on CUDA
     if source == "layer" and c.w.is_cuda:
         from spmm.formats import TiledCSLWeight
@@ -219,13 +214,23 @@ def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, source: str = "layer") -> Pre
 
         layer = TiledCSLLinear.from_format(TiledCSLWeight(values, locations, offsets, tuple(c.w.shape), tile_m, TILE_K),
                                            c.bias)
-        layout = [t for t in (layer.words, layer.word_offsets) if t is not None] or [values, locations, offsets]
-        return _layer_prepared(layer, _nbytes(*layout))
+        layouts = ([layer.delta_values, layer.delta_codes, layer.delta_offsets], [layer.words, layer.word_offsets])
+        read = next((ts for ts in layouts if ts[0] is not None), [values, locations, offsets])
+        return _layer_prepared(layer, _nbytes(*read))
     if source == "words":
-        _require_cuda_kernel(c, "_tiled_csl_mm_words", "the word-layout kernel")
         words, word_offsets = ops.tiled_csl_words(values, locations, offsets, tile_m, TILE_K)
-        return Prepared(lambda x: lambda: ops.tiled_csl_mm_words(x, words, word_offsets, m, tile_m, c.bias),
+        empty = (values.new_empty(0), locations.new_empty(0), offsets.new_empty(0))  # the op reads the words alone
+        return Prepared(lambda x: lambda: ops.tiled_csl_mm(x, *empty, m, tile_m, TILE_K, c.bias, words=words,
+                                                           word_offsets=word_offsets),
                         _nbytes(words, word_offsets), _nbytes(words, word_offsets, c.bias))
+    if source == "delta":
+        from spmm.formats import TiledCSLWeight, tiled_csl_layouts
+
+        layout = tiled_csl_layouts.delta_layout(TiledCSLWeight(values, locations, offsets, tuple(c.w.shape), tile_m,
+                                                               TILE_K))
+        del values, locations, offsets
+        return Prepared(lambda x: lambda: ops.tiled_csl_delta_mm(x, *layout, m, c.bias, kernel), _nbytes(*layout),
+                        _nbytes(*layout, c.bias))
 
     def bind(x: Tensor) -> Callable[[], Tensor]:
         return lambda: ops.tiled_csl_mm(x, values, locations, offsets, m, tile_m, TILE_K, c.bias)
@@ -302,10 +307,15 @@ SPMM_SPARSE24_SM90 = Backend("spmm_sm90", _spmm_sparse24_sm90, cuda_only=True)
 # The decode kernel with the sm_80 loader (cp.async, split-K through global memory), run on whatever GPU this is.
 SPMM_SPARSE24_CP_ASYNC = Backend("spmm_cp_async", partial(_spmm_sparse24_decode, loader="cp_async"), cuda_only=True)
 SPMM_TILED_CSL = Backend("spmm", _spmm_tiled_csl)
-# The kernel reading the Tiled-CSL stream itself (what the functional op runs on CUDA), next to the layer's words.
+# The kernel reading the Tiled-CSL stream itself (what the op runs on CUDA given nothing else), next to the layer's.
 SPMM_TILED_CSL_STREAM = Backend("spmm_stream", lambda c: _spmm_tiled_csl(c, source="stream"), cuda_only=True)
-# The experimental Hopper pair-bitmap kernel (sm_90a), next to the layer's word layout.
-SPMM_TILED_CSL_BITMAP = Backend("spmm_bitmap", lambda c: _spmm_tiled_csl(c, source="bitmap"), cuda_only=True)
+# The delta kernels on the delta layout (~2.5 bytes per nonzero): what the layer runs with SPMM_TILED_CSL_DELTA=1
+# (the C++ rule: CUDA cores up to 8 tokens, tensor cores above), and each kernel pinned at every N (to place the rule).
+SPMM_TILED_CSL_DELTA = Backend("spmm_delta", lambda c: _spmm_tiled_csl(c, source="delta"), cuda_only=True)
+SPMM_TILED_CSL_DELTA_CORES = Backend("spmm_delta_cores", lambda c: _spmm_tiled_csl(c, source="delta",
+                                                                                  kernel="cuda_cores"), cuda_only=True)
+SPMM_TILED_CSL_DELTA_TC = Backend("spmm_delta_tc", lambda c: _spmm_tiled_csl(c, source="delta", kernel="tensor_cores"),
+                                  cuda_only=True)
 # 128-row tiles: twice the row tiles, so fewer K splits and partials for the same SM fill; a tuning comparison.
 SPMM_TILED_CSL_TM128 = Backend("spmm_tm128", lambda c: _spmm_tiled_csl(c, tile_m=128, source="words"),
                                 cuda_only=True)

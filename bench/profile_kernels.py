@@ -23,6 +23,7 @@ def main() -> None:
     p.add_argument("--sparsity", type=float, default=0.8, help="Tiled-CSL's unstructured sparsity")
     a = p.parse_args()
     from spmm import ops
+    from spmm.formats import TiledCSLWeight, tiled_csl_layouts
 
     device, dtype = torch.device("cuda"), torch.float16
     for layer in load()["layers"]:
@@ -32,16 +33,15 @@ def main() -> None:
         dv, dm = ops.sparse24_decode_pack(*ops.sparse24_compress(case24.w, case24.mask))
         tcsl = P.tiled_csl_case(layer, dtype, device, a.sparsity)
         packed = ops.tiled_csl_compress(tcsl.w, tcsl.mask, 256, 64)
-        bitmap = ops.tiled_csl_bitmap(tcsl.w) if ops.tiled_csl_bitmap_supported(device) else None
-        words = ops.tiled_csl_words(*packed, 256, 64)
+        words, word_offsets = ops.tiled_csl_words(*packed, 256, 64)
+        delta = tiled_csl_layouts.delta_layout(TiledCSLWeight(*packed, (layer.M, layer.K)))
         calls = {
             "sparse24_decode": lambda x: ops.sparse24_decode_mm(x, dv, dm, layer.M, case24.bias),
             f"tiled_csl_{a.sparsity:g}": lambda x: ops.tiled_csl_mm(x, *packed, layer.M, 256, 64, tcsl.bias),
-            f"tiled_csl_words_{a.sparsity:g}": lambda x: ops.tiled_csl_mm_words(x, *words, layer.M, 256, tcsl.bias),
+            f"tiled_csl_words_{a.sparsity:g}": lambda x: ops.tiled_csl_mm(x, *packed, layer.M, 256, 64, tcsl.bias,
+                                                                          words=words, word_offsets=word_offsets),
+            f"tiled_csl_delta_{a.sparsity:g}": lambda x: ops.tiled_csl_delta_mm(x, *delta, layer.M, tcsl.bias),
         }
-        if bitmap is not None:
-            calls[f"tiled_csl_bitmap_{a.sparsity:g}"] = lambda x: ops.tiled_csl_bitmap_mm(x, *bitmap[:2], layer.M,
-                                                                                         bitmap[2], tcsl.bias)
         for n in a.tokens:
             x = P.activations(n, layer.K, dtype, device)
             for name, call in calls.items():

@@ -36,7 +36,8 @@ SUITES: Dict[str, Suite] = {
         Suite("sparse24_sm90", "sparse24_mm", lambda l, dt, dev, _: P.sparse24_case(l, dt, dev),
               B.sm90_config_backends(), None, in_all=False),
         Suite("tiled_csl", "tiled_csl_mm", P.tiled_csl_case,
-              [B.SPMM_TILED_CSL, B.SPMM_TILED_CSL_BITMAP, B.SPMM_TILED_CSL_STREAM, B.SPMM_TILED_CSL_TM128],
+              [B.SPMM_TILED_CSL, B.SPMM_TILED_CSL_DELTA, B.SPMM_TILED_CSL_DELTA_CORES, B.SPMM_TILED_CSL_DELTA_TC,
+               B.SPMM_TILED_CSL_STREAM, B.SPMM_TILED_CSL_TM128],
               0.8),
         # SpenseLinear, and Sparse24Linear on the same shapes with every row 2:4 (the sweep's 2:4 end, same run).
         Suite("spense", "spense_mm", P.spense_case, [B.SPMM_SPENSE, B.SPMM_SPENSE_BESIDE_24], 0.25),

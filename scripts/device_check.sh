@@ -5,6 +5,13 @@
 #                                              beside today's decode kernel), its GPU tests, memcheck and racecheck
 #                                              on a subset (~6-8 min with the build)
 #   bash scripts/device_check.sh spense-bench   its bench suites (sparse24_decode, spense_decode; graphed, N = 1-64)
+#   bash scripts/device_check.sh tiled-csl-delta         the Tiled-CSL delta kernels: their self-test (bit-exact,
+#     timed beside the word kernel), then every Tiled-CSL GPU test on the four kernel paths (stream, words, delta,
+#     delta on tensor cores)
+#   bash scripts/device_check.sh tiled-csl-delta-bench   old (spmm: the layer's word layout) vs new (spmm_delta: the
+#     rule's delta kernel; spmm_delta_cores / spmm_delta_tc: each kernel at every N) on the 14 layers, graphed, 80%,
+#     N = 1..64; tiled-csl-delta-levels: the same at 50 / 70 / 90% and N = 1, 8, 16, then memcheck on delta tests.
+#     Each ends with the medians per backend. Every mode stays under the 10-minute limit of one device call.
 # Results go to $OUT (or bench/out); the end of the output is the summary to read.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +33,23 @@ case "$what" in sanitize|all)
 esac
 case "$what" in bench-decode|all)
   timeout 300 python3 -m bench sparse24 --graph --tokens 1 8 16 32 64 --out "$out/decode" 2>&1 | tail -3 ;;
+esac
+case "$what" in tiled-csl-delta)
+  bash scripts/device_selftests.sh tiled_csl_delta 2>&1 | tail -40
+  timeout 420 python3 -m pytest -q -p no:cacheprovider --tb=line tests/test_cuda_tiled_csl.py 2>&1 \
+    | grep -E "passed|failed|FAILED|^E " | head -30 ;;
+esac
+case "$what" in tiled-csl-delta-bench|tiled-csl-delta-levels)
+  if [ "$what" = tiled-csl-delta-bench ]; then run=(--sparsity 0.8 --tokens 1 8 16 32 64); else
+    run=(--sparsity 0.5 0.7 0.9 --tokens 1 8 16); fi
+  timeout 400 python3 -m bench tiled_csl --graph "${run[@]}" --backends spmm spmm_delta spmm_delta_cores spmm_delta_tc \
+    --reps 20 --warmup 5 --out "$out/$what" 2>&1 | tail -2
+  python3 -m bench.summary "$out/$what/bench.json" --backends spmm spmm_delta spmm_delta_cores spmm_delta_tc
+  if [ "$what" = tiled-csl-delta-levels ]; then
+    subset="delta and (fully_dense_tiles or k_not_a_multiple or leading_dims or empty_tensors or misaligned or one_copy)"
+    timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -p no:cacheprovider -x \
+      tests/test_cuda_tiled_csl.py -k "$subset" 2>&1 | tail -1
+  fi ;;
 esac
 case "$what" in bench-prefill|all)
   timeout 300 python3 -m bench sparse24 --tokens 512 2048 8192 --out "$out/prefill" 2>&1 | tail -3 ;;

@@ -9,11 +9,11 @@ out="${OUT:-bench/out}"
 mkdir -p "$out"
 bash scripts/device_build.sh 2>&1 | tail -1 || exit 1
 # --clock-control none: the GPU keeps its own clocks (the device notes ask for it; timings stay comparable).
-ncu --clock-control none --nvtx -k "${SPMM_PROFILE_KERNELS:-regex:decode_mm_kernel|tiled_csl_mm_kernel|bitmap_mm_kernel}" \
+ncu --clock-control none --nvtx -k "${SPMM_PROFILE_KERNELS:-regex:decode_mm_kernel|tiled_csl_mm_kernel|delta_mm_kernel}" \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
     --section Occupancy --section LaunchStats --section SourceCounters ${SPMM_PROFILE_METRICS:+--metrics "$SPMM_PROFILE_METRICS"} \
     -f -o "$out/profile" python3 -m bench.profile_kernels "$@" > "$out/ncu.log" 2>&1
 tail -3 "$out/ncu.log"
 ncu --import "$out/profile.ncu-rep" --print-summary none > "$out/profile.txt" 2>&1
-grep -E "spmm |decode_mm_kernel|tiled_csl_mm_kernel|bitmap_mm_kernel|l1tex__|smsp__inst|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Stall|Issued Ipc" \
+grep -E "spmm |decode_mm_kernel|tiled_csl_mm_kernel|delta_mm_kernel|l1tex__|smsp__inst|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Stall|Issued Ipc" \
     "$out/profile.txt" | head -120

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The torch-free kernel self-tests on the GPU machine, built with nvcc alone (about a minute, no torch build):
-#   bash scripts/device_selftests.sh [decode|sm80|tiled_csl|spense_decode|all]   (default: all; .whl carried for sm80)
+#   bash scripts/device_selftests.sh [decode|sm80|tiled_csl|tiled_csl_delta|spense_decode|all]   (default: all; .whl carried for sm80)
 # Each prints one line per problem (exact or WRONG per path, timings next to a plain read of the same bytes) and
 # exits non-zero on a mismatch; a hang (e.g. a bad mbarrier/wgmma protocol) is cut by the timeout. The output is
 # also saved under $OUT (or bench/out).
@@ -57,6 +57,14 @@ case "$what" in spense_decode|all)  # exact on every problem (each loader, each 
     check spense_decode spense_decode_selftest.txt 200
   else
     echo "spense decode selftest: build failed"; status=1
+  fi ;;
+esac
+case "$what" in tiled_csl_delta|all)  # the delta kernel: bit-exact on odd shapes and masks, then timed next to the word kernel
+  if build tiled_csl_delta csrc/kernels/tiled_csl/tiled_csl_delta_selftest.cu csrc/kernels/tiled_csl/tiled_csl_delta_kernel.cu \
+      csrc/kernels/tiled_csl/tiled_csl_spmm_kernel.cu csrc/kernels/tiled_csl/tiled_csl_pack_kernel.cu; then
+    check tiled_csl_delta tiled_csl_delta_selftest.txt 240
+  else
+    echo "tiled_csl_delta selftest: build failed"; status=1
   fi ;;
 esac
 exit $status

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import spmm
 from conftest import assert_bitwise_equal, masked, masked_reference as reference, random_weight
 from spmm import ops
-from spmm.formats import TiledCSLWeight
+from spmm.formats import TiledCSLWeight, tiled_csl_layouts as layouts
 
 pytestmark = [
     pytest.mark.gpu,
@@ -52,35 +52,52 @@ def stream_mm(x, packed, m, bias=None, tile=(256, 64)):
 
 
 def words_mm(x, packed, m, bias=None, tile=(256, 64)):
-    """The same product through the word layout (what TiledCSLLinear runs on CUDA), made from the same stream."""
+    """The same product through the word layout (what TiledCSLLinear runs on CUDA by default), made from the same
+    stream, which the op then does not read."""
     words, word_offsets = ops.tiled_csl_words(*packed, *tile)
-    return ops.tiled_csl_mm_words(x, words, word_offsets, m, tile[0], bias)
+    return ops.tiled_csl_mm(x, *empty_stream(packed), m, *tile, bias, words=words, word_offsets=word_offsets)
 
 
-HAS_BITMAP_KERNEL = torch.cuda.is_available() and ops.tiled_csl_bitmap_supported(torch.device("cuda"))
-NO_BITMAP_KERNEL = "the pair-bitmap kernel needs an sm_90a build and a compute capability 9.0 GPU"
-_bitmap_layouts = {}
+def empty_stream(packed):
+    return tuple(t[:0] for t in packed)
 
 
-def bitmap_mm(x, packed, m, bias=None, tile=(256, 64)):
-    """The same product on the Hopper kernel's pair-bitmap layout, built from the stream's dense weight (once per
-    stream: a graph capture replays the product, not the build)."""
-    key = (tuple(t.data_ptr() for t in packed), tuple(t.numel() for t in packed), m, x.shape[-1], tile)
-    if key not in _bitmap_layouts:
-        _bitmap_layouts.clear()
-        dense = TiledCSLWeight(*packed, (m, x.shape[-1]), *tile).to_dense()
-        _bitmap_layouts[key] = (packed, ops.tiled_csl_bitmap(dense))  # packed: keeps the pointers in the key alive
-    records, offsets, longest = _bitmap_layouts[key][1]
-    return ops.tiled_csl_bitmap_mm(x, records, offsets, m, longest, bias)
+HAS_DELTA_KERNEL = ops.has_cuda_kernel("_tiled_csl_delta_mm")
+NO_DELTA_KERNEL = "this build has no delta kernel (CMake family tiled_csl_delta)"
+_delta_layouts = {}
 
 
-@pytest.fixture(params=["stream", "words", "bitmap"])
+def delta_layout(packed, m, k, tile):
+    """The delta layout of a stream, built on the GPU once per stream (a graph capture replays the product, not the
+    build, which reads sizes back to the host)."""
+    key = (tuple(t.data_ptr() for t in packed), tuple(t.numel() for t in packed), m, k, tile)
+    if key not in _delta_layouts:
+        _delta_layouts.clear()
+        layout = layouts.delta_layout(TiledCSLWeight(*packed, (m, k), *tile))
+        _delta_layouts[key] = (packed, layout)  # packed: keeps the pointers in the key alive
+    return _delta_layouts[key][1]
+
+
+def delta_mm(x, packed, m, bias=None, tile=(256, 64)):
+    """The same product on the delta kernel, from the delta layout of the same stream (passed to the public op with
+    the stream left empty, as a TiledCSLLinear holding the layout alone does)."""
+    values, codes, offsets = delta_layout(packed, m, x.shape[-1], tile)
+    return ops.tiled_csl_mm(x, *empty_stream(packed), m, *tile, bias, delta_values=values, delta_codes=codes,
+                            delta_offsets=offsets)
+
+
+def delta_tc_mm(x, packed, m, bias=None, tile=(256, 64)):
+    """The delta layout on its tensor-core kernel at any N (the rule runs it above 8 tokens only)."""
+    return ops.tiled_csl_delta_mm(x, *delta_layout(packed, m, x.shape[-1], tile), m, bias, "tensor_cores")
+
+
+@pytest.fixture(params=["stream", "words", "delta"])
 def mm(request):
-    """Every matmul test runs on each kernel: the stream's, the word layout's, and (compute capability 9.0) the
-    pair bitmap's."""
-    if request.param == "bitmap" and not HAS_BITMAP_KERNEL:
-        pytest.skip(NO_BITMAP_KERNEL)
-    return {"stream": stream_mm, "words": words_mm, "bitmap": bitmap_mm}[request.param]
+    """Every matmul test runs on each kernel: the stream's, the word layout's and the delta layout's (the rule's
+    kernel: CUDA cores up to 8 tokens, tensor cores above; test_delta_tensor_cores_at_few_tokens covers the rest)."""
+    if request.param == "delta" and not HAS_DELTA_KERNEL:
+        pytest.skip(NO_DELTA_KERNEL)
+    return {"stream": stream_mm, "words": words_mm, "delta": delta_mm}[request.param]
 
 
 def test_has_cuda_kernels():
@@ -372,15 +389,24 @@ def test_word_layout_misaligned_words_are_copied():
     words, word_offsets = ops.tiled_csl_words(*ops.tiled_csl_compress(w, mask), 256, 64)
     shifted = torch.cat([words[:1], words])[1:]  # starts 4 bytes into its buffer
     assert shifted.data_ptr() % 16 != 0
-    y = ops.tiled_csl_mm_words(x, shifted, word_offsets, 300, 256, bias)
+    y = words_op(x, shifted, word_offsets, 300, 256, bias)
     assert torch.equal(y, reference(x, w, mask, bias))
+
+
+def words_op(x, words, word_offsets, m, tile_m, bias=None):
+    empty = word_offsets[:0]
+    return ops.tiled_csl_mm(x, x[0, :0], empty.short(), empty, m, tile_m, 64, bias, words=words,
+                            word_offsets=word_offsets)
 
 
 def test_word_layout_opcheck():
     w, mask, x, bias = int_case(300, 200, 5, torch.float16, 0.6, 23)
     packed = ops.tiled_csl_compress(w, mask)
     words, word_offsets = ops.tiled_csl_words(*packed, 256, 64)
-    torch.library.opcheck(torch.ops.spmm._tiled_csl_mm_words, (x, words, word_offsets, 300, 256, bias))
+    for b in (bias, None):
+        torch.library.opcheck(torch.ops.spmm.tiled_csl_mm, (x, *packed, 300, 256, 64, b, words, word_offsets))
+        torch.library.opcheck(torch.ops.spmm.tiled_csl_mm, (x, *empty_stream(packed), 300, 256, 64, b, words,
+                                                            word_offsets))
     torch.library.opcheck(torch.ops.spmm._tiled_csl_words, (*packed, 256, 64))
 
 
@@ -389,26 +415,41 @@ def test_word_layout_rejects_bad_input():
     packed = ops.tiled_csl_compress(w, mask)
     words, word_offsets = ops.tiled_csl_words(*packed, 256, 64)
     with pytest.raises(TypeError, match=r"`words` must be BFloat16"):  # the weight's dtype must be x's
-        ops.tiled_csl_mm_words(x.bfloat16(), words, word_offsets, 300, 256)
+        words_op(x.bfloat16(), words, word_offsets, 300, 256)
     with pytest.raises(ValueError, match=r"`word_offsets` must have 13 entries for a 600 x 200 weight"):
-        ops.tiled_csl_mm_words(x, words, word_offsets, 600, 256)
+        words_op(x, words, word_offsets, 600, 256)
     with pytest.raises(ValueError, match=r"`words` must be \[4j, 2\]"):
-        ops.tiled_csl_mm_words(x, words[:-1], word_offsets, 300, 256)
+        words_op(x, words[:-1], word_offsets, 300, 256)
     with pytest.raises(NotImplementedError, match=r"`tile_m` = 64"):
-        ops.tiled_csl_mm_words(x, words, word_offsets, 300, 64)
+        words_op(x, words, word_offsets, 300, 64)
     with pytest.raises(ValueError, match=r"`bias` must have out_features = 300 elements"):
-        ops.tiled_csl_mm_words(x, words, word_offsets, 300, 256, bias[:7])
+        words_op(x, words, word_offsets, 300, 256, bias[:7])
     with pytest.raises(ValueError, match=r"`words` is on cpu but `x` is on cuda"):
-        ops.tiled_csl_mm_words(x, words.cpu(), word_offsets, 300, 256)
+        words_op(x, words.cpu(), word_offsets, 300, 256)
+    with pytest.raises(ValueError, match=r"the word layout needs both `words` and `word_offsets`"):
+        ops.tiled_csl_mm(x, *packed, 300, 256, 64, words=words)
+    with pytest.raises(ValueError, match=r"give one kernel layout"):
+        ops.tiled_csl_mm(x, *packed, 300, 256, 64, words=words, word_offsets=word_offsets,
+                         delta_values=words, delta_codes=word_offsets, delta_offsets=word_offsets)
     with pytest.raises(TypeError, match=r"`values` must be float16 or bfloat16"):
         ops.tiled_csl_words(packed[0].float(), *packed[1:], 256, 64)
     with pytest.raises(ValueError, match=r"`locations` must have one entry per value"):
         ops.tiled_csl_words(packed[0], packed[1][1:], packed[2], 256, 64)
 
 
-def test_layer_keeps_the_word_layout_in_step_with_its_weight():
+def test_word_layout_decodes_back_to_the_stream():
+    w, mask, _, _ = int_case(600, 330, 1, torch.bfloat16, 0.7, 27)
+    weight = TiledCSLWeight.from_dense(w, mask)
+    words, word_offsets = ops.tiled_csl_words(*weight.tensors().values(), 256, 64)
+    back = layouts.words_to_weight(words, word_offsets, (600, 330), 256)
+    for name, t in weight.tensors().items():
+        assert_bitwise_equal(back.tensors()[name], t)
+
+
+def test_layer_keeps_the_word_layout_in_step_with_its_weight(monkeypatch):
     """The layer's words follow every change of its weight: made on CUDA, dropped on CPU, rebuilt on a dtype change
     and on load_state_dict of a weight with another nnz."""
+    monkeypatch.delenv("SPMM_TILED_CSL_DELTA", raising=False)
     g = torch.Generator().manual_seed(25)
     linear = torch.nn.Linear(520, 300, dtype=torch.half)
     layer = spmm.nn.TiledCSLLinear.from_dense(linear, spmm.pruning.magnitude_mask(linear.weight, 0.8))
@@ -429,14 +470,155 @@ def test_layer_keeps_the_word_layout_in_step_with_its_weight():
         assert layer.cpu().words is None
 
 
-def test_layer_graph_capture_and_compile():
+# ------------------------------------------------------------------------------------------ delta layout --------
+needs_delta = pytest.mark.skipif(not HAS_DELTA_KERNEL, reason=NO_DELTA_KERNEL)
+
+
+@pytest.mark.parametrize("mk", [(300, 1000), (4096, 4096), (33, 7), (1000, 4100)], ids=name)
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.8, 0.97, 1.0])
+def test_delta_layout_built_on_gpu_matches_cpu_bit_for_bit(mk, sparsity):
+    w, mask, _, _ = int_case(*mk, 1, torch.bfloat16, sparsity, hash((mk, sparsity, 3)) % 1000)
+    weight = TiledCSLWeight.from_dense(w, mask)
+    gpu = layouts.delta_layout(weight)
+    cpu = layouts.delta_layout(weight.to("cpu"))
+    for got, want in zip(gpu, cpu):
+        assert got.is_cuda
+        assert_bitwise_equal(got.cpu(), want)
+    back = layouts.delta_to_weight(*gpu, mk, 256, 64)
+    for n, t in weight.tensors().items():
+        assert_bitwise_equal(back.tensors()[n].cpu(), t.cpu())
+
+
+@needs_delta
+@pytest.mark.parametrize("dtype", DTYPES, ids=name)
+@pytest.mark.parametrize("mk", [(300, 1000), (4096, 4096), (513, 63), (1000, 4100)], ids=name)
+@pytest.mark.parametrize("sparsity", [0.0, 0.8, 0.95])
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 9, 17])
+def test_delta_kernel_agrees_with_its_cpu_emulation_bit_for_bit(dtype, mk, sparsity, n):
+    """Real values: the CUDA-core kernel sums in the order the CPU op emulates (per lane, entry by entry, fma; slices
+    in order), so the results agree in every bit, at the rule's pass width and at every other."""
+    g = cuda_gen(hash((mk, sparsity, n)) % 1000)
+    w = torch.randn(*mk, generator=g, device="cuda").to(dtype)
+    mask = torch.rand(*mk, generator=g, device="cuda") >= sparsity
+    x = torch.randn(n, mk[1], generator=g, device="cuda").to(dtype)
+    bias = torch.randn(mk[0], generator=g, device="cuda").to(dtype)
+    layout = layouts.delta_layout(TiledCSLWeight.from_dense(w, mask))
+    want = ops.tiled_csl_delta_mm(x.cpu(), *(t.cpu() for t in layout), mk[0], bias.cpu(), "cuda_cores")
+    for tokens_per_pass in (0, 1, 2, 4, 8):
+        got = ops.tiled_csl_delta_mm(x, *layout, mk[0], bias, "cuda_cores", tokens_per_pass)
+        assert_bitwise_equal(got.cpu(), want)
+
+
+@needs_delta
+@pytest.mark.parametrize("dtype", DTYPES, ids=name)
+@pytest.mark.parametrize("mk", [(264, 1040), (300, 72), (1000, 136)], ids=name)
+@pytest.mark.parametrize("n", [1, 7, 8])
+@pytest.mark.parametrize("sparsity", [0.0, 0.8, 0.99, 1.0])
+def test_delta_tensor_cores_at_few_tokens(dtype, mk, n, sparsity):
+    """The tensor-core kernel where the rule does not send it (N <= 8), exact as everywhere."""
+    w, mask, x, bias = int_case(*mk, n, dtype, sparsity, hash((mk, n, sparsity, 4)) % 1000)
+    assert torch.equal(delta_tc_mm(x, ops.tiled_csl_compress(w, mask), mk[0], bias), reference(x, w, mask, bias))
+
+
+@needs_delta
+def test_delta_opcheck_and_misaligned_values():
+    w, mask, x, bias = int_case(300, 520, 5, torch.float16, 0.6, 41)
+    packed = ops.tiled_csl_compress(w, mask)
+    values, codes, offsets = layouts.delta_layout(TiledCSLWeight(*packed, (300, 520)))
+    for b in (bias, None):
+        for kernel in ("cuda_cores", "tensor_cores"):
+            torch.library.opcheck(torch.ops.spmm._tiled_csl_delta_mm, (x, values, codes, offsets, 300, b, kernel, 0))
+        torch.library.opcheck(torch.ops.spmm.tiled_csl_mm, (x, *empty_stream(packed), 300, 256, 64, b, None, None,
+                                                            values, codes, offsets))
+    shifted = torch.cat([values[:1], values])[1:]  # 2 bytes off the 16-byte alignment the kernel loads at
+    assert shifted.data_ptr() % 16 != 0
+    for kernel in ("cuda_cores", "tensor_cores"):
+        assert torch.equal(ops.tiled_csl_delta_mm(x, shifted, codes, offsets, 300, bias, kernel),
+                           reference(x, w, mask, bias))
+
+
+@needs_delta
+def test_delta_rejects_bad_input():
+    w, mask, x, bias = int_case(300, 520, 4, torch.float16, 0.5, 42)
+    values, codes, offsets = layouts.delta_layout(TiledCSLWeight.from_dense(w, mask))
+    with pytest.raises(TypeError, match=r"`x` must be float16 or bfloat16 for the CUDA Tiled-CSL kernels"):
+        ops.tiled_csl_delta_mm(x.float(), values.float(), codes, offsets, 300)
+    with pytest.raises(TypeError, match=r"`delta_values` must be BFloat16"):
+        ops.tiled_csl_mm(x.bfloat16(), x[0, :0], codes[:0].short(), codes[:0], 300, 256, 64, delta_values=values,
+                         delta_codes=codes, delta_offsets=offsets)
+    with pytest.raises(ValueError, match=r"`offsets` must have 301 entries for a 300 x 40 weight"):
+        ops.tiled_csl_delta_mm(x[:, :40], values, codes, offsets, 300)
+    with pytest.raises(ValueError, match=r"`values` is on cpu but `x` is on cuda"):
+        ops.tiled_csl_delta_mm(x, values.cpu(), codes, offsets, 300)
+    with pytest.raises(ValueError, match=r"`bias` must have out_features = 300 elements"):
+        ops.tiled_csl_delta_mm(x, values, codes, offsets, 300, bias[:7])
+    with pytest.raises(ValueError, match=r"`tokens_per_pass` must be 0"):
+        ops.tiled_csl_delta_mm(x, values, codes, offsets, 300, bias, tokens_per_pass=16)
+    with pytest.raises(ValueError, match=r"`kernel` must be \"auto\", \"cuda_cores\" or \"tensor_cores\""):
+        ops.tiled_csl_delta_mm(x, values, codes, offsets, 300, bias, "fastest")
+    with pytest.raises(ValueError, match=r"needs all of `delta_values`, `delta_codes` and `delta_offsets`"):
+        ops.tiled_csl_mm(x, x[0, :0], codes[:0].short(), codes[:0], 300, 256, 64, delta_values=values)
+
+
+@pytest.fixture
+def delta_layer(monkeypatch):
+    """TiledCSLLinear with the switch on: the layer derives the delta layout and holds it alone."""
+    if not HAS_DELTA_KERNEL:
+        pytest.skip(NO_DELTA_KERNEL)
+    monkeypatch.setenv("SPMM_TILED_CSL_DELTA", "1")
+
+
+def held_bytes(layer):
+    return sum(b.numel() * b.element_size() for name, b in layer.named_buffers() if name != "bias")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=name)
+def test_delta_layer_holds_one_copy_runs_exact_and_saves_the_stream(dtype, delta_layer):
+    w, mask, x, bias = int_case(1000, 2048, 9, dtype, 0.8, 43)
+    linear = torch.nn.Linear(2048, 1000, dtype=dtype, device="cuda")
+    with torch.no_grad():
+        linear.weight.copy_(w)
+        linear.bias.copy_(bias)
+    layer = spmm.nn.TiledCSLLinear.from_dense(linear, mask)
+    assert layer.values is None and layer.words is None and layer.delta_values.is_cuda
+    layout = sum(t.numel() * t.element_size() for t in (layer.delta_values, layer.delta_codes, layer.delta_offsets))
+    assert held_bytes(layer) <= 1.05 * layout  # resident bytes: the layout's, nothing else
+    stream = TiledCSLWeight.from_dense(w, mask)
+    assert layout < 0.8 * stream.nbytes  # 2.5 bytes per nonzero (+ overhead) against the stream's 4
+    with torch.no_grad():
+        assert torch.equal(layer(x), reference(x, w, mask, bias))
+        assert torch.equal(layer(x[:1]), reference(x[:1], w, mask, bias))
+    state = layer.state_dict()
+    for n, t in stream.tensors().items():
+        assert_bitwise_equal(state[n], t)
+    fresh = spmm.nn.TiledCSLLinear(2048, 1000, dtype=dtype, device="cuda")
+    fresh.load_state_dict(state)
+    assert fresh.values is None and torch.equal(fresh.delta_codes, layer.delta_codes)
+    cpu = layer.cpu()
+    assert cpu.delta_values is None and cpu.values is not None and torch.equal(cpu.to_dense_weight(), masked(w, mask).cpu())
+
+
+@pytest.mark.parametrize("layout", ["words", "delta"])
+def test_layer_graph_capture_compile_and_backward(layout, monkeypatch):
+    """Whichever kernel layout the layer holds: CUDA graph replay and torch.compile exact; gradients for x and bias."""
+    if layout == "delta":
+        if not HAS_DELTA_KERNEL:
+            pytest.skip(NO_DELTA_KERNEL)
+        monkeypatch.setenv("SPMM_TILED_CSL_DELTA", "1")
+    else:
+        monkeypatch.delenv("SPMM_TILED_CSL_DELTA", raising=False)
     w, mask, x, bias = int_case(1024, 2048, 8, torch.float16, 0.8, 26)
     linear = torch.nn.Linear(2048, 1024, dtype=torch.half, device="cuda")
     with torch.no_grad():
         linear.weight.copy_(w)
         linear.bias.copy_(bias)
     layer = spmm.nn.TiledCSLLinear.from_dense(linear, mask)
-    expected = reference(x, w, mask, bias)
+    assert getattr(layer, {"words": "words", "delta": "delta_values"}[layout]) is not None
+    assert_exact_on_graph_and_compile(layer, x, reference(x, w, mask, bias))
+    assert_backward_matches_dense(layer, masked(w, mask), bias)
+
+
+def assert_exact_on_graph_and_compile(layer, x, expected):
     with torch.no_grad():
         static_x = x.clone()
         layer(static_x)  # warm-up outside capture
@@ -450,45 +632,19 @@ def test_layer_graph_capture_and_compile():
         assert torch.equal(compiled(x), expected)
 
 
-# ------------------------------------------------------------------------------------------ pair bitmap ----------
-needs_bitmap = pytest.mark.skipif(not HAS_BITMAP_KERNEL, reason=NO_BITMAP_KERNEL)
+def assert_backward_matches_dense(layer, dense_weight, bias):
+    """Gradients flow to x and the bias (not the packed weight) as through nn.Linear on the dense masked weight, at
+    decode and prefill sizes."""
+    for n in (1, 16, 200):
+        g = cuda_gen(n)
+        x = torch.randint(-2, 3, (n, dense_weight.shape[1]), generator=g, device="cuda").half().requires_grad_()
+        grad_out = torch.randint(-2, 3, (n, dense_weight.shape[0]), generator=g, device="cuda").half()
+        layer.bias.requires_grad_(True)
+        layer(x).backward(grad_out)
+        x2 = x.detach().clone().requires_grad_()
+        b2 = bias.detach().clone().requires_grad_()
+        torch.nn.functional.linear(x2, dense_weight, b2).backward(grad_out)
+        assert torch.equal(x.grad, x2.grad) and torch.equal(layer.bias.grad, b2.grad)
+        layer.bias.grad = None
+        layer.bias.requires_grad_(False)
 
-
-@needs_bitmap
-def test_bitmap_opcheck_and_layout_built_on_gpu_matches_cpu():
-    w, mask, x, bias = int_case(300, 200, 5, torch.float16, 0.6, 31)
-    dense = masked(w, mask)
-    layout = ops.tiled_csl_bitmap(dense)
-    for got, want in zip(layout, ops.tiled_csl_bitmap(dense.cpu())):  # (records as bits: masks read as fp16 are NaNs)
-        assert torch.equal(got.cpu().view(torch.int16), want.view(torch.int16)) if isinstance(got, torch.Tensor) \
-            else got == want
-    records, offsets, longest = layout
-    torch.library.opcheck(torch.ops.spmm._tiled_csl_bitmap_mm, (x, records, offsets, 300, longest, bias))
-    torch.library.opcheck(torch.ops.spmm._tiled_csl_bitmap_mm, (x, records, offsets, 300, longest, None))
-
-
-@needs_bitmap
-def test_bitmap_misaligned_records_are_copied():
-    w, mask, x, bias = int_case(300, 520, 3, torch.float16, 0.8, 32)
-    records, offsets, longest = ops.tiled_csl_bitmap(masked(w, mask))
-    shifted = torch.cat([records[:1], records])[1:]  # one 32-bit word off 16-byte alignment
-    assert shifted.data_ptr() % 16 != 0
-    assert torch.equal(ops.tiled_csl_bitmap_mm(x, shifted, offsets, 300, longest, bias), reference(x, w, mask, bias))
-
-
-@needs_bitmap
-def test_bitmap_rejects_bad_input():
-    w, mask, x, bias = int_case(300, 200, 5, torch.float16, 0.6, 33)
-    records, offsets, longest = ops.tiled_csl_bitmap(masked(w, mask))
-    with pytest.raises(TypeError, match=r"`records` must be Half, got BFloat16"):
-        ops.tiled_csl_bitmap_mm(x, records.bfloat16(), offsets, 300, longest)
-    with pytest.raises(ValueError, match=r"`record_offsets` must have 21 entries for a 600 x 200 weight"):
-        ops.tiled_csl_bitmap_mm(x, records, offsets, 600, longest)
-    with pytest.raises(ValueError, match=r"`records` must be \[4j, 2\]"):
-        ops.tiled_csl_bitmap_mm(x, records[:-1], offsets, 300, longest)
-    with pytest.raises(ValueError, match=r"`max_record_words` must be in \[136, 4232\]"):
-        ops.tiled_csl_bitmap_mm(x, records, offsets, 300, 100)
-    with pytest.raises(ValueError, match=r"`bias` must have out_features = 300"):
-        ops.tiled_csl_bitmap_mm(x, records, offsets, 300, longest, bias[:7])
-    with pytest.raises(ValueError, match=r"`records` is on cpu but `x` is on cuda"):
-        ops.tiled_csl_bitmap_mm(x, records.cpu(), offsets, 300, longest)

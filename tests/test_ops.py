@@ -388,7 +388,7 @@ def test_fake_kernels_of_the_cuda_only_layouts():
         words, word_offsets = torch.ops.spmm._tiled_csl_words(*stream, 256, 64)
         assert words.shape == (1036, 2) and words.dtype == torch.bfloat16  # 1000 + 3 per tile, to a multiple of 4
         assert word_offsets.shape == (13,) and word_offsets.dtype == torch.int32
-        y = torch.ops.spmm._tiled_csl_mm_words(x.bfloat16(), words, word_offsets, 300, 256, None)
+        y = torch.ops.spmm.tiled_csl_mm(x.bfloat16(), *stream, 300, 256, 64, None, words, word_offsets)
         assert y.shape == (5, 7, 300) and y.dtype == torch.bfloat16
 
 
@@ -464,8 +464,7 @@ CUDA_ONLY = {
     "_sparse24_sm80_pack": (lambda x: ops.sparse24_sm80_pack(x, x), "CPU layers run spmm.ops.sparse24_mm"),
     "_sparse24_sm80_mm": (lambda x: ops.sparse24_sm80_mm(x, x, x, 4), r"spmm.ops.sparse24_mm\(x, values, meta"),
     "_tiled_csl_words": (lambda x: ops.tiled_csl_words(x, x, x, 256, 64), "spmm.ops.tiled_csl_mm on the Tiled-CSL"),
-    "_tiled_csl_mm_words": (lambda x: ops.tiled_csl_mm_words(x, x, x, 4, 256), r"spmm.ops.tiled_csl_mm\(x, values"),
-    "_tiled_csl_bitmap_mm": (lambda x: ops.tiled_csl_bitmap_mm(x, x, x, 4, 256), r"spmm.ops.tiled_csl_mm\(x, values"),
+    "_spense_decode_mm": (lambda x: ops.spense_decode_mm(x, x, x, x, x), r"spmm.ops.spense_mm\(x, dense_weight"),
 }
 
 

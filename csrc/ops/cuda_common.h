@@ -42,6 +42,34 @@ inline at::Tensor empty_product(const at::Tensor& x, int64_t n, int64_t m, const
   return with_leading_dims_of(y, x);
 }
 
+// The operands of a CUDA matmul entry, y [N, M] = x [..., K] W^T (+ bias): x as [N, K'] rows a kernel can stream
+// (kernel_ready_activation: K' = K rounded up to 8), the bias contiguous (or none), a fresh y [N, M]. set() fills
+// the fields every kernel's params struct names alike: x, x_ld, bias, y, y_ld, m, n, k (= K'), dtype.
+struct MatmulOperands {
+  at::Tensor x, bias, y;
+  int64_t m, n;
+  MatmulOperands(const at::Tensor& x_in, int64_t m_, const std::optional<at::Tensor>& bias_in)
+      : m(m_), n(leading_rows(x_in)) {
+    x = kernel_ready_activation(x_in, n, x_in.size(-1));
+    if (bias_in.has_value()) bias = bias_in->contiguous();
+    y = at::empty({n, m}, x_in.options());
+  }
+  template <typename Params>
+  void set(Params& p) const {
+    p.x = x.data_ptr();
+    p.x_ld = x.stride(0);
+    p.bias = bias.defined() ? bias.data_ptr() : nullptr;
+    p.y = y.data_ptr();
+    p.y_ld = m;
+    p.m = m;
+    p.n = n;
+    p.k = x.size(1);
+    p.dtype = kernel_dtype(x.scalar_type());
+  }
+  // y shaped like x's leading dims: [..., M].
+  at::Tensor result(const at::Tensor& x_in) const { return with_leading_dims_of(y, x_in); }
+};
+
 // A word-based kernel layout's two tensors: `data` [rows, 2] of x's dtype (so a dtype mismatch with x is caught; the
 // kernel reads 32-bit words) and `offsets` int32 [tiles + 1], both contiguous and on x's device.
 inline void check_kernel_layout(const char* op, const at::Tensor& x, const char* data_name, const at::Tensor& data,

@@ -22,8 +22,7 @@ constexpr CpuAlternative kCudaOnly[] = {
     {"_sparse24_sm80_pack", "nothing: CPU layers run spmm.ops.sparse24_mm on the canonical (values, meta)"},
     {"_sparse24_sm80_mm", "spmm.ops.sparse24_mm(x, values, meta, bias) on the canonical layout"},
     {"_tiled_csl_words", "nothing: CPU layers run spmm.ops.tiled_csl_mm on the Tiled-CSL stream"},
-    {"_tiled_csl_mm_words", "spmm.ops.tiled_csl_mm(x, values, locations, tile_offsets, ...) on the stream"},
-    {"_tiled_csl_bitmap_mm", "spmm.ops.tiled_csl_mm(x, values, locations, tile_offsets, ...) on the stream"},
+    {"_spense_decode_mm", "spmm.ops.spense_mm(x, dense_weight, values, meta, row_index, bias)"},
 };
 
 void refuse_cpu_tensors(const c10::OperatorHandle& handle, torch::jit::Stack*) {

@@ -13,8 +13,12 @@ TORCH_LIBRARY(spmm, m) {
         "Tensor? dmeta=None, Tensor? sm90_e=None, Tensor? sm80_a=None, Tensor? sm80_e=None) -> Tensor");
   // Tiled-CSL: dense [M, K] (+ keep mask) -> values [nnz], locations int16 [nnz], tile_offsets int32 [tiles + 1]. CPU.
   m.def("tiled_csl_compress(Tensor dense, Tensor? mask, int tile_m, int tile_k) -> (Tensor values, Tensor locations, Tensor tile_offsets)");
-  // y = x @ W.T (+ bias), W [out_features, K] in Tiled-CSL. CPU.
-  m.def("tiled_csl_mm(Tensor x, Tensor values, Tensor locations, Tensor tile_offsets, int out_features, int tile_m, int tile_k, Tensor? bias) -> Tensor");
+  // y = x @ W.T (+ bias), W [out_features, K] in Tiled-CSL. CPU: from the stream. CUDA: from the first given of a
+  // kernel layout derived from the stream -- the delta layout (spmm.formats.tiled_csl_layouts) or the word layout
+  // (_tiled_csl_words) -- else the stream; with a layout given the stream is not read and may be empty.
+  m.def("tiled_csl_mm(Tensor x, Tensor values, Tensor locations, Tensor tile_offsets, int out_features, int tile_m, "
+        "int tile_k, Tensor? bias=None, Tensor? words=None, Tensor? word_offsets=None, Tensor? delta_values=None, "
+        "Tensor? delta_codes=None, Tensor? delta_offsets=None) -> Tensor");
   // Internal (CPU): the layout checks of the CPU matmuls on their own (what formats' validate() runs).
   m.def("_sparse24_check(Tensor meta, int in_features) -> ()");
   m.def("_tiled_csl_check(Tensor locations, Tensor tile_offsets, int out_features, int in_features, int tile_m, int tile_k) -> ()");
@@ -38,12 +42,14 @@ TORCH_LIBRARY(spmm, m) {
   // "cp_async", splits 0 = the kernel's rule. Not on a user path until measured.
   m.def("_spense_decode_mm(Tensor x, Tensor? dense_weight, Tensor values, Tensor meta, Tensor? row_index, "
         "Tensor? bias, Tensor? meta_fragments=None, str loader=\"auto\", int splits=0) -> Tensor");
-  // Internal (CUDA): the Tiled-CSL kernel's word layout (one 32-bit word per pair, runs padded to 16 bytes),
-  // made from the stream, and its matmul.
+  // Internal (CUDA): the Tiled-CSL word layout (one 32-bit word per pair, runs padded to 16 bytes), made from the
+  // stream; tiled_csl_mm runs it.
   m.def("_tiled_csl_words(Tensor values, Tensor locations, Tensor tile_offsets, int tile_m, int tile_k) -> (Tensor words, Tensor word_offsets)");
-  m.def("_tiled_csl_mm_words(Tensor x, Tensor words, Tensor word_offsets, int out_features, int tile_m, Tensor? bias) -> Tensor");
-  // Internal (CUDA, sm_90a): matmul on the Tiled-CSL pair-bitmap layout (spmm.ops.tiled_csl_bitmap builds it in torch).
-  m.def("_tiled_csl_bitmap_mm(Tensor x, Tensor records, Tensor record_offsets, int out_features, int max_record_words, Tensor? bias) -> Tensor");
+  // Internal: matmul on the Tiled-CSL delta layout. CUDA: a delta kernel -- kernel "auto" (the rule), "cuda_cores" or
+  // "tensor_cores"; tokens_per_pass 0 (the rule's) or 1, 2, 4, 8 for the CUDA-core kernel. CPU: that kernel emulated
+  // lane by lane (its index math; the CUDA-core kernel's fp32 order too), the tests' reference.
+  m.def("_tiled_csl_delta_mm(Tensor x, Tensor values, Tensor codes, Tensor offsets, int out_features, Tensor? bias=None, "
+        "str kernel=\"auto\", int tokens_per_pass=0) -> Tensor");
   // Spense: dense row block + 2:4 row block, output rows placed by row_index (dense rows first). CPU; CUDA (fp16/bf16:
   // the 2:4 rows through sparse24_mm's dispatch on the 2:4 block's kernel layouts, the dense rows through cuBLAS).
   m.def("spense_mm(Tensor x, Tensor dense_weight, Tensor values, Tensor meta, Tensor row_index, Tensor? bias=None, "

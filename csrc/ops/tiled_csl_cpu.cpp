@@ -114,10 +114,16 @@ void check_stream(const char* op, const TileGrid& g, const int32_t* offs, const 
   }
 }
 
+// The kernel layouts (words, delta_*) are CUDA's: on CPU the op reads the stream, which must be given.
 at::Tensor tiled_csl_mm_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& locations,
                             const at::Tensor& tile_offsets, int64_t out_features, int64_t tile_m, int64_t tile_k,
-                            const std::optional<at::Tensor>& bias) {
+                            const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& words,
+                            const std::optional<at::Tensor>&, const std::optional<at::Tensor>& delta_values,
+                            const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) {
   constexpr const char* op = "spmm::tiled_csl_mm";
+  TORCH_CHECK_VALUE(tile_offsets.numel() > 0 || !(words.has_value() || delta_values.has_value()), op,
+                    ": on CPU the op reads the stream (`values`, `locations`, `tile_offsets`), not a CUDA kernel "
+                    "layout; pass the stream");
   check_tiled_csl_mm_args(op, x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias);
   const int64_t k = x.size(-1), n = leading_rows(x);
   const TileGrid g(out_features, k, tile_m, tile_k);

@@ -1,7 +1,8 @@
-// CUDA entries of the Tiled-CSL ops: the packer (dense + mask -> stream, same output as the CPU packer) and
-// y = x W^T (+ bias) on the SpMM kernel. Checks are the CPU op's (tiled_csl_common.h); the stream's contents
-// (offsets, locations) are trusted here -- reading them back would cost a sync per call -- and a corrupt stream
-// gives wrong numbers but never a fault (the kernel clamps).
+// CUDA entries of the Tiled-CSL ops: the packer (dense + mask -> stream, same output as the CPU packer), the word
+// layout's builder, and y = x W^T (+ bias) on the kernel that reads what the op is given: the delta layout
+// (tiled_csl_delta_cuda.cpp), the word layout, or the stream itself. Checks are the CPU op's (tiled_csl_common.h);
+// the contents of the stream and of the layouts are trusted here -- reading them back would cost a sync per call --
+// and a corrupt one gives wrong numbers but never a fault (the kernels clamp).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -10,6 +11,7 @@
 #include "kernels/tiled_csl/tiled_csl_spmm.h"
 #include "ops/cuda_common.h"
 #include "ops/tiled_csl_common.h"
+#include "ops/tiled_csl_cuda_entries.h"
 
 namespace spmm::ops {
 namespace {
@@ -64,41 +66,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_csl_compress_cuda(const at:
 template <typename Launch>
 at::Tensor launch_tiled_csl(const char* op, kernels::TiledCSLMMParams p, const at::Tensor& x, int64_t m,
                             int64_t tile_m, const std::optional<at::Tensor>& bias, Launch launch) {
-  const int64_t k = x.size(-1), n = leading_rows(x);
-  const at::Tensor xk = kernel_ready_activation(x, n, k);
-  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  at::Tensor y = at::empty({n, m}, x.options());
-  p.x = xk.data_ptr();
-  p.x_ld = xk.stride(0);
-  p.bias = bias.has_value() ? b.data_ptr() : nullptr;
-  p.y = y.data_ptr();
-  p.y_ld = m;
-  p.m = m;
-  p.n = n;
-  p.k = xk.size(1);
+  const MatmulOperands operands(x, m, bias);
+  operands.set(p);
   p.tile_m = tile_m;
-  p.dtype = kernel_dtype(x.scalar_type());
-  p.splits = kernels::tiled_csl_mm_splits(m, n, k, p.nnz, tile_m,
+  p.splits = kernels::tiled_csl_mm_splits(m, operands.n, x.size(-1), p.nnz, tile_m,
                                           at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
-  const KernelWorkspace workspace(x, kernels::tiled_csl_mm_workspace_bytes(m, n, tile_m, p.splits));
+  const KernelWorkspace workspace(x, kernels::tiled_csl_mm_workspace_bytes(m, operands.n, tile_m, p.splits));
   p.workspace = workspace.data();
   check_cuda(op, launch(p, at::cuda::getCurrentCUDAStream()));
-  return with_leading_dims_of(y, x);
+  return operands.result(x);
 }
 
 void check_kernel_tile(const char* op, int64_t tile_m, int64_t tile_k) {
-  TORCH_CHECK_NOT_IMPLEMENTED(kernels::tiled_csl_mm_supports(tile_m, tile_k), op,
+  TORCH_CHECK_NOT_IMPLEMENTED(kernels::tiled_csl_word_tiles(tile_m, tile_k), op,
                               ": the CUDA kernel takes tiles of tile_m x tile_k = 256 x 64 or 128 x 64, got ",
                               "`tile_m` = ", tile_m, ", `tile_k` = ", tile_k, "; pack the weight with one of those");
 }
 
-at::Tensor tiled_csl_mm_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& locations,
-                             const at::Tensor& tile_offsets, int64_t out_features, int64_t tile_m, int64_t tile_k,
-                             const std::optional<at::Tensor>& bias) {
-  constexpr const char* op = "spmm::tiled_csl_mm";
+at::Tensor stream_mm(const char* op, const at::Tensor& x, const at::Tensor& values, const at::Tensor& locations,
+                     const at::Tensor& tile_offsets, int64_t out_features, int64_t tile_m, int64_t tile_k,
+                     const std::optional<at::Tensor>& bias) {
   check_tiled_csl_mm_args(op, x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias);
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, op,
-                   ": `x` must be float16 or bfloat16 for the CUDA Tiled-CSL kernel, got ", x.scalar_type());
+  check_tiled_csl_kernel_dtype(op, x);
   check_kernel_tile(op, tile_m, tile_k);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = leading_rows(x);
@@ -112,10 +101,77 @@ at::Tensor tiled_csl_mm_cuda(const at::Tensor& x, const at::Tensor& values, cons
   return launch_tiled_csl(op, p, x, out_features, tile_m, bias, kernels::tiled_csl_mm);
 }
 
+// The word layout of tiled_csl_words (tile_k = 64): words [4j, 2] of x's dtype, word_offsets int32 [tiles + 1].
+at::Tensor words_mm(const char* op, const at::Tensor& x, const at::Tensor& words, const at::Tensor& word_offsets,
+                    int64_t out_features, int64_t tile_m, int64_t tile_k, const std::optional<at::Tensor>& bias) {
+  check_activation(op, x);
+  check_tiled_csl_kernel_dtype(op, x);
+  check_kernel_tile(op, tile_m, tile_k);
+  TORCH_CHECK_VALUE(out_features >= 0, op, ": `out_features` must be >= 0, got ", out_features);
+  check_kernel_layout(op, x, "words", words, "word_offsets", word_offsets);
+  TORCH_CHECK_VALUE(words.size(1) == 2 && words.size(0) % 4 == 0 && words.size(0) > 0, op,
+                    ": `words` must be [4j, 2] (from _tiled_csl_words), got ", words.sizes());
+  const int64_t k = x.size(-1), tiles = tile_count(out_features, k, tile_m, tile_k);
+  TORCH_CHECK_VALUE(word_offsets.numel() == tiles + 1, op, ": `word_offsets` must have ", tiles + 1, " entries for a ",
+                    out_features, " x ", k, " weight in ", tile_m, " x 64 tiles, got ", word_offsets.numel());
+  check_bias(op, bias, x, out_features);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t n = leading_rows(x);
+  if (n == 0 || out_features == 0 || k == 0) return empty_product(x, n, out_features, bias);
+  const at::Tensor w = aligned16(words);
+  kernels::TiledCSLMMParams p{};
+  p.values = w.data_ptr();
+  p.tile_offsets = word_offsets.data_ptr<int32_t>();
+  p.nnz = words.size(0);
+  return launch_tiled_csl(op, p, x, out_features, tile_m, bias, kernels::tiled_csl_mm_words);
+}
+
+// The one rule for which kernel the op runs: the delta layout where it is given, else the word layout where it is
+// given, else the stream (a layout comes whole: every one of its tensors, or none).
+enum class Source { kStream, kWords, kDelta };
+
+Source source_of(const char* op, const std::optional<at::Tensor>& words, const std::optional<at::Tensor>& word_offsets,
+                 const std::optional<at::Tensor>& delta_values, const std::optional<at::Tensor>& delta_codes,
+                 const std::optional<at::Tensor>& delta_offsets) {
+  const int delta = delta_values.has_value() + delta_codes.has_value() + delta_offsets.has_value();
+  TORCH_CHECK_VALUE(delta == 0 || delta == 3, op,
+                    ": the delta layout needs all of `delta_values`, `delta_codes` and `delta_offsets`");
+  TORCH_CHECK_VALUE(words.has_value() == word_offsets.has_value(), op,
+                    ": the word layout needs both `words` and `word_offsets`");
+  TORCH_CHECK_VALUE(delta == 0 || !words.has_value(), op, ": give one kernel layout (words or delta), not both");
+  return delta == 3 ? Source::kDelta : words.has_value() ? Source::kWords : Source::kStream;
+}
+
+at::Tensor tiled_csl_mm_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& locations,
+                             const at::Tensor& tile_offsets, int64_t out_features, int64_t tile_m, int64_t tile_k,
+                             const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& words,
+                             const std::optional<at::Tensor>& word_offsets,
+                             const std::optional<at::Tensor>& delta_values,
+                             const std::optional<at::Tensor>& delta_codes,
+                             const std::optional<at::Tensor>& delta_offsets) {
+  constexpr const char* op = "spmm::tiled_csl_mm";
+  check_tile_shape(op, tile_m, tile_k);
+  switch (source_of(op, words, word_offsets, delta_values, delta_codes, delta_offsets)) {
+    case Source::kDelta:
+#if SPMM_HAS_TILED_CSL_DELTA
+      return tiled_csl_delta_mm_cuda(op, {*delta_values, *delta_codes, *delta_offsets,
+                                          {"delta_values", "delta_codes", "delta_offsets"}},
+                                     x, out_features, bias);
+#else
+      TORCH_CHECK_NOT_IMPLEMENTED(false, op, ": this build has no delta kernel (CMake family tiled_csl_delta)");
+#endif
+    case Source::kWords:
+      return words_mm(op, x, *words, *word_offsets, out_features, tile_m, tile_k, bias);
+    case Source::kStream:
+      break;
+  }
+  return stream_mm(op, x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias);
+}
+
 // ------------------------------------------------------------------------------------------- word layout --------
-// The stream -> the kernel's word layout (tiled_csl_spmm.h): words [capacity, 2] of the weight's dtype (element 0
-// of a row = the value, element 1 = its swizzled shared-tile offset; the dtype says how to read the values),
-// capacity = nnz + 3 per tile rounded up to 4 rows; word_offsets int32 [tiles + 1]. Made once per weight.
+// The stream -> the kernel's word layout (tiled_csl_spmm.h): words [tiled_csl_word_rows(nnz, tiles), 2] of the
+// weight's dtype (element 0 of a row = the value, element 1 = its swizzled shared-tile offset; the dtype says how to
+// read the values); word_offsets int32 [tiles + 1]. Made once per weight.
 std::tuple<at::Tensor, at::Tensor> tiled_csl_words_cuda(const at::Tensor& values, const at::Tensor& locations,
                                                         const at::Tensor& tile_offsets, int64_t tile_m,
                                                         int64_t tile_k) {
@@ -134,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor> tiled_csl_words_cuda(const at::Tensor& values
   TORCH_CHECK_VALUE(tile_offsets.numel() >= 1, op, ": `tile_offsets` must have tiles + 1 >= 1 entries");
   const c10::cuda::CUDAGuard guard(values.device());
   const int64_t tiles = tile_offsets.numel() - 1;
-  const int64_t capacity = std::max<int64_t>(ceil_div(kernels::tiled_csl_words_capacity(values.numel(), tiles), 4) * 4, 4);
+  const int64_t capacity = kernels::tiled_csl_word_rows(values.numel(), tiles);
   check_nnz_fits(op, capacity);
   const at::Tensor vals = values.contiguous(), locs = locations.contiguous(), offs = tile_offsets.contiguous();
   at::Tensor words = at::zeros({capacity, 2}, values.options());  // zeros: the rows past the last run are read too
@@ -147,38 +203,12 @@ std::tuple<at::Tensor, at::Tensor> tiled_csl_words_cuda(const at::Tensor& values
   return {words, word_offsets};
 }
 
-at::Tensor tiled_csl_mm_words_cuda(const at::Tensor& x, const at::Tensor& words, const at::Tensor& word_offsets,
-                                   int64_t out_features, int64_t tile_m, const std::optional<at::Tensor>& bias) {
-  constexpr const char* op = "spmm::_tiled_csl_mm_words";
-  check_activation(op, x);
-  check_half_dtype(op, "x", x);
-  check_kernel_tile(op, tile_m, kernels::kTiledCSLTileK);
-  check_out_features(op, out_features);
-  check_kernel_layout(op, x, "words", words, "word_offsets", word_offsets);
-  TORCH_CHECK_VALUE(words.size(1) == 2 && words.size(0) % 4 == 0 && words.size(0) > 0, op,
-                    ": `words` must be [4j, 2] (from _tiled_csl_words), got ", words.sizes());
-  const int64_t k = x.size(-1), tiles = tile_count(out_features, k, tile_m, kernels::kTiledCSLTileK, op);
-  TORCH_CHECK_VALUE(word_offsets.numel() == tiles + 1, op, ": `word_offsets` must have ", tiles + 1, " entries for a ",
-                    out_features, " x ", k, " weight in ", tile_m, " x 64 tiles, got ", word_offsets.numel());
-  check_bias(op, bias, x, out_features);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t n = leading_rows(x);
-  if (n == 0 || out_features == 0 || k == 0) return empty_product(x, n, out_features, bias);
-  const at::Tensor w = aligned16(words);
-  kernels::TiledCSLMMParams p{};
-  p.values = w.data_ptr();
-  p.tile_offsets = word_offsets.data_ptr<int32_t>();
-  p.nnz = words.size(0);
-  return launch_tiled_csl(op, p, x, out_features, tile_m, bias, kernels::tiled_csl_mm_words);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(spmm, CUDA, m) {
   m.impl("tiled_csl_compress", &tiled_csl_compress_cuda);
   m.impl("tiled_csl_mm", &tiled_csl_mm_cuda);
   m.impl("_tiled_csl_words", &tiled_csl_words_cuda);
-  m.impl("_tiled_csl_mm_words", &tiled_csl_mm_words_cuda);
 }
 
 }  // namespace spmm::ops

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .formats import Sparse24Weight, SpenseWeight, TiledCSLWeight
+from .formats import Sparse24Weight, SpenseWeight, TiledCSLWeight, tiled_csl_layouts
 from .ops import SPARSE24_LAYOUTS
 
 
@@ -20,8 +20,8 @@ def _no_weight_grad(ctx, op: str, weight_args) -> None:
         raise RuntimeError(f"spmm::{op}: the packed weight is not differentiable; only x and bias get gradients")
 
 
-# sparse24_mm and spense_mm take the 2:4 weight's kernel layouts after bias: copies of the packed weight for the CUDA
-# kernels, as frozen as it is. The dispatcher leaves out trailing arguments left at their defaults (None), so a
+# The matmul ops take the weight's kernel layouts after bias: copies of the packed weight for the CUDA kernels, as
+# frozen as it is. The dispatcher leaves out trailing arguments left at their defaults (None), so a
 # backward returns one gradient per input it was given: _per_input.
 _LAYOUT_ARGS = len(SPARSE24_LAYOUTS)
 
@@ -54,19 +54,32 @@ def _sparse24_backward(ctx, grad_out):
 
 
 # -------------------------------------------------------------------------------------------- tiled_csl_mm ---------
+_TILED_CSL_WEIGHT_ARGS = (1, 2, 3, 8, 9, 10, 11, 12)  # the stream and the kernel layouts
+
+
 def _tiled_csl_setup(ctx, inputs, output):
-    x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias = inputs
-    ctx.save_for_backward(values, locations, tile_offsets)
+    inputs = tuple(inputs) + (None,) * (13 - len(inputs))
+    x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias = inputs[:8]
+    ctx.save_for_backward(values, locations, tile_offsets, *inputs[8:])
     ctx.shape, ctx.tile = (out_features, x.shape[-1]), (tile_m, tile_k)
     ctx.bias_grad = bias is not None and ctx.needs_input_grad[7]
 
 
+def _tiled_csl_weight(ctx) -> TiledCSLWeight:
+    """The stream the op was given, or where it was left empty (tile_offsets with no entry), the layout's."""
+    values, locations, tile_offsets, words, word_offsets, delta_values, delta_codes, delta_offsets = ctx.saved_tensors
+    if tile_offsets.numel() > 0:
+        return TiledCSLWeight(values, locations, tile_offsets, ctx.shape, *ctx.tile)
+    if delta_values is not None:
+        return tiled_csl_layouts.delta_to_weight(delta_values, delta_codes, delta_offsets, ctx.shape, *ctx.tile)
+    return tiled_csl_layouts.words_to_weight(words, word_offsets, ctx.shape, *ctx.tile)
+
+
 def _tiled_csl_backward(ctx, grad_out):
-    _no_weight_grad(ctx, "tiled_csl_mm", range(1, 4))
-    values, locations, tile_offsets = ctx.saved_tensors
-    weight = TiledCSLWeight(values, locations, tile_offsets, ctx.shape, *ctx.tile).to_dense(check=False)
+    _no_weight_grad(ctx, "tiled_csl_mm", _TILED_CSL_WEIGHT_ARGS)
+    weight = _tiled_csl_weight(ctx).to_dense(check=False)
     grad_x, grad_bias = _grads(ctx, grad_out, weight)
-    return grad_x, None, None, None, None, None, None, grad_bias
+    return _per_input(ctx, (grad_x, None, None, None, None, None, None, grad_bias))
 
 
 # ----------------------------------------------------------------------------------------------- spense_mm ---------

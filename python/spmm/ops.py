@@ -37,7 +37,9 @@ Conventions (nn.Linear): y = x @ W.T (+ bias), W is [M out_features, K in_featur
 Tiled-CSL layout (Flash-LLM): W is cut into tiles of tile_m x tile_k, numbered row-tile major
 (tile = (r // tile_m) * ceil(K / tile_k) + c // tile_k); tile_offsets[t] .. tile_offsets[t + 1] is the slice of
 values / locations that holds tile t's nonzeros, ordered by location = (r % tile_m) * tile_k + c % tile_k,
-stored as int16 holding the unsigned 16-bit location.
+stored as int16 holding the unsigned 16-bit location. The CUDA kernels read layouts derived from it once per weight:
+the word layout (tiled_csl_words) and the delta layout (spmm.formats.tiled_csl_layouts.delta_layout); tiled_csl_mm
+takes either beside the stream, and TiledCSLLinear derives the one the C++ rule names (tiled_csl_layer_layout).
 
 Spense layout: the output rows split into a dense block [Md, K] and a 2:4 block [Ms, K] (canonical layout);
 row_index [Md + Ms] int32 gives the original output row of each block row, dense rows first.
@@ -266,13 +268,25 @@ def tiled_csl_mm(
     tile_m: int,
     tile_k: int,
     bias: Optional[Tensor] = None,
+    *,
+    words: Optional[Tensor] = None,
+    word_offsets: Optional[Tensor] = None,
+    delta_values: Optional[Tensor] = None,
+    delta_codes: Optional[Tensor] = None,
+    delta_offsets: Optional[Tensor] = None,
 ) -> Tensor:
     """y = x @ W.T (+ bias) with W [out_features, K] in Tiled-CSL. x [..., K] -> y [..., out_features].
-    On CUDA: float16/bfloat16 and tiles of 256 x 64 or 128 x 64 (others raise NotImplementedError); the stream's
-    contents are trusted there (the CPU op checks them; TiledCSLWeight.validate() does on any device)."""
+
+    On CUDA (float16/bfloat16) the op runs the kernel of the first it is given of: the delta layout (`delta_values`,
+    `delta_codes`, `delta_offsets`: spmm.formats.tiled_csl_layouts.delta_layout, any tiles), the word layout (`words`,
+    `word_offsets`: tiled_csl_words, tiles of 256 x 64 or 128 x 64), the stream (the same tiles; others raise
+    NotImplementedError). With a layout given the stream is not read there and may be empty (a TiledCSLLinear holding
+    only the delta layout passes empty tensors); the contents are trusted on CUDA (the CPU op checks the stream). On
+    CPU the op reads the stream."""
     op = "tiled_csl_mm"
     return _ops.tiled_csl_mm(x, values, locations, tile_offsets, _int64(op, "out_features", out_features),
-                             _int64(op, "tile_m", tile_m), _int64(op, "tile_k", tile_k), bias)
+                             _int64(op, "tile_m", tile_m), _int64(op, "tile_k", tile_k), bias, words, word_offsets,
+                             delta_values, delta_codes, delta_offsets)
 
 
 def tiled_csl_check(locations: Tensor, tile_offsets: Tensor, out_features: int, in_features: int, tile_m: int,
@@ -289,52 +303,41 @@ def tiled_csl_check(locations: Tensor, tile_offsets: Tensor, out_features: int, 
 def tiled_csl_words(
     values: Tensor, locations: Tensor, tile_offsets: Tensor, tile_m: int, tile_k: int
 ) -> Tuple[Tensor, Tensor]:
-    """Tiled-CSL stream -> the CUDA kernel's word layout: (words [capacity, 2] of the weight's dtype, word_offsets
-    int32 [tiles + 1]); one 32-bit word per pair (value, swizzled offset in the kernel's shared tile), each tile's
-    run padded to 16 bytes. CUDA only; made once per weight (TiledCSLLinear caches it)."""
+    """Tiled-CSL stream -> the CUDA word kernel's layout: (words [rows, 2] of the weight's dtype, word_offsets int32
+    [tiles + 1]); one 32-bit word per pair (value, swizzled offset in the kernel's shared tile), each tile's run padded
+    to 16 bytes. CUDA only; made once per weight (TiledCSLLinear caches it); tiled_csl_mm(..., words=, word_offsets=)
+    runs it."""
     op = "_tiled_csl_words"
     return _ops._tiled_csl_words(values, locations, tile_offsets, _int64(op, "tile_m", tile_m),
                                  _int64(op, "tile_k", tile_k))
 
 
-def tiled_csl_mm_words(
-    x: Tensor, words: Tensor, word_offsets: Tensor, out_features: int, tile_m: int, bias: Optional[Tensor] = None
+def tiled_csl_delta_mm(
+    x: Tensor, values: Tensor, codes: Tensor, offsets: Tensor, out_features: int, bias: Optional[Tensor] = None,
+    kernel: str = "auto", tokens_per_pass: int = 0,
 ) -> Tensor:
-    """y = x @ W.T (+ bias) with W [out_features, K] in the word layout of tiled_csl_words (tile_k = 64)."""
-    op = "_tiled_csl_mm_words"
-    return _ops._tiled_csl_mm_words(x, words, word_offsets, _int64(op, "out_features", out_features),
-                                    _int64(op, "tile_m", tile_m), bias)
+    """y = x @ W.T (+ bias) with W in the delta layout, on a delta kernel itself: what tiled_csl_mm runs when given
+    that layout. For tuning: `kernel` ("auto": the C++ rule, CUDA cores up to 8 tokens, tensor cores above;
+    "cuda_cores"; "tensor_cores") and `tokens_per_pass` (CUDA cores: 1, 2, 4 or 8; 0 = the rule's). On CPU: that
+    kernel emulated lane by lane (same index math; the CUDA-core kernel's fp32 order too), the tests' reference."""
+    op = "_tiled_csl_delta_mm"
+    return _ops._tiled_csl_delta_mm(x, values, codes, offsets, _int64(op, "out_features", out_features), bias, kernel,
+                                    _int64(op, "tokens_per_pass", tokens_per_pass))
 
 
-def tiled_csl_words_supported(tile_m: int, tile_k: int, device: torch.device) -> bool:
-    """Whether this build has the word-layout kernel for these tiles on `device`."""
-    return device.type == "cuda" and has_cuda_kernel("_tiled_csl_mm_words") and tile_k == 64 and tile_m in (128, 256)
+_TILED_CSL_KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def tiled_csl_bitmap(dense: Tensor):
-    """Dense [M, K] float16/bfloat16 weight -> the Hopper kernel's pair-bitmap layout (records, record_offsets,
-    max_record_words): per 8 x 8 block a mask of the element pairs an mma lane holds and the nonzero pairs. Built in
-    torch on the weight's device (CPU or CUDA). Experimental: TiledCSLLinear runs the word layout (see
-    csrc/kernels/tiled_csl/NOTES.md)."""
-    from .formats import tiled_csl_bitmap as bitmap
-
-    return bitmap.build(dense)
-
-
-def tiled_csl_bitmap_mm(
-    x: Tensor, records: Tensor, record_offsets: Tensor, out_features: int, max_record_words: int,
-    bias: Optional[Tensor] = None,
-) -> Tensor:
-    """y = x @ W.T (+ bias) with W [out_features, K] in the pair-bitmap layout of tiled_csl_bitmap (CUDA, sm_90a)."""
-    op = "_tiled_csl_bitmap_mm"
-    return _ops._tiled_csl_bitmap_mm(x, records, record_offsets, _int64(op, "out_features", out_features),
-                                     _int64(op, "max_record_words", max_record_words), bias)
-
-
-def tiled_csl_bitmap_supported(device: torch.device) -> bool:
-    """Whether this build has the pair-bitmap kernel and `device` runs it (compute capability 9.0)."""
-    return (device.type == "cuda" and has_cuda_kernel("_tiled_csl_bitmap_mm")
-            and torch.cuda.get_device_capability(device) == (9, 0))
+def tiled_csl_layer_layout(tile_m: int, tile_k: int, dtype: torch.dtype, device: torch.device) -> str:
+    """The kernel layout a TiledCSLLinear derives from its stream: "delta", "words", or "" (none: the layer keeps the
+    stream alone) -- "" off CUDA, for other dtypes, or in a build without CUDA kernels; else the C++ rule
+    (spmm._C.tiled_csl_layer_layout: "delta" where the switch SPMM_TILED_CSL_DELTA=1 is set, "words" for the tiles the
+    word kernel takes)."""
+    device = torch.device(device)
+    if device.type != "cuda" or dtype not in _TILED_CSL_KERNEL_DTYPES or not has_cuda_kernel("tiled_csl_mm"):
+        return ""
+    layout = _C.tiled_csl_layer_layout(tile_m, tile_k)
+    return layout if layout != "delta" or has_cuda_kernel("_tiled_csl_delta_mm") else ""
 
 
 # --------------------------------------------------------------------------------------------- Spense ------------
@@ -449,33 +452,27 @@ def _sparse24_sm80_mm_fake(x, a, e, out_features, bias):
 def _tiled_csl_compress_fake(dense, mask, tile_m, tile_k):
     m, k = dense.shape
     nnz = torch.library.get_ctx().new_dynamic_size()
-    n_tiles = -(-m // tile_m) * -(-k // tile_k)
     return (
         dense.new_empty(nnz),
         dense.new_empty(nnz, dtype=torch.int16),
-        dense.new_empty(n_tiles + 1, dtype=torch.int32),
+        dense.new_empty(_C.tiled_csl_tile_count(m, k, tile_m, tile_k) + 1, dtype=torch.int32),
     )
 
 
 @torch.library.register_fake("spmm::tiled_csl_mm")
-def _tiled_csl_mm_fake(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias):
+def _tiled_csl_mm_fake(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias=None, words=None,
+                       word_offsets=None, delta_values=None, delta_codes=None, delta_offsets=None):
     return x.new_empty(*x.shape[:-1], out_features)
 
 
 @torch.library.register_fake("spmm::_tiled_csl_words")
 def _tiled_csl_words_fake(values, locations, tile_offsets, tile_m, tile_k):
     tiles = tile_offsets.shape[0] - 1
-    capacity = max(-(-(values.shape[0] + 3 * tiles) // 4) * 4, 4)
-    return values.new_empty(capacity, 2), tile_offsets.new_empty(tiles + 1)
+    return values.new_empty(_C.tiled_csl_word_rows(values.shape[0], tiles), 2), tile_offsets.new_empty(tiles + 1)
 
 
-@torch.library.register_fake("spmm::_tiled_csl_mm_words")
-def _tiled_csl_mm_words_fake(x, words, word_offsets, out_features, tile_m, bias):
-    return x.new_empty(*x.shape[:-1], out_features)
-
-
-@torch.library.register_fake("spmm::_tiled_csl_bitmap_mm")
-def _tiled_csl_bitmap_mm_fake(x, records, record_offsets, out_features, max_record_words, bias):
+@torch.library.register_fake("spmm::_tiled_csl_delta_mm")
+def _tiled_csl_delta_mm_fake(x, values, codes, offsets, out_features, bias=None, kernel="auto", tokens_per_pass=0):
     return x.new_empty(*x.shape[:-1], out_features)
 
 

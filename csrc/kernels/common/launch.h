@@ -57,46 +57,4 @@ cudaError_t for_each_token_slice(const Params& p, int64_t max_tokens, Launch&& l
   return cudaSuccess;
 }
 
-// ------------------------------------------------------------------------------ cluster split-K launches ------
-// Grid (splits, rows) where the `splits` blocks of a row form one thread-block cluster (when splits > 1). `attr`
-// must outlive the launch call.
-inline cudaLaunchConfig_t cluster_split_config(int splits, int64_t rows, int threads, size_t smem,
-                                               cudaLaunchAttribute* attr, cudaStream_t stream) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(splits), static_cast<unsigned>(rows));
-  config.blockDim = dim3(static_cast<unsigned>(threads));
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  attr->id = cudaLaunchAttributeClusterDimension;
-  attr->val.clusterDim.x = static_cast<unsigned>(splits);
-  attr->val.clusterDim.y = 1;
-  attr->val.clusterDim.z = 1;
-  config.attrs = attr;
-  config.numAttrs = splits > 1 ? 1 : 0;
-  return config;
-}
-
-// Blocks of kKernel (at `threads` threads and `smem` bytes, already allowed) that run at once on the whole GPU when
-// the splits of a row are one cluster: asked of the occupancy API, because clusters must fit in a GPC, so with
-// splits > 1 it can be fewer than blocks per SM x SMs (on the H200 62 clusters of 4, not 66). 0 if this cluster size
-// cannot run. Cached per split factor (for the first device asked); the caller keeps threads and smem fixed.
-template <auto kKernel, int kMaxSplits>
-int64_t resident_split_blocks(int splits, int threads, size_t smem) {
-  static std::atomic<int> cache[kMaxSplits + 1] = {};  // blocks + 1, 0 = not asked yet
-  if (splits < 1 || splits > kMaxSplits) return 0;
-  int known = cache[splits].load(std::memory_order_relaxed);
-  if (known > 0) return known - 1;
-  int device = 0, num_sms = 0, count = 0;
-  cudaLaunchAttribute attr;
-  const cudaLaunchConfig_t config = cluster_split_config(splits, 1, threads, smem, &attr, nullptr);
-  const bool ok = cudaGetDevice(&device) == cudaSuccess &&
-                  cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess &&
-                  (splits == 1 ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&count, kKernel, threads, smem)
-                               : cudaOccupancyMaxActiveClusters(&count, kKernel, &config)) == cudaSuccess;
-  cudaGetLastError();  // a failed query must not surface as the next launch's error
-  const int64_t blocks = ok ? (splits == 1 ? int64_t{count} * num_sms : int64_t{count} * splits) : 0;
-  cache[splits].store(static_cast<int>(blocks) + 1, std::memory_order_relaxed);
-  return blocks;
-}
-
 }  // namespace spmm::kernels

@@ -122,6 +122,12 @@ __device__ __forceinline__ uint32_t opaque(uint32_t v) {
   return v;
 }
 
+__device__ __forceinline__ uint32_t load_streaming(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];\n" : "=r"(v) : "l"(p));
+  return v;
+}
+
 // ---------------------------------------------------------------------------------------------- mbarriers ------
 // A shared-memory barrier whose phase completes after `count` arrivals (and, sm_90, the bytes it was told to
 // expect): the producer/consumer hand-off of a multi-stage pipeline without block-wide __syncthreads.

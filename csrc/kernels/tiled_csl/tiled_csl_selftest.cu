@@ -17,11 +17,13 @@
 #include <vector>
 
 #include "kernels/common/selftest.cuh"
+#include "kernels/tiled_csl/tiled_csl_selftest.cuh"
 #include "kernels/tiled_csl/tiled_csl_spmm.h"
 
 namespace {
 
-using namespace spmm::selftest;  // CHECK, to_bits, from_bits, device_copy, median_us, time_read, Flush
+using namespace spmm::selftest;            // CHECK, to_bits, from_bits, device_copy, median_us, time_read, Flush
+using namespace spmm::selftest::tiled_csl;  // Stream, pack, DeviceStream, Path, run
 
 struct Problem {
   int64_t m, k, n, tile_m;
@@ -29,70 +31,6 @@ struct Problem {
   DType dtype;
   bool timed;
 };
-
-// The Tiled-CSL stream of a dense [m, k] weight (the CPU packer's order: tiles row-tile major, each tile's
-// nonzeros in row-major order, location = row * 64 + col within the tile).
-struct Stream {
-  std::vector<uint16_t> values;
-  std::vector<int16_t> locations;
-  std::vector<int32_t> offsets;
-};
-
-Stream pack(const std::vector<float>& w, int64_t m, int64_t k, int64_t tile_m, DType t) {
-  constexpr int64_t kTileK = spmm::kernels::kTiledCSLTileK;
-  const int64_t row_tiles = (m + tile_m - 1) / tile_m, col_tiles = (k + kTileK - 1) / kTileK;
-  Stream s;
-  s.offsets.push_back(0);
-  for (int64_t rt = 0; rt < row_tiles; ++rt)
-    for (int64_t ct = 0; ct < col_tiles; ++ct) {
-      for (int64_t r = rt * tile_m; r < std::min(m, (rt + 1) * tile_m); ++r)
-        for (int64_t c = ct * kTileK; c < std::min(k, (ct + 1) * kTileK); ++c)
-          if (w[r * k + c] != 0.f) {
-            s.values.push_back(to_bits(w[r * k + c], t));
-            s.locations.push_back(static_cast<int16_t>(static_cast<uint16_t>((r - rt * tile_m) * kTileK + c - ct * kTileK)));
-          }
-      s.offsets.push_back(static_cast<int32_t>(s.values.size()));
-    }
-  return s;
-}
-
-// Runs one layout; returns the median µs over `reps` (0: once, untimed) and fills y.
-enum class Path { kStream, kWords };
-constexpr const char* kPathNames[] = {"stream", "words"};
-
-float run(const Problem& pr, Path path, const void* values, const int16_t* locations, const int32_t* offsets,
-          int64_t count, const void* x, const void* bias, void* y, const Flush& flush, int reps, int splits = 0) {
-  int sms = 0;
-  CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-  spmm::kernels::TiledCSLMMParams p{};
-  p.x = x;
-  p.x_ld = pr.k;
-  p.values = values;
-  p.locations = locations;
-  p.tile_offsets = offsets;
-  p.nnz = count;
-  p.bias = bias;
-  p.y = y;
-  p.y_ld = pr.m;
-  p.m = pr.m;
-  p.n = pr.n;
-  p.k = pr.k;
-  p.tile_m = pr.tile_m;
-  p.dtype = pr.dtype;
-  p.splits = splits > 0 ? splits : spmm::kernels::tiled_csl_mm_splits(pr.m, pr.n, pr.k, count, pr.tile_m, sms);
-  void* ws = nullptr;
-  const size_t ws_bytes = spmm::kernels::tiled_csl_mm_workspace_bytes(pr.m, pr.n, pr.tile_m, p.splits);
-  if (ws_bytes) CHECK(cudaMalloc(&ws, ws_bytes));
-  p.workspace = ws;
-  auto call = [&] {
-    CHECK(path == Path::kStream ? spmm::kernels::tiled_csl_mm(p, 0) : spmm::kernels::tiled_csl_mm_words(p, 0));
-  };
-  call();
-  CHECK(cudaDeviceSynchronize());
-  const float us = median_us(call, flush, reps);
-  if (ws) CHECK(cudaFree(ws));
-  return us;
-}
 
 }  // namespace
 
@@ -136,30 +74,20 @@ int main() {
         for (int64_t c = 0; c < pr.k; ++c) acc += static_cast<double>(xf[n * pr.k + c]) * w[r * pr.k + c];
         expected[n * pr.m + r] = to_bits(static_cast<float>(acc), pr.dtype);
       }
-    const Stream s = pack(w, pr.m, pr.k, pr.tile_m, pr.dtype);
-    const int64_t tiles = static_cast<int64_t>(s.offsets.size()) - 1, nnz = static_cast<int64_t>(s.values.size());
-    uint16_t* d_values = device_copy(s.values);
-    int16_t* d_locations = device_copy(s.locations);
-    int32_t* d_offsets = device_copy(s.offsets);
+    const DeviceStream d(pack(w, pr.m, pr.k, pr.tile_m, pr.dtype), pr.tile_m);
     uint16_t* dx = device_copy(x);
     uint16_t* dbias = device_copy(bias);
-    // The word layout, made on the GPU.
-    const int64_t capacity = spmm::kernels::tiled_csl_words_capacity(nnz, tiles);
-    uint32_t* d_words = nullptr;
-    int32_t* d_word_offsets = nullptr;
-    int64_t* d_scratch = nullptr;
-    CHECK(cudaMalloc(&d_words, std::max<int64_t>(capacity, 4) * 4));
-    CHECK(cudaMalloc(&d_word_offsets, (tiles + 1) * 4));
-    CHECK(cudaMalloc(&d_scratch, (tiles + 1) * 8));
-    const spmm::kernels::TiledCSLWordsParams wp{d_values, d_locations, d_offsets, tiles, pr.tile_m,
-                                                d_scratch, d_words, d_word_offsets};
-    CHECK(spmm::kernels::tiled_csl_to_words(wp, 0));
     void* dy = nullptr;
     CHECK(cudaMalloc(&dy, std::max<int64_t>(pr.n * pr.m, 1) * 2));
+    auto fetch = [&] {
+      std::vector<uint16_t> y(pr.n * pr.m);
+      CHECK(cudaMemcpy(y.data(), dy, y.size() * 2, cudaMemcpyDeviceToHost));
+      return y;
+    };
     if (sweep) {  // the word layout at every split factor: "splits:us", the heuristic's pick marked with *
       int sms = 0;
       CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-      const int pick = spmm::kernels::tiled_csl_mm_splits(pr.m, pr.n, pr.k, capacity / 4 * 4, pr.tile_m, sms);
+      const int pick = spmm::kernels::tiled_csl_mm_splits(pr.m, pr.n, pr.k, d.word_rows, pr.tile_m, sms);
       std::printf("%6lld %6lld %4lld %4lld %5.2f |", static_cast<long long>(pr.m), static_cast<long long>(pr.k),
                   static_cast<long long>(pr.n), static_cast<long long>(pr.tile_m), pr.sparsity);
       const int col_tiles = static_cast<int>((pr.k + 63) / 64);
@@ -167,10 +95,8 @@ int main() {
       for (const int splits : {1, 2, 3, 4, 6, 8, 12, 16, 24, 32}) {
         if (splits > col_tiles) break;
         CHECK(cudaMemset(dy, 0xFF, pr.n * pr.m * 2));
-        const float us = run(pr, Path::kWords, d_words, nullptr, d_word_offsets, capacity / 4 * 4, dx, dbias, dy, flush,
-                             20, splits);
-        std::vector<uint16_t> y(pr.n * pr.m);
-        CHECK(cudaMemcpy(y.data(), dy, y.size() * 2, cudaMemcpyDeviceToHost));
+        const float us = run(Path::kWords, d, pr.m, pr.k, pr.n, pr.dtype, dx, dbias, dy, flush, 20, splits);
+        const std::vector<uint16_t> y = fetch();
         if (first.empty()) first = y;
         const bool ok = exact(y, first, pr.m, pr.dtype, "words");
         all_ok = all_ok && ok;
@@ -178,38 +104,27 @@ int main() {
       }
       std::printf("\n");
       std::fflush(stdout);
-      for (void* ptr : {static_cast<void*>(d_values), static_cast<void*>(d_locations), static_cast<void*>(d_offsets),
-                        static_cast<void*>(dx), static_cast<void*>(dbias), static_cast<void*>(d_words),
-                        static_cast<void*>(d_word_offsets), static_cast<void*>(d_scratch), dy})
-        CHECK(cudaFree(ptr));
-      continue;
+    } else {
+      const int reps = pr.timed ? 30 : 0;
+      float us[2];
+      bool ok[2];
+      for (const Path path : {Path::kStream, Path::kWords}) {
+        const int i = static_cast<int>(path);
+        CHECK(cudaMemset(dy, 0xFF, pr.n * pr.m * 2));
+        us[i] = run(path, d, pr.m, pr.k, pr.n, pr.dtype, dx, dbias, dy, flush, reps);
+        ok[i] = exact(fetch(), expected, pr.m, pr.dtype, kPathNames[i]);
+        all_ok = all_ok && ok[i];
+      }
+      std::printf("%6lld %6lld %4lld %4lld %5.2f %5s | %-7s %-7s", static_cast<long long>(pr.m),
+                  static_cast<long long>(pr.k), static_cast<long long>(pr.n), static_cast<long long>(pr.tile_m),
+                  pr.sparsity, pr.dtype == f16 ? "fp16" : "bf16", ok[0] ? "exact" : "WRONG", ok[1] ? "exact" : "WRONG");
+      if (pr.timed) {
+        const float floor = time_read(static_cast<size_t>(d.nnz * 4 + (d.tiles + 1) * 4), flush, reps);
+        std::printf(" | %6.1f us %6.1f us  read floor %5.1f us", us[0], us[1], floor);
+      }
+      std::printf("\n");
     }
-    const int reps = pr.timed ? 30 : 0;
-    float us[2];
-    bool ok[2];
-    for (const Path path : {Path::kStream, Path::kWords}) {
-      const int i = static_cast<int>(path);
-      CHECK(cudaMemset(dy, 0xFF, pr.n * pr.m * 2));
-      us[i] = path == Path::kStream
-                  ? run(pr, path, d_values, d_locations, d_offsets, nnz, dx, dbias, dy, flush, reps)
-                  : run(pr, path, d_words, nullptr, d_word_offsets, capacity / 4 * 4, dx, dbias, dy, flush, reps);
-      std::vector<uint16_t> y(pr.n * pr.m);
-      CHECK(cudaMemcpy(y.data(), dy, y.size() * 2, cudaMemcpyDeviceToHost));
-      ok[i] = exact(y, expected, pr.m, pr.dtype, kPathNames[i]);
-      all_ok = all_ok && ok[i];
-    }
-    std::printf("%6lld %6lld %4lld %4lld %5.2f %5s | %-7s %-7s", static_cast<long long>(pr.m),
-                static_cast<long long>(pr.k), static_cast<long long>(pr.n), static_cast<long long>(pr.tile_m),
-                pr.sparsity, pr.dtype == f16 ? "fp16" : "bf16", ok[0] ? "exact" : "WRONG", ok[1] ? "exact" : "WRONG");
-    if (pr.timed) {
-      const float floor = time_read(static_cast<size_t>(nnz * 4 + (tiles + 1) * 4), flush, reps);
-      std::printf(" | %6.1f us %6.1f us  read floor %5.1f us", us[0], us[1], floor);
-    }
-    std::printf("\n");
-    for (void* ptr : {static_cast<void*>(d_values), static_cast<void*>(d_locations), static_cast<void*>(d_offsets),
-                      static_cast<void*>(dx), static_cast<void*>(dbias), static_cast<void*>(d_words),
-                      static_cast<void*>(d_word_offsets), static_cast<void*>(d_scratch), dy})
-      CHECK(cudaFree(ptr));
+    for (void* ptr : {static_cast<void*>(dx), static_cast<void*>(dbias), dy}) CHECK(cudaFree(ptr));
   }
   std::printf(all_ok ? "tiled-csl selftest: all exact\n" : "tiled-csl selftest: FAILED\n");
   return all_ok ? 0 : 1;

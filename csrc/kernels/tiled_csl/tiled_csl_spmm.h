@@ -13,16 +13,11 @@
 #include <cuda_runtime_api.h>
 
 #include "kernels/common/dtype.h"
+#include "kernels/tiled_csl/tiled_csl_rules.h"  // the tiles it takes (tiled_csl_word_tiles), the word layout's size
 
 namespace spmm::kernels {
 
-constexpr int64_t kTiledCSLTileK = 64;      // the tile width the kernel takes
 constexpr int64_t kTiledCSLMaxTokens = 64;  // tokens per launch; the launcher slices larger N
-
-// Tile shapes the kernel is built for: tile_k = 64 and tile_m = 256 (the default) or 128.
-inline bool tiled_csl_mm_supports(int64_t tile_m, int64_t tile_k) {
-  return tile_k == kTiledCSLTileK && (tile_m == 256 || tile_m == 128);
-}
 
 struct TiledCSLMMParams {
   const void* x;                // [N, K] rows of x_ld elements; x_ld % 8 == 0, 16-byte aligned
@@ -79,8 +74,7 @@ cudaError_t tiled_csl_pack_fill(const TiledCSLPackParams& p, cudaStream_t stream
 // kernel's shared-memory tile) << 16 | (the value's 16 bits). Each tile's run is padded to a multiple of 4 words
 // (whole 16-byte loads, no partial granules) with words aimed at a scratch slot past the tile. So a pair costs
 // the kernel a shift, a clamp and a 16-bit store, instead of extracting two 16-bit fields, checking run bounds and
-// computing the swizzle. Bytes stay 4 per pair (+ at most 12 per tile).
-inline int64_t tiled_csl_words_capacity(int64_t nnz, int64_t tiles) { return nnz + 3 * tiles; }
+// computing the swizzle. Bytes stay 4 per pair (+ at most 12 per tile); tiled_csl_word_rows gives the size.
 
 struct TiledCSLWordsParams {
   const uint16_t* values;        // the Tiled-CSL stream (fp16/bf16 bits), as tiled_csl_mm takes it
@@ -88,7 +82,7 @@ struct TiledCSLWordsParams {
   const int32_t* tile_offsets;   // [tiles + 1]
   int64_t tiles, tile_m;         // tile_k = 64; tile_m 256 or 128
   int64_t* scratch;              // [tiles + 1]
-  uint32_t* words;               // [tiled_csl_words_capacity(nnz, tiles)]
+  uint32_t* words;               // [tiled_csl_word_rows(nnz, tiles)], zeroed
   int32_t* word_offsets;         // [tiles + 1]
 };
 

@@ -194,63 +194,6 @@ struct Pairs<true> {  // (tiled_csl_mm_words: values = the words, tile_offsets =
   static constexpr int kScratch = 8;  // the scratch slot (kept at 16 bytes so the next tile stays aligned)
 };
 
-// ------------------------------------------------------------------------------------------ the epilogue ------
-// y (+ bias) from each warp's accumulators, or with split-K its fp32 partials [split][N][M_padded] in the workspace,
-// summed by the last block of the row tile to arrive (a counter per row tile), in split order: one launch,
-// deterministic. Called by every thread of the block.
-template <typename T, int kTileM, int kMTiles, int kNTiles>
-__device__ __forceinline__ void finish_tile_rows(const TiledCSLMMParams& p, const float (&acc)[kMTiles][kNTiles][4],
-                                                 int64_t row_tile, int64_t split, int warp_row, int lane) {
-  __shared__ int is_last_block;
-  // Accumulator fragment: acc[mt][nt][i] is W row g (+8 for i >= 2) of m-tile mt times token nt*8 + 2q (+1 for odd i).
-  const int g = lane / 4, q = lane % 4;
-  const T* bias = static_cast<const T*>(p.bias);
-  T* y = static_cast<T*>(p.y);
-  const int64_t mp = static_cast<int64_t>(gridDim.y) * kTileM;
-  float* partials = static_cast<float*>(p.workspace);
-#pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int64_t m = row_tile * kTileM + warp_row + mt * 16 + g + (i >= 2 ? 8 : 0), n = nt * 8 + 2 * q + (i & 1);
-        if (n >= p.n) continue;
-        if (p.splits == 1) {
-          if (m < p.m) y[n * p.y_ld + m] = from_float<T>(acc[mt][nt][i] + bias_at(bias, m));
-        } else {
-          partials[(split * p.n + n) * mp + m] = acc[mt][nt][i];
-        }
-      }
-  if (p.splits == 1) return;
-
-  // Split-K: the last block of this row tile to arrive sums every split's partials, in split order.
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) is_last_block = atomicAdd(&p.counters[row_tile], 1) == p.splits - 1;
-  __syncthreads();
-  if (!is_last_block) return;
-  __threadfence();
-  const int64_t row0 = row_tile * kTileM;
-  for (int64_t idx = threadIdx.x; idx < p.n * (kTileM / 4); idx += kThreads) {
-    const int64_t n = idx / (kTileM / 4), m = row0 + (idx % (kTileM / 4)) * 4;
-    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 4
-    for (int sp = 0; sp < p.splits; ++sp) {
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(partials + (sp * p.n + n) * mp + m));
-      sum.x += v.x;
-      sum.y += v.y;
-      sum.z += v.z;
-      sum.w += v.w;
-    }
-    const float s[4] = {sum.x, sum.y, sum.z, sum.w};
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-      if (m + j < p.m) y[n * p.y_ld + m + j] = from_float<T>(s[j] + bias_at(bias, m + j));
-  }
-  if (threadIdx.x == 0) p.counters[row_tile] = 0;  // leaves the counters zeroed for the next launch
-}
-
 // ----------------------------------------------------------------------------------------------- matmul ------
 // kTileM: rows per tile (256 or 128); kNTiles: 8-token column tiles (N <= 8 * kNTiles).
 // kWords: read the word layout instead of the stream.
@@ -326,7 +269,7 @@ __global__ void __launch_bounds__(kThreads, kNTiles == 1 ? 3 : 2)
     o_next2 = o_next3;
   }
 
-  finish_tile_rows<T, kTileM>(p, acc, row_tile, split, warp_row, lane);
+  tiled_csl::finish_tile_rows<T, kTileM>(p, acc, row_tile, split, warp_row, lane);
 }
 
 // ----------------------------------------------------------------------------------------------- launch ------
@@ -443,7 +386,7 @@ namespace {
 
 cudaError_t run_mm(const TiledCSLMMParams& p, Source source, cudaStream_t stream) {
   const bool words = source != Source::kStream;
-  if (!tiled_csl_mm_supports(p.tile_m, kTiledCSLTileK) || p.m < 0 || p.n < 0 || p.k < 0 || p.nnz < 0) 
+  if (!tiled_csl_word_tiles(p.tile_m, kTiledCSLTileK) || p.m < 0 || p.n < 0 || p.k < 0 || p.nnz < 0) 
     return cudaErrorInvalidValue;
   const int64_t row_tiles = ceil_div(p.m, p.tile_m), col_tiles = ceil_div(p.k, kTiledCSLTileK);
   if (p.k % 8 != 0 || p.x_ld % 8 != 0 || (p.n > 1 && p.x_ld < p.k) || !aligned16(p.x) || !aligned16(p.values) ||

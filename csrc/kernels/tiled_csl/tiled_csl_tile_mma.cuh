@@ -1,10 +1,12 @@
-// The dense half of "load as sparse, compute as dense" in the Tiled-CSL kernel that decodes into a shared tile
-// (tiled_csl_spmm_kernel.cu): the swizzled shared layout of W's dense tile and of x's 64-column chunk, and one warp's
-// mma.sync over its rows of the tile. Apart from the kernel's pipeline, so another pipeline can reuse it.
+// The dense half of "load as sparse, compute as dense" in the Tiled-CSL kernels that decode into a shared tile (the
+// stream / word kernel of tiled_csl_spmm_kernel.cu, the delta tile kernel of tiled_csl_delta_kernel.cu): the swizzled
+// shared layout of W's dense tile and of x's 64-column chunk, one warp's mma.sync over its rows of the tile, and the
+// split-K epilogue. Apart from the kernels' pipelines, so each pipeline reuses them.
 #pragma once
 
 #include <cstdint>
 
+#include "kernels/common/epilogue.cuh"
 #include "kernels/common/ptx.cuh"
 
 namespace spmm::kernels::tiled_csl {
@@ -80,6 +82,63 @@ __device__ __forceinline__ void stage_x_chunk(T* dst, const T* x, int64_t x_ld, 
     const bool inside = row < n && kc < k;
     ptx::cp_async_16(dst + swizzle(row, col), inside ? x + row * x_ld + kc : x, inside ? 16 : 0);
   }
+}
+
+// y (+ bias) from each warp's accumulators, or with split-K its fp32 partials [split][N][M_padded] in the workspace,
+// summed by the last block of the row tile to arrive (a counter per row tile), in split order: one launch,
+// deterministic. Called by every thread of the block; grid (splits, row tiles). Params: any kernel's params struct
+// with bias, y, y_ld, m, n, splits, workspace and counters (zero on entry; left zeroed).
+template <typename T, int kTileM, int kMTiles, int kNTiles, typename Params>
+__device__ __forceinline__ void finish_tile_rows(const Params& p, const float (&acc)[kMTiles][kNTiles][4],
+                                                 int64_t row_tile, int64_t split, int warp_row, int lane) {
+  __shared__ int is_last_block;
+  // Accumulator fragment: acc[mt][nt][i] is W row g (+8 for i >= 2) of m-tile mt times token nt*8 + 2q (+1 for odd i).
+  const int g = lane / 4, q = lane % 4;
+  const T* bias = static_cast<const T*>(p.bias);
+  T* y = static_cast<T*>(p.y);
+  const int64_t mp = static_cast<int64_t>(gridDim.y) * kTileM;
+  float* partials = static_cast<float*>(p.workspace);
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int64_t m = row_tile * kTileM + warp_row + mt * 16 + g + (i >= 2 ? 8 : 0), n = nt * 8 + 2 * q + (i & 1);
+        if (n >= p.n) continue;
+        if (p.splits == 1) {
+          if (m < p.m) y[n * p.y_ld + m] = from_float<T>(acc[mt][nt][i] + bias_at(bias, m));
+        } else {
+          partials[(split * p.n + n) * mp + m] = acc[mt][nt][i];
+        }
+      }
+  if (p.splits == 1) return;
+
+  // Split-K: the last block of this row tile to arrive sums every split's partials, in split order.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) is_last_block = atomicAdd(&p.counters[row_tile], 1) == p.splits - 1;
+  __syncthreads();
+  if (!is_last_block) return;
+  __threadfence();
+  const int64_t row0 = row_tile * kTileM;
+  for (int64_t idx = threadIdx.x; idx < p.n * (kTileM / 4); idx += blockDim.x) {
+    const int64_t n = idx / (kTileM / 4), m = row0 + (idx % (kTileM / 4)) * 4;
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
+    for (int sp = 0; sp < p.splits; ++sp) {
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(partials + (sp * p.n + n) * mp + m));
+      sum.x += v.x;
+      sum.y += v.y;
+      sum.z += v.z;
+      sum.w += v.w;
+    }
+    const float s[4] = {sum.x, sum.y, sum.z, sum.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (m + j < p.m) y[n * p.y_ld + m + j] = from_float<T>(s[j] + bias_at(bias, m + j));
+  }
+  if (threadIdx.x == 0) p.counters[row_tile] = 0;  // leaves the counters zeroed for the next launch
 }
 
 }  // namespace spmm::kernels::tiled_csl

@@ -84,6 +84,24 @@ class TiledCSLWeight(PackedWeight):
             raise ValueError(str(e).replace("spmm::_tiled_csl_check: ", "")) from None
         return self
 
+    @classmethod
+    def from_coordinates(cls, rows: Tensor, cols: Tensor, values: Tensor, shape: Sequence[int], tile_m: int = 256,
+                         tile_k: int = 64) -> "TiledCSLWeight":
+        """The stream of the entries values[i] at (rows[i], cols[i]) (distinct positions inside shape), on values'
+        device; what a kernel layout decodes back to."""
+        m, k = check_shape2d(shape)
+        check_tile(tile_m, tile_k)
+        rows, cols = rows.long(), cols.long()
+        tiles_k = -(-k // tile_k)
+        tile = (rows // tile_m) * tiles_k + cols // tile_k
+        location = (rows % tile_m) * tile_k + cols % tile_k
+        order = torch.argsort(tile * (tile_m * tile_k) + location)
+        offsets = torch.zeros(num_tiles((m, k), tile_m, tile_k) + 1, dtype=torch.int64, device=values.device)
+        offsets[1:] = torch.cumsum(torch.bincount(tile, minlength=offsets.numel() - 1), 0)
+        location = location[order]
+        location = torch.where(location >= 1 << 15, location - (1 << 16), location).to(torch.int16)  # unsigned bits
+        return cls(values[order].contiguous(), location, offsets.to(torch.int32), (m, k), tile_m, tile_k)
+
     def coordinates(self, check: bool = True):
         """(rows, cols) int64 of every stored value, checking the layout on the way (unless check=False)."""
         if check:
