@@ -49,9 +49,8 @@ std::tuple<at::Tensor, at::Tensor> sparse24_decode_pack_cuda(const at::Tensor& v
   const int64_t m = values.size(0), k = values.size(1) * 2;
   const c10::cuda::CUDAGuard guard(values.device());
   const auto shape = kernels::sparse24_decode_shape(m, k);
-  const int64_t tiles = shape.row_tiles(), per_tile = std::max<int64_t>(tiles, 1);
-  at::Tensor dvalues = at::empty({tiles, shape.values_bytes() / 2 / per_tile}, values.options());
-  at::Tensor dmeta = at::empty({tiles, shape.meta_bytes() / 4 / per_tile}, values.options().dtype(at::kInt));
+  at::Tensor dvalues = at::empty({shape.row_tiles(), shape.values_cols()}, values.options());
+  at::Tensor dmeta = at::empty({shape.row_tiles(), shape.meta_cols()}, values.options().dtype(at::kInt));
   kernels::Sparse24DecodePackParams p{};
   p.values = reinterpret_cast<const uint16_t*>(values.data_ptr());
   p.meta = meta.data_ptr<uint8_t>();

@@ -409,11 +409,16 @@ def _tiled_csl_check_fake(locations, tile_offsets, out_features, in_features, ti
     return None
 
 
+# The pack ops' fakes take their shapes from the kernels' own size functions (csrc/kernels/sparse24/
+# sparse24_kernel_layouts.h, through spmm._C), so they cannot drift from what the CUDA ops allocate.
+def _pack_shapes(kernel: str, values: Tensor):
+    return _C.sparse24_pack_shapes(kernel, values.shape[0], values.shape[1] * 2)
+
+
 @torch.library.register_fake("spmm::_sparse24_decode_pack")
 def _sparse24_decode_pack_fake(values, meta, meta_layout=0):
-    m, k = values.shape[0], values.shape[1] * 2
-    tiles, chunks = -(-m // 128) * 8, -(-k // 128)
-    return values.new_empty(tiles, chunks * 4 * 32 * 8), values.new_empty(tiles, chunks * 64, dtype=torch.int32)
+    dvalues, dmeta = _pack_shapes("decode", values)
+    return values.new_empty(dvalues), values.new_empty(dmeta, dtype=torch.int32)
 
 
 @torch.library.register_fake("spmm::_sparse24_decode_mm")
@@ -423,9 +428,8 @@ def _sparse24_decode_mm_fake(x, dvalues, dmeta, out_features, bias, loader="auto
 
 @torch.library.register_fake("spmm::_sparse24_sm90_pack")
 def _sparse24_sm90_pack_fake(values, meta):
-    m, k = values.shape[0], values.shape[1] * 2
-    e_bytes = -(-m // 64) * 64 * (-(-k // 128) * 128) // 8  # CUTLASS's metadata: rows to 64, columns to 128
-    return values.new_empty(e_bytes, dtype=torch.uint8)
+    (e,) = _pack_shapes("sm90", values)
+    return values.new_empty(e, dtype=torch.uint8)
 
 
 @torch.library.register_fake("spmm::_sparse24_sm90_mm")
@@ -435,9 +439,8 @@ def _sparse24_sm90_mm_fake(x, values, e, out_features, bias, config=-1, swizzle=
 
 @torch.library.register_fake("spmm::_sparse24_sm80_pack")
 def _sparse24_sm80_pack_fake(values, meta):
-    m, k = values.shape[0], values.shape[1] * 2
-    m_pad, k_pad = -(-m // 32) * 32, -(-k // 64) * 64
-    return values.new_empty(m_pad, k_pad // 2), values.new_empty(m_pad * k_pad // 16, dtype=torch.int16)
+    a, e = _pack_shapes("sm80", values)
+    return values.new_empty(a), values.new_empty(e, dtype=torch.int16)
 
 
 @torch.library.register_fake("spmm::_sparse24_sm80_mm")

@@ -20,26 +20,11 @@
 #include <cuda_runtime_api.h>
 
 #include "kernels/common/dtype.h"
+#include "kernels/sparse24/sparse24_kernel_layouts.h"  // the layout's sizes: Sparse24DecodeShape
 
 namespace spmm::kernels {
 
-constexpr int64_t kDecodeTileRows = 16;    // rows of W per mma tile (mma m)
-constexpr int64_t kDecodeGroupTiles = 8;   // row tiles per row group (one block's rows)
-constexpr int64_t kDecodeChunkK = 128;     // columns of W per pipeline chunk (4 x mma k32)
 constexpr int64_t kDecodeMaxTokens = 64;   // tokens per launch; the launcher slices larger N
-
-struct Sparse24DecodeShape {
-  int64_t groups;     // ceil(M / 128)
-  int64_t chunks;     // ceil(K / 128)
-  int64_t row_tiles() const { return groups * kDecodeGroupTiles; }
-  int64_t values_bytes() const { return row_tiles() * chunks * 4 * 32 * 16; }
-  int64_t meta_bytes() const { return row_tiles() * chunks * 16 * 16; }
-};
-
-inline Sparse24DecodeShape sparse24_decode_shape(int64_t m, int64_t k) {
-  const int64_t group_rows = kDecodeTileRows * kDecodeGroupTiles;
-  return {(m + group_rows - 1) / group_rows, (k + kDecodeChunkK - 1) / kDecodeChunkK};
-}
 
 // How the kernel brings each (group, chunk) into shared memory: the copy engine (sm_90 bulk copies, a few
 // instructions per 18 KB) or cp.async by one warp. kAuto: bulk copies on sm_90 up to 32 tokens, cp.async otherwise.
