@@ -6,15 +6,20 @@ input dtype); CUDA implementations come from csrc/ops/*_cuda.cpp. The fake imple
 output shapes, so torch.compile(fullgraph=True) can trace models that use the ops; backward formulas (for x and
 bias) are in autograd.py.
 
+Words: *compress* makes a format's stored layout from a dense weight (sparse24_compress, tiled_csl_compress);
+*pack* makes a kernel's own layout from a stored one, once per weight (sparse24_decode_pack, ...; the layers hold
+them).
+
 Errors: a wrong dtype raises TypeError, any other broken rule ValueError; every message names the op, the
-argument and the rule. Packers refuse a weight with NaN or Inf anywhere (also where the mask drops it), and
-store no zeros: a zero or -0.0 that the mask keeps is left out of Tiled-CSL and is a +0.0 filler in 2:4.
+argument and the rule. The compress ops refuse a weight with NaN or Inf anywhere (also where the mask drops it),
+and store no zeros: a zero or -0.0 that the mask keeps is left out of Tiled-CSL and is a +0.0 filler in 2:4.
 
 What is checked and what is trusted: every op checks its arguments' types, shapes, devices and integer ranges
 (for any integer: bounds come before arithmetic, products are overflow-checked). The CPU ops also check the
 packed contents they read (2:4 codes, Tiled-CSL offsets and in-tile locations in increasing order, Spense
 row_index a permutation); the CUDA ops trust the contents: they are meant for layouts made by the library's
-packers (formats' validate() checks a layout, and the layers run it whenever they are built or load weights).
+compress and pack ops (formats' validate() checks a layout, and the layers run it whenever they are built or load
+weights).
 A layout does not record its own tile shape or out_features: those are the caller's word, as in any GEMM. The
 CUDA-only ops (leading underscore) called on CPU tensors raise NotImplementedError naming the CPU op to use.
 
@@ -84,7 +89,7 @@ def has_cuda_kernel(op: str) -> bool:
 
 # --------------------------------------------------------------------------------------------- 2:4 ------------
 def sparse24_compress(dense: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """Pack a 2:4-sparse weight [M, K] into the canonical (values, meta) layout.
+    """Compress a 2:4-sparse weight [M, K] into the canonical (values, meta) layout.
 
     `mask` (bool [M, K]) selects the kept elements; without it the nonzeros of `dense` are kept (-0.0 counts as
     zero). Every group of 4 along K may keep at most 2. Runs on CPU and CUDA.

@@ -1,4 +1,5 @@
-// CUDA entry of the 2:4 packer: checks, then the kernel launcher; the only place its at::Tensors are seen.
+// CUDA entry of the 2:4 compressor (spmm::sparse24_compress: dense + mask -> the canonical layout): checks, then
+// the kernel launcher; the only place its at::Tensors are seen.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -37,7 +38,7 @@ std::tuple<at::Tensor, at::Tensor> sparse24_compress_cuda(const at::Tensor& dens
   p.dtype = kernel_dtype(dense.scalar_type());
   check_cuda(op, kernels::sparse24_compress(p, at::cuda::getCurrentCUDAStream()));
 
-  // Packing is offline work: reading the two flags back (one sync) buys an exact error instead of bad output.
+  // Compressing is offline work: reading the two flags back (one sync) buys an exact error instead of bad output.
   const at::Tensor bad = first_bad.cpu();
   report_compress_problems(op, mask.has_value(), k, static_cast<uint64_t>(bad[0].item<int64_t>()),
                            static_cast<uint64_t>(bad[1].item<int64_t>()));
