@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <cuda_runtime_api.h>
 
+#include <optional>
 #include <utility>
 
 #include "kernels/common/dtype.h"
@@ -27,6 +28,26 @@ inline at::Tensor kernel_ready_activation(const at::Tensor& x, int64_t n, int64_
   const bool aligned = x2.stride(1) == 1 && x2.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(x2.data_ptr()) % 16 == 0;
   return aligned ? x2 : x2.clone(at::MemoryFormat::Contiguous);  // clone: a fresh, allocator-aligned copy
 }
+
+// What a matmul launch hands its kernel besides the weight, held together until the launch: x as the kernel reads
+// it (rows of x.stride(0)), the bias made contiguous (undefined: none) and a fresh y [n, m]. set() fills the fields
+// of these names that every kernel's params struct has; m and k stay the caller's (a kernel may pad them).
+struct MatmulOperands {
+  at::Tensor x, bias, y;
+  MatmulOperands(at::Tensor kernel_x, const std::optional<at::Tensor>& b, int64_t n, int64_t m)
+      : x(std::move(kernel_x)), bias(b.has_value() ? b->contiguous() : at::Tensor()),
+        y(at::empty({n, m}, x.options())) {}
+  template <typename Params>
+  void set(Params& p) const {
+    p.x = x.data_ptr();
+    p.x_ld = x.stride(0);
+    p.bias = bias.defined() ? bias.data_ptr() : nullptr;
+    p.y = y.data_ptr();
+    p.y_ld = y.size(1);
+    p.n = y.size(0);
+    p.dtype = kernel_dtype(y.scalar_type());
+  }
+};
 
 // A packed operand the kernels stream in 16-byte granules: itself if it starts 16-byte aligned, else a fresh
 // (allocator-aligned) copy.
@@ -89,6 +110,13 @@ struct KernelWorkspace {
 
 inline void check_cuda(const char* op, cudaError_t status) {
   TORCH_CHECK(status == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(status));
+}
+
+// check_cuda for a kernel built for some devices only: cudaErrorNoKernelImageForDevice is a NotImplementedError
+// saying what it needs (`needs`, e.g. "the Hopper 2:4 GEMM runs on compute capability 9.0 GPUs only").
+inline void check_cuda_on_device(const char* op, cudaError_t status, const char* needs) {
+  TORCH_CHECK_NOT_IMPLEMENTED(status != cudaErrorNoKernelImageForDevice, op, ": ", needs);
+  check_cuda(op, status);
 }
 
 }  // namespace spmm::ops
