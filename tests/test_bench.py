@@ -22,6 +22,7 @@ REQUIRED = ["device", "torch", "cuda", "op", "backend", "dtype", "layer", "M", "
             "weight_bytes", "resident_bytes", "max_abs_err", "correct", "graph", "error"]
 
 
+@pytest.mark.slow
 def test_cpu_end_to_end(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "bench", "--quick", "--device", "cpu", "--shrink", "64", "--out", str(out)]
