@@ -49,6 +49,23 @@ struct MatmulOperands {
   }
 };
 
+// A weight to compress and its optional keep mask as the compress kernels read them (dense, dense_ld, mask,
+// mask_ld: the same names in each params struct): rows with a unit inner stride (anything else -- transposed views --
+// made row-major), the mask as bytes or null.
+struct CompressInput {
+  at::Tensor dense, mask;  // mask undefined: none
+  CompressInput(const at::Tensor& d, const std::optional<at::Tensor>& m)
+      : dense(d.stride(1) == 1 ? d : d.contiguous()),
+        mask(!m.has_value() ? at::Tensor() : m->stride(1) == 1 ? *m : m->contiguous()) {}
+  template <typename Params>
+  void set(Params& p) const {
+    p.dense = dense.data_ptr();
+    p.dense_ld = dense.stride(0);
+    p.mask = mask.defined() ? reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>()) : nullptr;
+    p.mask_ld = mask.defined() ? mask.stride(0) : 0;
+  }
+};
+
 // A packed operand the kernels stream in 16-byte granules: itself if it starts 16-byte aligned, else a fresh
 // (allocator-aligned) copy.
 inline at::Tensor aligned16(const at::Tensor& t) {
