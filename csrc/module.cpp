@@ -1,8 +1,13 @@
 // The Python module spmm._C, on the stable Python ABI: it only carries the op library (loading it runs the
-// TORCH_LIBRARY registrations), says how it was built, and exports the kernel-choice rules spmm.ops uses.
+// TORCH_LIBRARY registrations), says how it was built, and exports the kernel-choice rules and the kernel layouts'
+// sizes spmm.ops uses.
 #include <Python.h>
 
+#include <cstdint>
+#include <string_view>
+
 #include "kernels/sparse24/sparse24_dispatch_rules.h"
+#include "kernels/sparse24/sparse24_kernel_layouts.h"
 #include "kernels/sparse24/sparse24_sm90_configs.h"
 #include "kernels/spense/spense_tiles.h"
 #include "kernels/tiled_csl/tiled_csl_delta_layout.h"
@@ -111,6 +116,33 @@ static PyObject* tiled_csl_layer_layout(PyObject*, PyObject* args) {
   return PyUnicode_FromString(spmm::kernels::tiled_csl_layout_name(spmm::kernels::tiled_csl_layer_layout(tile_m, tile_k)));
 }
 
+// sparse24_pack_shapes(kernel, out_features, in_features) -> the shapes of the tensors the kernel's pack op returns
+// for a weight [out_features, in_features] (sparse24_kernel_layouts.h): "decode" -> (dvalues, dmeta), "sm90" -> (e,),
+// "sm80" -> (a, e); each shape a tuple of ints.
+static PyObject* pack_shapes(PyObject*, PyObject* args) {
+  const char* kernel = nullptr;
+  long long m = 0, k = 0;
+  if (!PyArg_ParseTuple(args, "sLL", &kernel, &m, &k)) return nullptr;
+  if (m < 0 || k < 0 || m > INT32_MAX || k > INT32_MAX) {  // (bounds first: the sizes below then cannot overflow)
+    PyErr_SetString(PyExc_ValueError, "out_features and in_features must lie in [0, 2^31)");
+    return nullptr;
+  }
+  const std::string_view name(kernel);
+  if (name == "decode") {
+    const auto s = spmm::kernels::sparse24_decode_shape(m, k);
+    return Py_BuildValue("((LL)(LL))", static_cast<long long>(s.row_tiles()), static_cast<long long>(s.values_cols()),
+                         static_cast<long long>(s.row_tiles()), static_cast<long long>(s.meta_cols()));
+  }
+  if (name == "sm90") return Py_BuildValue("((L))", static_cast<long long>(spmm::kernels::sparse24_sm90_e_bytes(m, k)));
+  if (name == "sm80") {
+    return Py_BuildValue("((LL)(L))", static_cast<long long>(spmm::kernels::sparse24_sm80_padded_rows(m)),
+                         static_cast<long long>(spmm::kernels::sparse24_sm80_padded_cols(k) / 2),
+                         static_cast<long long>(spmm::kernels::sparse24_sm80_meta_elements(m, k)));
+  }
+  PyErr_SetString(PyExc_ValueError, "kernel must be \"decode\", \"sm90\" or \"sm80\"");
+  return nullptr;
+}
+
 static PyMethodDef spmm_methods[] = {
     {"sparse24_decode_max_tokens", decode_max_tokens, METH_VARARGS,
      "sparse24_decode_max_tokens(out_features, in_features, hopper_gemm): up to how many tokens the 2:4 decode kernel "
@@ -131,6 +163,9 @@ static PyMethodDef spmm_methods[] = {
      "tiled_csl_word_rows(nnz, tiles): rows of the word layout's `words`"},
     {"tiled_csl_delta_slice_width", int_rule2<spmm::kernels::tiled_csl_delta_slice_width>, METH_VARARGS,
      "tiled_csl_delta_slice_width(m, k): columns per K slice of the delta layout of an [m, k] weight"},
+    {"sparse24_pack_shapes", pack_shapes, METH_VARARGS,
+     "sparse24_pack_shapes(kernel, out_features, in_features): the shapes of the tensors the kernel's pack op "
+     "(_sparse24_<kernel>_pack) returns for the weight: 'decode' -> (dvalues, dmeta), 'sm90' -> (e,), 'sm80' -> (a, e)"},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef spmm_module = {PyModuleDef_HEAD_INIT, "_C", "spmm native ops (registered as torch.ops.spmm)",

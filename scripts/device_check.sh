@@ -19,7 +19,8 @@ export PYTHONUNBUFFERED=1
 out="${OUT:-bench/out}"
 what="${1:-tests}"
 bash scripts/device_build.sh 2>&1 | tail -2 || exit 1
-# Every test marked `gpu` (each CUDA test file carries the marker), so a new GPU test file needs no list here.
+# Every test marked `gpu` (tests/conftest.py refuses a tests/test_cuda_*.py test without it), so a new GPU test
+# file needs no list here.
 case "$what" in tests|all)
   python3 -m pytest -q -p no:cacheprovider --tb=line -m gpu tests 2>&1 | grep -E "passed|failed|FAILED|XPASS|^E " | head -40 ;;
 esac

@@ -86,6 +86,15 @@ def random_mask(m: int, k: int, density: float, g=None) -> torch.Tensor:
     return torch.rand(m, k, generator=g) < density
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test of a GPU test file (tests/test_cuda_*.py) carries the `gpu` marker: the device scripts select the
+    GPU tests by it (scripts/device_check.sh: pytest -m gpu), so an unmarked one would never run on a GPU."""
+    unmarked = [item.nodeid for item in items
+                if item.path.name.startswith("test_cuda_") and item.get_closest_marker("gpu") is None]
+    if unmarked:
+        raise pytest.UsageError(f"GPU tests without the `gpu` marker (add pytestmark = pytest.mark.gpu): {unmarked}")
+
+
 @pytest.fixture(autouse=True)
 def _isolated():
     torch.manual_seed(0)  # layers built with nn.Linear's own init: same weights whatever ran before

@@ -22,6 +22,7 @@ REQUIRED = ["device", "torch", "cuda", "op", "backend", "dtype", "layer", "M", "
             "weight_bytes", "resident_bytes", "max_abs_err", "correct", "graph", "error"]
 
 
+@pytest.mark.slow
 def test_cpu_end_to_end(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "bench", "--quick", "--device", "cpu", "--shrink", "64", "--out", str(out)]
@@ -141,3 +142,21 @@ def test_bench_cli_bad_argument_exit_status_from_the_command_line():
     proc = subprocess.run([sys.executable, "-m", "bench", "--shrink", "0"], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and proc.stderr == "python -m bench: error: --shrink must be >= 1, got 0 (see --help)\n"
+
+
+def test_results_index_lists_every_results_file_and_no_other():
+    """bench/results/README.md has a row for every file in bench/results/ and names none that is not there (first
+    column: file names, `{a,b}` for alternatives, `.*` for a measurement's json/csv/png)."""
+    import re
+
+    results = REPO / "bench" / "results"
+    patterns = []
+    for line in (results / "README.md").read_text().splitlines():
+        if line.startswith("| `"):
+            for name in re.findall(r"`([^`]+)`", line.split(" | ")[0]):
+                regex = re.escape(name).replace(r"\.\*", r"\.(json|csv|png)")
+                regex = re.sub(r"\\\{([^}]*)\\\}", lambda m: "(" + m.group(1).replace(",", "|") + ")", regex)
+                patterns.append((name, re.compile(regex)))
+    files = sorted(p.name for p in results.iterdir() if p.name != "README.md" and not p.name.startswith("."))
+    assert [f for f in files if not any(r.fullmatch(f) for _, r in patterns)] == []
+    assert [n for n, r in patterns if not any(r.fullmatch(f) for f in files)] == []

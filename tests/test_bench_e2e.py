@@ -16,6 +16,7 @@ from bench.decoder import _rotate_half, linears  # noqa: E402
 from bench.e2e import FIELDS, build  # noqa: E402
 
 
+@pytest.mark.slow
 def test_cpu_suite(tmp_path):
     out = tmp_path / "e2e"
     cmd = [sys.executable, "-m", "bench.e2e", "--device", "cpu", "--batch", "1", "2", "--steps", "3",
@@ -52,6 +53,7 @@ def _decode(model, tokens, steps):
     return torch.stack([model.decode_step(tokens, torch.tensor([p])) for p in range(steps)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["2:4", "spense25", "tcsl80"])
 @torch.no_grad()
 def test_sparse_model_equals_dense_masked(variant):
@@ -124,6 +126,7 @@ def test_decode_steps_equal_full_forward():
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_compiled_decode_step_equals_eager():
     """bench.e2e --compile: the sparse model's decode step under torch.compile(fullgraph=True) computes what the
     eager step does (the spmm ops trace through their fake implementations)."""

@@ -43,6 +43,7 @@ def table_rows(output: str):
     return [line for line in output.splitlines() if line.startswith("model.")]
 
 
+@pytest.mark.slow
 def test_prune_then_info_then_load(model_dir, text_file, tmp_path):
     out = tmp_path / "sparse"
     done = run_cli("prune", model_dir, out, "--format", "2:4", "--pruner", "sparsegpt", "--calibration", text_file,
@@ -164,6 +165,7 @@ def test_a_model_no_layer_of_which_the_format_can_take(tmp_path, capsys):
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_exit_status_of_the_real_command(tmp_path):
     done = run_cli("prune", tmp_path, tmp_path / "out", "--format", "2:5")
     assert done.returncode == 2 and "unknown format '2:5'" in done.stderr

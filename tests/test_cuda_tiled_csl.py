@@ -135,19 +135,15 @@ def test_gpu_packer_non_contiguous_and_empty():
     assert values.numel() == 0 and offsets.tolist() == [0] * 5
 
 
-def test_gpu_packer_large_layer_is_fast():
-    """A 7B model's largest layer packs in well under a second (two passes over the weight)."""
+def test_gpu_packer_large_layer_matches_the_cpu_packer():
+    """A 7B model's largest layer packs on the GPU bit for bit as on the CPU (its packing time is measured by
+    python -m bench.host_overhead, not asserted here)."""
     w = torch.randn(11008, 4096, device="cuda", dtype=torch.float16)
     mask = torch.rand(11008, 4096, device="cuda") < 0.2
-    ops.tiled_csl_compress(w, mask)  # warm-up
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    values, _, offsets = ops.tiled_csl_compress(w, mask)
-    end.record()
-    torch.cuda.synchronize()
-    assert start.elapsed_time(end) < 200  # ms
+    values, locations, offsets = ops.tiled_csl_compress(w, mask)
     assert values.numel() == int((mask & (w != 0)).sum()) and offsets[-1].item() == values.numel()
+    for got, want in zip((values, locations, offsets), ops.tiled_csl_compress(w.cpu(), mask.cpu())):
+        assert torch.equal(got.cpu(), want)
 
 
 def test_gpu_packer_rejects_bad_input():

@@ -28,6 +28,7 @@ def not_head(m):
     return lambda name, module: module is not head
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("calibrated", [False, True], ids=["magnitude", "calibrated"])
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("arch", ARCHS)
@@ -52,6 +53,7 @@ def test_generate_equals_dense_masked_model(arch, fmt, calibrated):
     assert (logits - original(ids).logits).abs().max() > 1e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_blockwise_calibration_equals_whole_model_passes(arch):
     """Each decoder layer calibrated on its captured inputs gets the statistics the whole-model passes give: the
@@ -89,6 +91,7 @@ def test_blockwise_calibration_equals_whole_model_passes(arch):
         assert a[name].output_error == pytest.approx(b[name].output_error, rel=1e-9), name
 
 
+@pytest.mark.slow
 def test_generate_under_torch_compile():
     """One Llama holding all three formats, its forward compiled (inductor, fullgraph) and run with the static
     cache: the tokens of the dense masked model."""
@@ -105,6 +108,7 @@ def test_generate_under_torch_compile():
     assert counters["stats"]["unique_graphs"] >= 1  # the compiled forward is what generate ran
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["qwen2", "opt"])
 def test_generate_under_torch_compile_traces_every_model(arch):
     """The other two models through the compiler's tracing (aot_eager: the graph and our ops' fakes, without

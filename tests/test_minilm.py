@@ -44,6 +44,7 @@ def encoder_linear(name, module):
     return ".encoder." in f".{name}."
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CONFIGS)
 def test_sparsified_minilm_matches_dense_masked(model, name):
     sparse = spmm.sparsify(copy.deepcopy(model), CONFIGS[name], filter_fn=encoder_linear)

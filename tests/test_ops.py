@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.library import opcheck
 
+import spmm
 from conftest import DTYPES, gen, int_weight, random_24_mask, random_mask
 from spmm import ops
 
@@ -371,8 +372,8 @@ def test_spense_mm_rejects_bad_input(packed):
 
 
 def test_fake_kernels_of_the_cuda_only_layouts():
-    """The CUDA-only layout ops trace under torch.compile through their fakes; the shapes they promise (checked on
-    the GPU against the real ops by opcheck) follow the documented padding."""
+    """The CUDA-only layout ops trace under torch.compile through their fakes; the shapes they promise follow the
+    documented padding (tests/test_cuda_fakes.py checks them against the real ops on the GPU)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():
@@ -381,6 +382,12 @@ def test_fake_kernels_of_the_cuda_only_layouts():
         a, e = torch.ops.spmm._sparse24_sm80_pack(values, meta)  # M to 32, K to 64; 16-bit meta per 16 columns
         assert a.shape == (320, 128) and a.dtype == torch.float16
         assert e.shape == (320 * 256 // 16,) and e.dtype == torch.int16
+        dvalues, dmeta = torch.ops.spmm._sparse24_decode_pack(values, meta)  # 3 groups of 8 row tiles, 2 chunks of 128
+        assert dvalues.shape == (24, 2 * 1024) and dvalues.dtype == torch.float16
+        assert dmeta.shape == (24, 2 * 64) and dmeta.dtype == torch.int32
+        e90 = torch.ops.spmm._sparse24_sm90_pack(torch.empty(304, 104, dtype=torch.bfloat16),
+                                                 torch.empty(304, 26, dtype=torch.uint8))
+        assert e90.shape == (320 * 256 // 8,) and e90.dtype == torch.uint8  # M to 64, K to 128, a byte per 8 columns
         x = torch.empty(5, 7, 200, dtype=torch.float16)
         assert torch.ops.spmm._sparse24_sm80_mm(x, a, e, 300, None).shape == (5, 7, 300)
         stream = (torch.empty(1000, dtype=torch.bfloat16), torch.empty(1000, dtype=torch.int16),
@@ -390,6 +397,30 @@ def test_fake_kernels_of_the_cuda_only_layouts():
         assert word_offsets.shape == (13,) and word_offsets.dtype == torch.int32
         y = torch.ops.spmm.tiled_csl_mm(x.bfloat16(), *stream, 300, 256, 64, None, words, word_offsets)
         assert y.shape == (5, 7, 300) and y.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("m,k", [(1, 4), (8, 16), (127, 12), (128, 128), (129, 260), (300, 100), (4096, 11008),
+                                 (0, 64), (64, 0)])
+def test_pack_fakes_promise_the_kernels_sizes(m, k):
+    """The pack ops' fakes give exactly the shapes the kernels' size functions (sparse24_kernel_layouts.h, exported as
+    spmm._C.sparse24_pack_shapes, from which the CUDA ops allocate) state, with the CUDA ops' dtypes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        values = torch.empty(m, k // 2, dtype=torch.bfloat16)
+        meta = torch.empty(m, (k + 7) // 8, dtype=torch.uint8)
+        outputs = {"decode": torch.ops.spmm._sparse24_decode_pack(values, meta),
+                   "sm90": (torch.ops.spmm._sparse24_sm90_pack(values, meta),),
+                   "sm80": torch.ops.spmm._sparse24_sm80_pack(values, meta)}
+    dtypes = {"decode": [torch.bfloat16, torch.int32], "sm90": [torch.uint8], "sm80": [torch.bfloat16, torch.int16]}
+    for kernel, tensors in outputs.items():
+        shapes = spmm._C.sparse24_pack_shapes(kernel, m, k)
+        assert [tuple(t.shape) for t in tensors] == [tuple(s) for s in shapes], kernel
+        assert [t.dtype for t in tensors] == dtypes[kernel], kernel
+    with pytest.raises(ValueError, match="kernel must be"):
+        spmm._C.sparse24_pack_shapes("sm70", m, k)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 2\^31\)"):
+        spmm._C.sparse24_pack_shapes("decode", -1, k)
 
 
 def test_sparse24_kernel_choice_rules():

@@ -40,6 +40,7 @@ def sparse_layers(m):
     return {name: mod for name, mod in m.named_modules() if isinstance(mod, SparseLinear)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", list(CASES))
 def test_save_load_roundtrip_generates_the_same_tokens(arch, tmp_path):
     m = sparse_model(arch)
@@ -117,6 +118,7 @@ def test_loads_with_a_safetensors_that_only_memory_maps(tmp_path, monkeypatch):
     assert torch.equal(greedy(spmm.from_pretrained(tmp_path)), greedy(m))
 
 
+@pytest.mark.slow
 def test_save_and_load_errors(tmp_path):
     with pytest.raises(TypeError, match="needs a transformers model .*spmm.save_sparsified"):
         spmm.save_pretrained(torch.nn.Linear(4, 4), tmp_path)
@@ -209,6 +211,7 @@ MEASURE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_loading_takes_about_the_file_size_not_the_dense_model(tmp_path):
     """A 2:4 Llama of 8 layers (512 wide, 2048 MLP, fp16): loading peaks at the size of its file, well below the
     dense model's bytes, because the dense model is never built."""

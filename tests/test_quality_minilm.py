@@ -33,6 +33,7 @@ def test_calibration_and_heldout_sets_are_disjoint():
     assert all(0 <= q["document"] < len(retrieval["documents"]) for q in retrieval["queries"])
 
 
+@pytest.mark.slow
 def test_sparsegpt_beats_magnitude_at_24(minilm):
     model, heldout, dense = minilm
     batches = quality.calibration_batches(model, quality.read_lines("calibration.txt")[:CALIBRATION_SENTENCES])

@@ -36,6 +36,7 @@ def embed(model, features):
     return model(dict(features))["sentence_embedding"]
 
 
+@pytest.mark.slow
 def test_lora_adapters_train_on_a_sparsified_minilm():
     torch.manual_seed(0)
     dense = minilm.load_model(device="cpu").eval()

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <cuda_runtime_api.h>
 
+#include <optional>
 #include <utility>
 
 #include "kernels/common/dtype.h"
@@ -28,6 +29,45 @@ inline at::Tensor kernel_ready_activation(const at::Tensor& x, int64_t n, int64_
   return aligned ? x2 : x2.clone(at::MemoryFormat::Contiguous);  // clone: a fresh, allocator-aligned copy
 }
 
+// What a matmul launch hands its kernel besides the weight, held together until the launch: x as the kernel reads
+// it (rows of x.stride(0)), the bias made contiguous (undefined: none) and a fresh y [n, m]. set() fills the fields
+// of these names that every kernel's params struct has; m and k stay the caller's (a kernel may pad them).
+struct MatmulOperands {
+  at::Tensor x, bias, y;
+  MatmulOperands(at::Tensor kernel_x, const std::optional<at::Tensor>& b, int64_t n, int64_t m)
+      : x(std::move(kernel_x)), bias(b.has_value() ? b->contiguous() : at::Tensor()),
+        y(at::empty({n, m}, x.options())) {}
+  template <typename Params>
+  void set(Params& p) const {
+    p.x = x.data_ptr();
+    p.x_ld = x.stride(0);
+    p.bias = bias.defined() ? bias.data_ptr() : nullptr;
+    p.y = y.data_ptr();
+    p.y_ld = y.size(1);
+    p.n = y.size(0);
+    p.dtype = kernel_dtype(y.scalar_type());
+  }
+  // y shaped like the caller's x's leading dims: [..., M].
+  at::Tensor result(const at::Tensor& caller_x) const { return with_leading_dims_of(y, caller_x); }
+};
+
+// A weight to compress and its optional keep mask as the compress kernels read them (dense, dense_ld, mask,
+// mask_ld: the same names in each params struct): rows with a unit inner stride (anything else -- transposed views --
+// made row-major), the mask as bytes or null.
+struct CompressInput {
+  at::Tensor dense, mask;  // mask undefined: none
+  CompressInput(const at::Tensor& d, const std::optional<at::Tensor>& m)
+      : dense(d.stride(1) == 1 ? d : d.contiguous()),
+        mask(!m.has_value() ? at::Tensor() : m->stride(1) == 1 ? *m : m->contiguous()) {}
+  template <typename Params>
+  void set(Params& p) const {
+    p.dense = dense.data_ptr();
+    p.dense_ld = dense.stride(0);
+    p.mask = mask.defined() ? reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>()) : nullptr;
+    p.mask_ld = mask.defined() ? mask.stride(0) : 0;
+  }
+};
+
 // A packed operand the kernels stream in 16-byte granules: itself if it starts 16-byte aligned, else a fresh
 // (allocator-aligned) copy.
 inline at::Tensor aligned16(const at::Tensor& t) {
@@ -41,34 +81,6 @@ inline at::Tensor empty_product(const at::Tensor& x, int64_t n, int64_t m, const
                                   : at::zeros({n, m}, x.options());
   return with_leading_dims_of(y, x);
 }
-
-// The operands of a CUDA matmul entry, y [N, M] = x [..., K] W^T (+ bias): x as [N, K'] rows a kernel can stream
-// (kernel_ready_activation: K' = K rounded up to 8), the bias contiguous (or none), a fresh y [N, M]. set() fills
-// the fields every kernel's params struct names alike: x, x_ld, bias, y, y_ld, m, n, k (= K'), dtype.
-struct MatmulOperands {
-  at::Tensor x, bias, y;
-  int64_t m, n;
-  MatmulOperands(const at::Tensor& x_in, int64_t m_, const std::optional<at::Tensor>& bias_in)
-      : m(m_), n(leading_rows(x_in)) {
-    x = kernel_ready_activation(x_in, n, x_in.size(-1));
-    if (bias_in.has_value()) bias = bias_in->contiguous();
-    y = at::empty({n, m}, x_in.options());
-  }
-  template <typename Params>
-  void set(Params& p) const {
-    p.x = x.data_ptr();
-    p.x_ld = x.stride(0);
-    p.bias = bias.defined() ? bias.data_ptr() : nullptr;
-    p.y = y.data_ptr();
-    p.y_ld = m;
-    p.m = m;
-    p.n = n;
-    p.k = x.size(1);
-    p.dtype = kernel_dtype(x.scalar_type());
-  }
-  // y shaped like x's leading dims: [..., M].
-  at::Tensor result(const at::Tensor& x_in) const { return with_leading_dims_of(y, x_in); }
-};
 
 // A word-based kernel layout's two tensors: `data` [rows, 2] of x's dtype (so a dtype mismatch with x is caught; the
 // kernel reads 32-bit words) and `offsets` int32 [tiles + 1], both contiguous and on x's device.
@@ -117,6 +129,13 @@ struct KernelWorkspace {
 
 inline void check_cuda(const char* op, cudaError_t status) {
   TORCH_CHECK(status == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(status));
+}
+
+// check_cuda for a kernel built for some devices only: cudaErrorNoKernelImageForDevice is a NotImplementedError
+// saying what it needs (`needs`, e.g. "the Hopper 2:4 GEMM runs on compute capability 9.0 GPUs only").
+inline void check_cuda_on_device(const char* op, cudaError_t status, const char* needs) {
+  TORCH_CHECK_NOT_IMPLEMENTED(status != cudaErrorNoKernelImageForDevice, op, ": ", needs);
+  check_cuda(op, status);
 }
 
 }  // namespace spmm::ops

@@ -58,7 +58,7 @@ inline void check_sparse24_compress_args(const char* op, const at::Tensor& dense
 
 constexpr uint64_t kNoBadIndex = std::numeric_limits<uint64_t>::max();
 
-// Turns the packer's findings into an error naming the first offending place (same text on CPU and CUDA).
+// Turns the compressor's findings into an error naming the first offending place (same text on CPU and CUDA).
 inline void report_compress_problems(const char* op, bool has_mask, int64_t k, uint64_t first_bad_group,
                                      uint64_t first_nonfinite) {
   TORCH_CHECK_VALUE(first_nonfinite == kNoBadIndex, op, ": `dense` has a NaN or infinite value at row ",

@@ -49,9 +49,8 @@ std::tuple<at::Tensor, at::Tensor> sparse24_decode_pack_cuda(const at::Tensor& v
   const int64_t m = values.size(0), k = values.size(1) * 2;
   const c10::cuda::CUDAGuard guard(values.device());
   const auto shape = kernels::sparse24_decode_shape(m, k);
-  const int64_t tiles = shape.row_tiles(), per_tile = std::max<int64_t>(tiles, 1);
-  at::Tensor dvalues = at::empty({tiles, shape.values_bytes() / 2 / per_tile}, values.options());
-  at::Tensor dmeta = at::empty({tiles, shape.meta_bytes() / 4 / per_tile}, values.options().dtype(at::kInt));
+  at::Tensor dvalues = at::empty({shape.row_tiles(), shape.values_cols()}, values.options());
+  at::Tensor dmeta = at::empty({shape.row_tiles(), shape.meta_cols()}, values.options().dtype(at::kInt));
   kernels::Sparse24DecodePackParams p{};
   p.values = reinterpret_cast<const uint16_t*>(values.data_ptr());
   p.meta = meta.data_ptr<uint8_t>();
@@ -89,31 +88,23 @@ at::Tensor sparse24_decode_run(const char* op, const at::Tensor& x, const at::Te
                     "kernel's choice) or 1..", std::max<int64_t>(shape.chunks, 1), " (the weight's 128-column chunks), got ",
                     splits);
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor xk = kernel_ready_activation(x, n, k);
-  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  at::Tensor y = at::empty({n, m}, x.options());
+  const MatmulOperands io(kernel_ready_activation(x, n, k), bias, n, m);
   kernels::Sparse24DecodeParams p{};
-  p.x = xk.data_ptr();
-  p.x_ld = xk.stride(0);
+  io.set(p);
   p.dvalues = dvalues.data_ptr();
   p.dmeta = dmeta.data_ptr();
-  p.bias = bias.has_value() ? b.data_ptr() : nullptr;
-  p.y = y.data_ptr();
-  p.y_ld = m;
   p.m = m;
-  p.n = n;
-  p.k = xk.size(1);
+  p.k = io.x.size(1);
   p.loader = decode_loader(op, loader);
   p.early_launch = early_launch_requested();
   p.splits = splits > 0 ? static_cast<int>(splits)
                         : kernels::sparse24_decode_splits(m, n, k,
                                                           at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
-  p.dtype = kernel_dtype(x.scalar_type());
   const size_t ws = kernels::sparse24_decode_workspace_bytes(m, n, p.k, p.splits, p.loader);
   const KernelWorkspace workspace(x, ws);  // none on sm_90 (split-K sums in a cluster)
   p.workspace = workspace.data();
   check_cuda(op, kernels::sparse24_decode_mm(p, at::cuda::getCurrentCUDAStream()));
-  return with_leading_dims_of(y, x);
+  return io.result(x);
 }
 
 namespace {

@@ -16,12 +16,6 @@
 namespace spmm::ops {
 namespace {
 
-void check_sm80_status(const char* op, cudaError_t status) {
-  TORCH_CHECK_NOT_IMPLEMENTED(status != cudaErrorNoKernelImageForDevice, op,
-                              ": the Ampere 2:4 GEMM needs a GPU of compute capability 8.x or 9.0");
-  check_cuda(op, status);
-}
-
 // x as the GEMM reads it: [round_up(n, 8), k_pad] rows, zero past n and past k, 16-byte aligned.
 at::Tensor padded_activation(const at::Tensor& x, int64_t n, int64_t k, int64_t k_pad) {
   const int64_t n8 = (n + 7) / 8 * 8;
@@ -71,26 +65,19 @@ at::Tensor sparse24_sm80_run(const char* op, const char* a_name, const char* e_n
                     " weight; pack it with _sparse24_sm80_pack");
   check_bias(op, bias, x, m);
   const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor y = at::empty({n, m}, x.options());
-  if (n == 0) return with_leading_dims_of(y, x);
-  const at::Tensor xk = padded_activation(x, n, k, k_pad);
-  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  if (n == 0) return with_leading_dims_of(at::empty({n, m}, x.options()), x);
+  const MatmulOperands io(padded_activation(x, n, k, k_pad), bias, n, m);
   const KernelWorkspace workspace(x, kernels::sparse24_sm80_workspace_bytes(m, n));
   kernels::Sparse24Sm80GemmParams p{};
+  io.set(p);
   p.a = a.data_ptr();
   p.e = reinterpret_cast<const uint16_t*>(e.data_ptr<int16_t>());
-  p.x = xk.data_ptr();
-  p.x_ld = xk.stride(0);
-  p.bias = bias.has_value() ? b.data_ptr() : nullptr;
-  p.y = y.data_ptr();
-  p.y_ld = m;
   p.m = m;
-  p.n = n;
   p.k = k;
-  p.dtype = kernel_dtype(x.scalar_type());
   p.workspace = workspace.data();
-  check_sm80_status(op, kernels::sparse24_sm80_gemm(p, at::cuda::getCurrentCUDAStream()));
-  return with_leading_dims_of(y, x);
+  check_cuda_on_device(op, kernels::sparse24_sm80_gemm(p, at::cuda::getCurrentCUDAStream()),
+                       "the Ampere 2:4 GEMM needs a GPU of compute capability 8.x or 9.0");
+  return io.result(x);
 }
 
 namespace {

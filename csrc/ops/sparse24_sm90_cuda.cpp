@@ -21,11 +21,7 @@ void check_sm90_shape(const char* op, int64_t m, int64_t k) {
                     "== 0 and in_features % 16 == 0 (and both > 0), got ", m, " x ", k);
 }
 
-void check_sm90_status(const char* op, cudaError_t status) {
-  TORCH_CHECK_NOT_IMPLEMENTED(status != cudaErrorNoKernelImageForDevice, op,
-                              ": the Hopper 2:4 GEMM runs on compute capability 9.0 GPUs only");
-  check_cuda(op, status);
-}
+constexpr const char* kNeedsSm90 = "the Hopper 2:4 GEMM runs on compute capability 9.0 GPUs only";
 
 }  // namespace
 
@@ -45,7 +41,7 @@ at::Tensor sparse24_sm90_pack_cuda(const at::Tensor& values, const at::Tensor& m
   p.e = e.data_ptr();
   p.m = m;
   p.k = k;
-  check_sm90_status(op, kernels::sparse24_sm90_pack_meta(p, at::cuda::getCurrentCUDAStream()));
+  check_cuda_on_device(op, kernels::sparse24_sm90_pack_meta(p, at::cuda::getCurrentCUDAStream()), kNeedsSm90);
   return e;
 }
 
@@ -56,7 +52,6 @@ at::Tensor sparse24_sm90_run(const char* op, const char* e_name, const at::Tenso
   check_out_features(op, out_features);
   const int64_t k = x.size(-1), n = leading_rows(x), m = out_features;
   check_sm90_shape(op, m, k);
-  const kernels::DType dtype = kernel_dtype(x.scalar_type());
   TORCH_CHECK_VALUE(values.size(0) == m && values.size(1) == k / 2, op, ": `values` must be the canonical [",
                     m, ", ", k / 2, "] of a ", m, " x ", k, " weight, got ", values.sizes());
   size_t e_bytes = 0;
@@ -71,33 +66,25 @@ at::Tensor sparse24_sm90_run(const char* op, const char* e_name, const at::Tenso
   TORCH_CHECK_VALUE(splits >= 0 && splits <= kernels::kSparse24Sm90MaxSplits, op, ": `splits` must be in 0..",
                     kernels::kSparse24Sm90MaxSplits, ", got ", splits);
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor xk = kernel_ready_activation(x, n, k);
-  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  at::Tensor y = at::empty({n, m}, x.options());
   const auto chosen = config >= 0 ? static_cast<kernels::Sparse24Sm90Config>(config)
                                    : kernels::sparse24_sm90_pick_config(
                                          m, n, k, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  const MatmulOperands io(kernel_ready_activation(x, n, k), bias, n, m);
   kernels::Sparse24Sm90GemmParams p{};
+  io.set(p);
   p.a = values.data_ptr();
   p.e = e.data_ptr();
-  p.x = xk.data_ptr();
-  p.x_ld = xk.stride(0);
-  p.bias = bias.has_value() ? b.data_ptr() : nullptr;
-  p.y = y.data_ptr();
-  p.y_ld = m;
   p.m = m;
-  p.n = n;
   p.k = k;
-  p.dtype = dtype;
   p.swizzle = static_cast<int>(swizzle);
   p.splits = static_cast<int>(splits);
   size_t ws_bytes = 0;
-  check_sm90_status(op, kernels::sparse24_sm90_workspace_bytes(p, chosen, &ws_bytes));
+  check_cuda_on_device(op, kernels::sparse24_sm90_workspace_bytes(p, chosen, &ws_bytes), kNeedsSm90);
   const KernelWorkspace workspace(x, ws_bytes);
   p.workspace = workspace.data();
   p.workspace_bytes = ws_bytes;
-  check_sm90_status(op, kernels::sparse24_sm90_gemm(p, chosen, at::cuda::getCurrentCUDAStream()));
-  return with_leading_dims_of(y, x);
+  check_cuda_on_device(op, kernels::sparse24_sm90_gemm(p, chosen, at::cuda::getCurrentCUDAStream()), kNeedsSm90);
+  return io.result(x);
 }
 
 namespace {

@@ -78,28 +78,20 @@ at::Tensor spense_decode_mm_cuda(const at::Tensor& x, const std::optional<at::Te
   if (k == 0) return empty_product(x, n, m, bias);  // (bias in output order: the same with or without row_index)
   if (n == 0 || m == 0) return with_leading_dims_of(at::empty({n, m}, x.options()), x);
 
-  const at::Tensor xk = kernel_ready_activation(x, n, k);
   const at::Tensor v = aligned16(values), mt = aligned16(meta);
   const at::Tensor fragments = meta_fragments.has_value() ? aligned16(*meta_fragments) : at::Tensor();
-  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  at::Tensor y = at::empty({n, m}, x.options());
+  const MatmulOperands io(kernel_ready_activation(x, n, k), bias, n, m);
   kernels::SpenseDecodeParams p{};
-  p.x = xk.data_ptr();
-  p.x_ld = xk.stride(0);
+  io.set(p);
   p.dense = dense.defined() ? dense.data_ptr() : nullptr;
   p.dense_ld = dense.defined() ? dense.stride(0) : k;
   p.values = v.data_ptr();
   p.meta = mt.data_ptr();
   p.meta_fragments = fragments.defined() ? fragments.data_ptr() : nullptr;
   p.row_index = row_index.has_value() ? row_index->data_ptr<int32_t>() : nullptr;
-  p.bias = b.defined() ? b.data_ptr() : nullptr;
-  p.y = y.data_ptr();
-  p.y_ld = m;
   p.md = md;
   p.ms = ms;
-  p.n = n;
   p.k = k;
-  p.dtype = kernel_dtype(x.scalar_type());
   p.loader = kernel_loader;
   TORCH_CHECK_VALUE(kernel_loader != kernels::SpenseLoader::kTma || kernels::spense_decode_tma_possible(p), op,
                     ": `loader` \"tma\" needs an sm_90 GPU and tensor-map friendly rows (in_features % 16 == 0, "
@@ -111,7 +103,7 @@ at::Tensor spense_decode_mm_cuda(const at::Tensor& x, const std::optional<at::Te
   const KernelWorkspace workspace(x, kernels::spense_decode_workspace_bytes(md, ms, n, k, p.splits, p.loader));
   p.workspace = workspace.data();
   check_cuda(op, kernels::spense_decode_mm(p, at::cuda::getCurrentCUDAStream()));
-  return with_leading_dims_of(y, x);
+  return io.result(x);
 }
 
 }  // namespace

@@ -66,12 +66,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_csl_compress_cuda(const at:
 template <typename Launch>
 at::Tensor launch_tiled_csl(const char* op, kernels::TiledCSLMMParams p, const at::Tensor& x, int64_t m,
                             int64_t tile_m, const std::optional<at::Tensor>& bias, Launch launch) {
-  const MatmulOperands operands(x, m, bias);
+  const int64_t n = leading_rows(x);
+  const MatmulOperands operands(kernel_ready_activation(x, n, x.size(-1)), bias, n, m);
   operands.set(p);
+  p.m = m;
+  p.k = operands.x.size(1);
   p.tile_m = tile_m;
-  p.splits = kernels::tiled_csl_mm_splits(m, operands.n, x.size(-1), p.nnz, tile_m,
+  p.splits = kernels::tiled_csl_mm_splits(m, n, x.size(-1), p.nnz, tile_m,
                                           at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
-  const KernelWorkspace workspace(x, kernels::tiled_csl_mm_workspace_bytes(m, operands.n, tile_m, p.splits));
+  const KernelWorkspace workspace(x, kernels::tiled_csl_mm_workspace_bytes(m, n, tile_m, p.splits));
   p.workspace = workspace.data();
   check_cuda(op, launch(p, at::cuda::getCurrentCUDAStream()));
   return operands.result(x);

@@ -28,10 +28,11 @@ at::Tensor tiled_csl_delta_mm_cuda(const char* op, const DeltaLayoutArgs& layout
   const int64_t m = out_features, k = x.size(-1), n = leading_rows(x);
   const bool tensor_cores = delta_tensor_cores(op, kernel, n);
   if (n == 0 || m == 0 || k == 0) return empty_product(x, n, m, bias);
-  const MatmulOperands operands(x, m, bias);
+  const MatmulOperands operands(kernel_ready_activation(x, n, k), bias, n, m);
   const at::Tensor values = aligned16(layout.values);
   kernels::TiledCSLDeltaMMParams p{};
   operands.set(p);
+  p.m = m;
   p.k = k;  // the weight's K (the slices follow it); x's padding columns are never read
   p.values = values.data_ptr();
   p.codes = reinterpret_cast<const uint32_t*>(layout.codes.data_ptr<int32_t>());

@@ -6,15 +6,20 @@ input dtype); CUDA implementations come from csrc/ops/*_cuda.cpp. The fake imple
 output shapes, so torch.compile(fullgraph=True) can trace models that use the ops; backward formulas (for x and
 bias) are in autograd.py.
 
+Words: *compress* makes a format's stored layout from a dense weight (sparse24_compress, tiled_csl_compress);
+*pack* makes a kernel's own layout from a stored one, once per weight (sparse24_decode_pack, ...; the layers hold
+them).
+
 Errors: a wrong dtype raises TypeError, any other broken rule ValueError; every message names the op, the
-argument and the rule. Packers refuse a weight with NaN or Inf anywhere (also where the mask drops it), and
-store no zeros: a zero or -0.0 that the mask keeps is left out of Tiled-CSL and is a +0.0 filler in 2:4.
+argument and the rule. The compress ops refuse a weight with NaN or Inf anywhere (also where the mask drops it),
+and store no zeros: a zero or -0.0 that the mask keeps is left out of Tiled-CSL and is a +0.0 filler in 2:4.
 
 What is checked and what is trusted: every op checks its arguments' types, shapes, devices and integer ranges
 (for any integer: bounds come before arithmetic, products are overflow-checked). The CPU ops also check the
 packed contents they read (2:4 codes, Tiled-CSL offsets and in-tile locations in increasing order, Spense
 row_index a permutation); the CUDA ops trust the contents: they are meant for layouts made by the library's
-packers (formats' validate() checks a layout, and the layers run it whenever they are built or load weights).
+compress and pack ops (formats' validate() checks a layout, and the layers run it whenever they are built or load
+weights).
 A layout does not record its own tile shape or out_features: those are the caller's word, as in any GEMM. The
 CUDA-only ops (leading underscore) called on CPU tensors raise NotImplementedError naming the CPU op to use.
 
@@ -86,7 +91,7 @@ def has_cuda_kernel(op: str) -> bool:
 
 # --------------------------------------------------------------------------------------------- 2:4 ------------
 def sparse24_compress(dense: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """Pack a 2:4-sparse weight [M, K] into the canonical (values, meta) layout.
+    """Compress a 2:4-sparse weight [M, K] into the canonical (values, meta) layout.
 
     `mask` (bool [M, K]) selects the kept elements; without it the nonzeros of `dense` are kept (-0.0 counts as
     zero). Every group of 4 along K may keep at most 2. Runs on CPU and CUDA.
@@ -412,11 +417,16 @@ def _tiled_csl_check_fake(locations, tile_offsets, out_features, in_features, ti
     return None
 
 
+# The pack ops' fakes take their shapes from the kernels' own size functions (csrc/kernels/sparse24/
+# sparse24_kernel_layouts.h, through spmm._C), so they cannot drift from what the CUDA ops allocate.
+def _pack_shapes(kernel: str, values: Tensor):
+    return _C.sparse24_pack_shapes(kernel, values.shape[0], values.shape[1] * 2)
+
+
 @torch.library.register_fake("spmm::_sparse24_decode_pack")
 def _sparse24_decode_pack_fake(values, meta, meta_layout=0):
-    m, k = values.shape[0], values.shape[1] * 2
-    tiles, chunks = -(-m // 128) * 8, -(-k // 128)
-    return values.new_empty(tiles, chunks * 4 * 32 * 8), values.new_empty(tiles, chunks * 64, dtype=torch.int32)
+    dvalues, dmeta = _pack_shapes("decode", values)
+    return values.new_empty(dvalues), values.new_empty(dmeta, dtype=torch.int32)
 
 
 @torch.library.register_fake("spmm::_sparse24_decode_mm")
@@ -426,9 +436,8 @@ def _sparse24_decode_mm_fake(x, dvalues, dmeta, out_features, bias, loader="auto
 
 @torch.library.register_fake("spmm::_sparse24_sm90_pack")
 def _sparse24_sm90_pack_fake(values, meta):
-    m, k = values.shape[0], values.shape[1] * 2
-    e_bytes = -(-m // 64) * 64 * (-(-k // 128) * 128) // 8  # CUTLASS's metadata: rows to 64, columns to 128
-    return values.new_empty(e_bytes, dtype=torch.uint8)
+    (e,) = _pack_shapes("sm90", values)
+    return values.new_empty(e, dtype=torch.uint8)
 
 
 @torch.library.register_fake("spmm::_sparse24_sm90_mm")
@@ -438,9 +447,8 @@ def _sparse24_sm90_mm_fake(x, values, e, out_features, bias, config=-1, swizzle=
 
 @torch.library.register_fake("spmm::_sparse24_sm80_pack")
 def _sparse24_sm80_pack_fake(values, meta):
-    m, k = values.shape[0], values.shape[1] * 2
-    m_pad, k_pad = -(-m // 32) * 32, -(-k // 64) * 64
-    return values.new_empty(m_pad, k_pad // 2), values.new_empty(m_pad * k_pad // 16, dtype=torch.int16)
+    a, e = _pack_shapes("sm80", values)
+    return values.new_empty(a), values.new_empty(e, dtype=torch.int16)
 
 
 @torch.library.register_fake("spmm::_sparse24_sm80_mm")

@@ -1,4 +1,4 @@
-// Launcher of the CUDA 2:4 packer: dense [M, K] (+ optional keep mask) -> canonical (values, meta).
+// Launcher of the CUDA 2:4 compressor: dense [M, K] (+ optional keep mask) -> canonical (values, meta).
 // Raw pointers and a stream only; problems in the input are reported through `first_bad`, never by aborting.
 #pragma once
 
@@ -26,7 +26,7 @@ struct Sparse24CompressParams {
   DType dtype;
 };
 
-// Enqueues the packer on `stream`. Returns cudaErrorInvalidValue for arguments it cannot take (k % 4 != 0,
+// Enqueues the compressor on `stream`. Returns cudaErrorInvalidValue for arguments it cannot take (k % 4 != 0,
 // null pointers, unknown dtype), else the launch status.
 cudaError_t sparse24_compress(const Sparse24CompressParams& params, cudaStream_t stream);
 

@@ -1,4 +1,4 @@
-// CUDA 2:4 packer: one thread per metadata byte (two groups of 4 along K = 8 dense elements).
+// CUDA 2:4 compressor: one thread per metadata byte (two groups of 4 along K = 8 dense elements).
 // Writes the canonical layout of kernels/sparse24/sparse24_layout.h; reports 2:4 violations and non-finite
 // values through first_bad instead of writing silently wrong output.
 #include <cuda_bf16.h>

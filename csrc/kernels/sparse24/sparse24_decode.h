@@ -20,33 +20,17 @@
 #include <cuda_runtime_api.h>
 
 #include "kernels/common/dtype.h"
+#include "kernels/sparse24/sparse24_kernel_layouts.h"  // the layout's sizes: Sparse24DecodeShape
 
 namespace spmm::kernels {
 
-constexpr int64_t kDecodeTileRows = 16;    // rows of W per mma tile (mma m)
-constexpr int64_t kDecodeGroupTiles = 8;   // row tiles per row group (one block's rows)
-constexpr int64_t kDecodeChunkK = 128;     // columns of W per pipeline chunk (4 x mma k32)
 constexpr int64_t kDecodeMaxTokens = 64;   // tokens per launch; the launcher slices larger N
-
-struct Sparse24DecodeShape {
-  int64_t groups;     // ceil(M / 128)
-  int64_t chunks;     // ceil(K / 128)
-  int64_t row_tiles() const { return groups * kDecodeGroupTiles; }
-  int64_t values_bytes() const { return row_tiles() * chunks * 4 * 32 * 16; }
-  int64_t meta_bytes() const { return row_tiles() * chunks * 16 * 16; }
-};
-
-inline Sparse24DecodeShape sparse24_decode_shape(int64_t m, int64_t k) {
-  const int64_t group_rows = kDecodeTileRows * kDecodeGroupTiles;
-  return {(m + group_rows - 1) / group_rows, (k + kDecodeChunkK - 1) / kDecodeChunkK};
-}
 
 // How the kernel brings each (group, chunk) into shared memory: the copy engine (sm_90 bulk copies, a few
 // instructions per 18 KB) or cp.async by one warp. kAuto: bulk copies on sm_90 up to 32 tokens, cp.async otherwise.
 // On sm_90 split-K partials are summed in a thread block cluster, except with kCpAsync, which runs the sm_80 path
-// as a whole (global workspace) so that an sm_90 GPU tests it too. kWgmma (sm_90a, experimental, written without a
-// device run and not reachable from torch): bulk copies, and consumers on wgmma.mma_async.sp instead of mma.sp.
-enum class DecodeLoader { kAuto = 0, kBulk = 1, kCpAsync = 2, kWgmma = 3 };
+// as a whole (global workspace) so that an sm_90 GPU tests it too.
+enum class DecodeLoader { kAuto = 0, kBulk = 1, kCpAsync = 2 };
 
 struct Sparse24DecodePackParams {
   const uint16_t* values;  // canonical [M, K/2], fp16 or bf16 bits (the pack only moves them)
@@ -74,9 +58,9 @@ struct Sparse24DecodeParams {
   DecodeLoader loader;  // see DecodeLoader
   int* counters;        // set by the launcher (inside the workspace); callers leave it null
   bool cluster_reduce;  // set by the launcher: split-K partials summed across a cluster (sm_90, splits <= 8)
-  // Experimental (sm_90; ignored before): launch with programmatic stream serialization, so the kernel may start
-  // while the previous kernel on the stream finishes; it streams its first weight stages at once and waits for the
-  // previous kernel (griddepcontrol.wait) before it reads x or writes anything.
+  // Off by default, not measured end to end (sm_90; ignored before): launch with programmatic stream serialization,
+  // so the kernel may start while the previous kernel on the stream finishes; it streams its first weight stages at
+  // once and waits for the previous kernel (griddepcontrol.wait) before it reads x or writes anything.
   bool early_launch;
 };
 

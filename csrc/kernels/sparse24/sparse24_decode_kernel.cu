@@ -9,9 +9,10 @@
 //    `full`, read their A fragments and metadata from the stage, x through ldmatrix, run mma.sp, and release the
 //    stage on its `empty` mbarrier.
 // So each block keeps up to kStages x 18 KB of weights in flight, paced by the copy engine instead of by
-// instructions in every thread. With splits > 1, each block leaves fp32 partials in the workspace and the last
-// block of a row group to finish (a counter per group) sums them in split order -- one launch, deterministic --
-// adds the bias and writes y.
+// instructions in every thread. With splits > 1 the splits' fp32 partials are summed in split order (one launch,
+// deterministic), bias added, y written: on sm_90 the splits of a row group form a thread block cluster and each
+// block sums a share of the outputs through distributed shared memory; before sm_90 (and with kCpAsync) they go
+// through a global workspace and the last block of the group to finish (a counter per group) sums them.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -22,7 +23,6 @@
 #include "kernels/common/epilogue.cuh"
 #include "kernels/common/launch.h"
 #include "kernels/common/ptx.cuh"
-#include "kernels/common/wgmma_sp.cuh"
 #include "kernels/sparse24/sparse24_decode.h"
 #include "kernels/sparse24/sparse24_layout.h"
 
@@ -99,10 +99,9 @@ __global__ void decode_pack_kernel(Sparse24DecodePackParams p, Sparse24DecodeSha
 // kNTiles: 8-token column tiles (N <= 8 * kNTiles). Eight consumer warps share a stage: with N <= 16 each owns one
 // row tile and all tokens; with more tokens, each owns two row tiles (so every x fragment feeds two mma.sp: half
 // the shared-memory reads per weight byte) and half of the token tiles (so eight warps still issue in parallel).
-// kWgmma (experimental): each warpgroup of consumers runs wgmma.sp over 64 rows and all tokens instead.
-template <int kNTiles, bool kWgmma = false>
+template <int kNTiles>
 struct DecodeConfig {
-  static constexpr int kTilesPerWarp = kNTiles >= 4 && !kWgmma ? 2 : 1;
+  static constexpr int kTilesPerWarp = kNTiles >= 4 ? 2 : 1;
   static constexpr int kTokenBlocks = kTilesPerWarp;                 // warps along the tokens
   static constexpr int kNTilesPerWarp = kNTiles / kTokenBlocks;
   static constexpr int kTileBlocks = kGroupTiles / kTilesPerWarp;   // warps along the rows
@@ -110,8 +109,7 @@ struct DecodeConfig {
   static constexpr int kThreads = (kConsumers + 1) * 32;             // + the producer warp
   static constexpr int kStages = kNTiles >= 4 ? 3 : 4;               // 2 blocks per SM at any N
   static constexpr int kXRows = kNTiles * 8;
-  // x's chunk: rows of kXPitch for ldmatrix, or (wgmma) 8-token x 16-byte core matrices, token group major.
-  static constexpr uint32_t kXBytes = kWgmma ? kXRows * kDecodeChunkK * 2 : kXRows * kXPitch * 2;
+  static constexpr uint32_t kXBytes = kXRows * kXPitch * 2;  // x's chunk: rows of kXPitch for ldmatrix
   static constexpr uint32_t kStageBytes = kValuesBytes + kMetaBytes + kXBytes;
   static constexpr size_t kSmemBytes = size_t{kStages} * kStageBytes;
   static_assert(kXRows * kGroupTiles * kDecodeTileRows * 4 <= kSmemBytes, "cluster reduction buffer");
@@ -121,10 +119,10 @@ struct DecodeConfig {
 // thread block cluster through distributed shared memory when p.cluster_reduce (sm_90: the splits of a row group
 // are one cluster), otherwise through the global workspace by the last block of a group.
 // kEarly: p.early_launch (a template flag, so the default kernels' code is untouched by it).
-template <typename T, int kNTiles, bool kBulk, bool kWgmma, bool kEarly>
-__global__ void __launch_bounds__(DecodeConfig<kNTiles, kWgmma>::kThreads)
+template <typename T, int kNTiles, bool kBulk, bool kEarly>
+__global__ void __launch_bounds__(DecodeConfig<kNTiles>::kThreads)
     decode_mm_kernel(Sparse24DecodeParams p, Sparse24DecodeShape s) {
-  using C = DecodeConfig<kNTiles, kWgmma>;
+  using C = DecodeConfig<kNTiles>;
   constexpr int kGroupRows = kGroupTiles * kDecodeTileRows;
   extern __shared__ __align__(128) unsigned char smem[];  // [stage]{values, meta, x [kXRows][kXPitch]}
   __shared__ uint64_t full[C::kStages], empty[C::kStages];
@@ -182,53 +180,14 @@ __global__ void __launch_bounds__(DecodeConfig<kNTiles, kWgmma>::kThreads)
         load_weights(i, st);
       }
       T* xs = stage_x(st);
-      for (int v = lane; v < C::kXRows * (kDecodeChunkK / 8); v += 32) {
-        // ldmatrix layout: v = row * 16 + 16-byte column. wgmma layout: v = (token group * 16 + column) * 8 + token
-        // in group, so a warp's 32 copies land in 512 contiguous bytes.
-        const int row = kWgmma ? (v / 128) * 8 + v % 8 : v / (kDecodeChunkK / 8);
-        const int col = (kWgmma ? (v / 8) % 16 : v % (kDecodeChunkK / 8)) * 8;
+      for (int v = lane; v < C::kXRows * (kDecodeChunkK / 8); v += 32) {  // v = row * 16 + 16-byte column
+        const int row = v / (kDecodeChunkK / 8), col = v % (kDecodeChunkK / 8) * 8;
         const int64_t k = (c_begin + i) * kDecodeChunkK + col;
         const bool inside = row < p.n && k < p.k;  // k % 8 == 0: a vector is wholly inside or outside
-        T* dst = kWgmma ? xs + v * 8 : xs + row * kXPitch + col;
-        ptx::cp_async_16(dst, inside ? x + row * p.x_ld + k : x, inside ? 16 : 0);
+        ptx::cp_async_16(xs + row * kXPitch + col, inside ? x + row * p.x_ld + k : x, inside ? 16 : 0);
       }
       ptx::cp_async_mbar_arrive(&full[st]);
     }
-  } else if constexpr (kWgmma) {
-    // ---- consumers, experimental wgmma form: warpgroup (warps 0-3 | 4-7) multiplies its 64 rows by all tokens;
-    // warp w supplies tile w's fragments (rows 16 (w % 4) of the warpgroup's 64), one metadata word per k-step.
-    float d[4 * kNTiles] = {};
-    const bool meta_lane = lane % 4 < 2;
-    const int meta_index = (lane / 4) * 2 + lane % 4;
-    for (int i = 0; i < count; ++i) {
-      const int st = i % C::kStages;
-      ptx::mbar_wait(&full[st], (i / C::kStages) & 1);
-      __syncwarp();                       // (the .aligned wgmma instructions want the warp converged)
-      wgmma::fence_proxy_async_shared();  // x landed through cp.async; the wgmma reads it through the async proxy
-      const uint4* va = stage_values(st);
-      uint4 a[kSteps];
-#pragma unroll
-      for (int step = 0; step < kSteps; ++step) a[step] = va[(warp * kSteps + step) * 32 + lane];
-      const uint4 meta = meta_lane ? stage_meta(st)[warp * 16 + meta_index] : make_uint4(0, 0, 0, 0);
-      // B: core matrices of 128 B (8 tokens x 8 k), K-adjacent ones 128 B apart, token groups 2 KB apart; k-step
-      // s starts 512 B in.
-      const uint64_t b = wgmma::descriptor(stage_x(st), 128, kDecodeChunkK * 16);
-      wgmma::pin(d);
-      wgmma::fence();
-      wgmma::mma_sp<T, kNTiles>(d, a[0], b, meta.x);
-      wgmma::mma_sp<T, kNTiles>(d, a[1], b + (512 >> 4), meta.y);
-      wgmma::mma_sp<T, kNTiles>(d, a[2], b + (1024 >> 4), meta.z);
-      wgmma::mma_sp<T, kNTiles>(d, a[3], b + (1536 >> 4), meta.w);
-      wgmma::commit_group();
-      wgmma::wait_all();  // (one group in flight: the stage and the A registers are free after this)
-      wgmma::pin(d);
-      __syncwarp();
-      if (lane == 0) ptx::mbar_arrive(&empty[st]);
-    }
-#pragma unroll
-    for (int j = 0; j < kNTiles; ++j)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) acc[0][j][r] = d[4 * j + r];
   } else if (first_ntile * 8 < p.n) {  // (a warp whose tokens are all padding has nothing to compute)
     // ---- consumers
     const bool meta_lane = lane % 4 < 2;
@@ -352,10 +311,10 @@ __global__ void __launch_bounds__(DecodeConfig<kNTiles, kWgmma>::kThreads)
   if (threadIdx.x == 0) p.counters[group] = 0;  // leaves the counters zeroed for the next launch
 }
 
-template <typename T, int kNTiles, bool kBulk, bool kWgmma, bool kEarly>
+template <typename T, int kNTiles, bool kBulk, bool kEarly>
 cudaError_t launch_kernel(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, cudaStream_t stream) {
-  using C = DecodeConfig<kNTiles, kWgmma>;
-  constexpr auto kernel = decode_mm_kernel<T, kNTiles, kBulk, kWgmma, kEarly>;
+  using C = DecodeConfig<kNTiles>;
+  constexpr auto kernel = decode_mm_kernel<T, kNTiles, kBulk, kEarly>;
   const cudaError_t err = allow_dynamic_smem<kernel>(C::kSmemBytes);
   if (err != cudaSuccess) return err;
   const dim3 grid(p.splits, static_cast<unsigned>(s.groups));
@@ -387,39 +346,36 @@ cudaError_t launch_kernel(const Sparse24DecodeParams& p, const Sparse24DecodeSha
   return cudaLaunchKernelEx(&config, kernel, p, s);
 }
 
-template <typename T, int kNTiles, bool kBulk, bool kWgmma>
+template <typename T, int kNTiles, bool kBulk>
 cudaError_t launch_config(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, cudaStream_t stream) {
-  return p.early_launch ? launch_kernel<T, kNTiles, kBulk, kWgmma, true>(p, s, stream)
-                        : launch_kernel<T, kNTiles, kBulk, kWgmma, false>(p, s, stream);
+  return p.early_launch ? launch_kernel<T, kNTiles, kBulk, true>(p, s, stream)
+                        : launch_kernel<T, kNTiles, kBulk, false>(p, s, stream);
 }
 
-template <typename T, bool kBulk, bool kWgmma>
+template <typename T, bool kBulk>
 cudaError_t launch_n(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, cudaStream_t stream) {
-  if (p.n <= 8) return launch_config<T, 1, kBulk, kWgmma>(p, s, stream);
-  if (p.n <= 16) return launch_config<T, 2, kBulk, kWgmma>(p, s, stream);
-  if (p.n <= 32) return launch_config<T, 4, kBulk, kWgmma>(p, s, stream);
-  return launch_config<T, 8, kBulk, kWgmma>(p, s, stream);
+  if (p.n <= 8) return launch_config<T, 1, kBulk>(p, s, stream);
+  if (p.n <= 16) return launch_config<T, 2, kBulk>(p, s, stream);
+  if (p.n <= 32) return launch_config<T, 4, kBulk>(p, s, stream);
+  return launch_config<T, 8, kBulk>(p, s, stream);
 }
 
 template <typename T>
-cudaError_t launch(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, bool bulk, bool wgmma,
-                   cudaStream_t stream) {
-  if (wgmma) return launch_n<T, true, true>(p, s, stream);
-  return bulk ? launch_n<T, true, false>(p, s, stream) : launch_n<T, false, false>(p, s, stream);
+cudaError_t launch(const Sparse24DecodeParams& p, const Sparse24DecodeShape& s, bool bulk, cudaStream_t stream) {
+  return bulk ? launch_n<T, true>(p, s, stream) : launch_n<T, false>(p, s, stream);
 }
 
 // How a launch of n tokens runs on the current device: bulk copies or cp.async, and whether split-K partials
 // meet in a cluster. kAuto on sm_90: bulk copies up to 32 tokens (at 64 the cp.async loader measured faster on
 // the H100), cluster sums; kCpAsync is the sm_80 path as a whole (so an sm_90 GPU can test it).
 struct LaunchChoice {
-  bool valid, bulk, cluster, wgmma;
+  bool valid, bulk, cluster;
 };
 
 LaunchChoice choose(DecodeLoader loader, int64_t n, int splits) {
-  const int major = current_device_major();
-  const bool sm90 = major >= 9, wgmma = loader == DecodeLoader::kWgmma;
-  LaunchChoice c{(loader != DecodeLoader::kBulk || sm90) && (!wgmma || major == 9), false, false, wgmma};
-  c.bulk = wgmma || loader == DecodeLoader::kBulk || (loader == DecodeLoader::kAuto && sm90 && n <= 32);
+  const bool sm90 = current_device_major() >= 9;
+  LaunchChoice c{loader != DecodeLoader::kBulk || sm90, false, false};
+  c.bulk = loader == DecodeLoader::kBulk || (loader == DecodeLoader::kAuto && sm90 && n <= 32);
   c.cluster = sm90 && loader != DecodeLoader::kCpAsync && splits > 1 && splits <= 8;
   return c;
 }
@@ -483,8 +439,8 @@ cudaError_t sparse24_decode_mm(const Sparse24DecodeParams& p, cudaStream_t strea
   }
   return for_each_token_slice(q, kDecodeMaxTokens, [&](const Sparse24DecodeParams& slice) {
     const LaunchChoice c = choose(p.loader, slice.n, p.splits);
-    return p.dtype == DType::kFloat16 ? launch<__half>(slice, s, c.bulk, c.wgmma, stream)
-                                      : launch<__nv_bfloat16>(slice, s, c.bulk, c.wgmma, stream);
+    return p.dtype == DType::kFloat16 ? launch<__half>(slice, s, c.bulk, stream)
+                                      : launch<__nv_bfloat16>(slice, s, c.bulk, stream);
   });
 }
 

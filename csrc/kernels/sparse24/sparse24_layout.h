@@ -1,4 +1,4 @@
-// The canonical 2:4 layout's group code, shared by the CPU and CUDA packers (and by the CPU reference matmul).
+// The canonical 2:4 layout's group code, shared by the CPU and CUDA compressors (and by the CPU reference matmul).
 //
 // Each group of 4 consecutive elements along K keeps two of them, at in-group columns idx0 < idx1; the group's
 // 4-bit code is idx0 | idx1 << 2. Two codes share a byte (even group in the low nibble). A group that keeps fewer

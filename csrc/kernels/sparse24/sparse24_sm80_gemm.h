@@ -23,18 +23,9 @@
 #include <cuda_runtime_api.h>
 
 #include "kernels/common/dtype.h"
+#include "kernels/sparse24/sparse24_kernel_layouts.h"  // the layout's sizes: sparse24_sm80_padded_rows, ...
 
 namespace spmm::kernels {
-
-constexpr int64_t kSparse24Sm80RowPad = 32;
-constexpr int64_t kSparse24Sm80ColPad = 64;
-
-inline int64_t sparse24_sm80_padded_rows(int64_t m) { return (m + kSparse24Sm80RowPad - 1) / kSparse24Sm80RowPad * kSparse24Sm80RowPad; }
-inline int64_t sparse24_sm80_padded_cols(int64_t k) { return (k + kSparse24Sm80ColPad - 1) / kSparse24Sm80ColPad * kSparse24Sm80ColPad; }
-// uint16 elements of e for a weight [m, k]
-inline int64_t sparse24_sm80_meta_elements(int64_t m, int64_t k) {
-  return sparse24_sm80_padded_rows(m) * sparse24_sm80_padded_cols(k) / 16;
-}
 
 struct Sparse24Sm80PackParams {
   const void* values;    // canonical [m, k / 2], row stride values_ld (elements)

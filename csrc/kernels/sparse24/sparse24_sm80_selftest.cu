@@ -1,6 +1,6 @@
 // Device self-test of the sm_80 2:4 GEMM (sparse24_sm80_gemm.h), torch-free (nvcc alone; runs on any GPU of
-// compute capability >= 8.0, the H100 included): random 2:4 weights of small integers packed on the host into the
-// canonical layout, converted on the GPU (sparse24_sm80_pack), multiplied with x, compared bit for bit with a host
+// compute capability >= 8.0, the H100 included): random 2:4 weights of small integers compressed on the host into
+// the canonical layout, packed on the GPU (sparse24_sm80_pack), multiplied with x, compared bit for bit with a host
 // reference (every product and sum is exact in fp32). Then one prefill-sized problem timed (unchecked: its host
 // reference would take minutes). Exit status 1 on any mismatch.
 //

@@ -7,6 +7,7 @@
 
 #include "kernels/common/launch.h"
 #include "kernels/sparse24/sparse24_dispatch_rules.h"
+#include "kernels/sparse24/sparse24_kernel_layouts.h"
 #include "kernels/sparse24/sparse24_sm90_gemm.h"
 
 namespace spmm::kernels {
@@ -62,7 +63,7 @@ bool sparse24_sm90_weight_supported(int64_t m, int64_t k) {
 
 cudaError_t sparse24_sm90_meta_bytes(int64_t m, int64_t k, size_t* e_bytes) {
   if (!sparse24_sm90_weight_supported(m, k) || e_bytes == nullptr) return cudaErrorInvalidValue;
-  *e_bytes = detail::sparse24_sm90_meta_bytes_unchecked(m, k);
+  *e_bytes = static_cast<size_t>(sparse24_sm90_e_bytes(m, k));
   return cudaSuccess;
 }
 

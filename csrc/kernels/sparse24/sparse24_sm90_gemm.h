@@ -66,8 +66,8 @@ struct Sparse24Sm90GemmParams {
 // True if a weight [m, k] fits the kernels (m % 8, k % 16, sizes); decide at pack time.
 bool sparse24_sm90_weight_supported(int64_t m, int64_t k);
 
-// Bytes of the metadata e for a weight [m, k] (rows padded to 64, columns to 128; the same for fp16 and bf16).
-// cudaErrorInvalidValue if the weight is not supported.
+// Bytes of the metadata e for a weight [m, k] (sparse24_sm90_e_bytes of sparse24_kernel_layouts.h: rows padded to 64,
+// columns to 128; the same for fp16 and bf16). cudaErrorInvalidValue if the weight is not supported.
 cudaError_t sparse24_sm90_meta_bytes(int64_t m, int64_t k, size_t* e_bytes);
 
 // Enqueues the metadata reorder on `stream`: canonical meta -> e. Writes every byte of e (the padding with zeros).
@@ -93,7 +93,6 @@ namespace detail {
 // Defined in sparse24_sm90_gemm_impl.cuh; each config x dtype is instantiated in its own file under sm90/
 // (sm90/<config>_<dtype>.cu), the metadata pack in sparse24_sm90_pack_kernel.cu, so nvcc builds them in parallel.
 // Callers use the functions above, which check the arguments and dispatch on config and dtype.
-size_t sparse24_sm90_meta_bytes_unchecked(int64_t m, int64_t k);
 cudaError_t sparse24_sm90_pack_meta_unchecked(const Sparse24Sm90MetaParams& params, cudaStream_t stream);
 template <Sparse24Sm90Config kConfig, DType kDType>
 struct Sparse24Sm90Kernel {

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "kernels/common/launch.h"
+#include "kernels/sparse24/sparse24_kernel_layouts.h"
 #include "kernels/sparse24/sparse24_sm90_gemm_impl.cuh"
 
 namespace spmm::kernels {
@@ -23,6 +24,11 @@ static_assert(std::is_same_v<LayoutE, decltype(BFloat16Config::fill_layoutE(sm90
               "fp16 and bf16 must share the metadata layout");
 constexpr int kElementsPerByte = HalfConfig::ElementEMmaSparsity::value;  // logical weight elements per byte of E
 static_assert(kElementsPerByte == 8, "one byte of E = two groups of 4 = one byte of canonical meta");
+// E's size as sparse24_kernel_layouts.h states it (for the op and its fake): whole atoms of CUTLASS's layout of E
+// (fill_layoutE rounds M and K up to them), one byte per 8 logical elements.
+static_assert(HalfConfig::TensorEAtomM::value == kSparse24Sm90MetaAtomRows &&
+                  HalfConfig::TensorEAtomK::value == kSparse24Sm90MetaAtomCols,
+              "sparse24_kernel_layouts.h must state CUTLASS's metadata atom");
 
 sm90_sparse24::ProblemShape problem(int64_t m, int64_t k) {
   return {static_cast<int>(m), 1, static_cast<int>(k), 1};
@@ -42,15 +48,8 @@ __global__ void pack_meta_kernel(const uint8_t* __restrict__ meta, int64_t meta_
 
 namespace detail {
 
-size_t sparse24_sm90_meta_bytes_unchecked(int64_t m, int64_t k) {
-  // Whole atoms of E (fill_layoutE rounds M and K up to them), one byte per 8 logical elements.
-  const int64_t rows = ceil_div(m, HalfConfig::TensorEAtomM::value) * HalfConfig::TensorEAtomM::value;
-  const int64_t cols = ceil_div(k, HalfConfig::TensorEAtomK::value) * HalfConfig::TensorEAtomK::value;
-  return size_t(rows) * size_t(cols / kElementsPerByte);
-}
-
 cudaError_t sparse24_sm90_pack_meta_unchecked(const Sparse24Sm90MetaParams& p, cudaStream_t stream) {
-  const size_t e_bytes = sparse24_sm90_meta_bytes_unchecked(p.m, p.k);
+  const size_t e_bytes = static_cast<size_t>(sparse24_sm90_e_bytes(p.m, p.k));
   if (const cudaError_t err = cudaMemsetAsync(p.e, 0, e_bytes, stream); err != cudaSuccess) return err;
   const int64_t bytes_per_row = p.k / kElementsPerByte, total = p.m * bytes_per_row;
   constexpr int kThreads = 256;

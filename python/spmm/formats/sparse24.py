@@ -34,7 +34,7 @@ class Sparse24Weight(PackedWeight):
 
     @classmethod
     def from_dense(cls, weight: Tensor, mask: Optional[Tensor] = None) -> "Sparse24Weight":
-        """Pack `weight` keeping `mask` (bool [M, K], at most 2 of every 4 along K); mask=None keeps the nonzeros."""
+        """Compress `weight` keeping `mask` (bool [M, K], at most 2 of every 4 along K); mask=None keeps the nonzeros."""
         check_weight(weight, mask)
         values, meta = ops.sparse24_compress(weight, mask)
         return cls(values, meta, weight.shape)
@@ -60,7 +60,7 @@ class Sparse24Weight(PackedWeight):
         return self
 
     def to_dense(self, check: bool = True) -> Tensor:
-        """Unpack in pure torch (independent of the C++ packer, so tests cross-check the two). check=False skips
+        """Back to dense in pure torch (independent of the C++ compressor, so tests cross-check the two). check=False skips
         validate(), for a layout already checked (the ops' backward: no host sync, traceable)."""
         if check:
             self.validate()

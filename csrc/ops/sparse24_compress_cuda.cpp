@@ -1,4 +1,5 @@
-// CUDA entry of the 2:4 packer: checks, then the kernel launcher; the only place its at::Tensors are seen.
+// CUDA entry of the 2:4 compressor (spmm::sparse24_compress: dense + mask -> the canonical layout): checks, then
+// the kernel launcher; the only place its at::Tensors are seen.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -16,19 +17,13 @@ std::tuple<at::Tensor, at::Tensor> sparse24_compress_cuda(const at::Tensor& dens
   check_sparse24_compress_args(op, dense, mask);
   const c10::cuda::CUDAGuard guard(dense.device());
   const int64_t m = dense.size(0), k = dense.size(1);
-  // The kernel takes a row stride; anything else (transposed views) is made row-major first.
-  const at::Tensor w = dense.stride(1) == 1 ? dense : dense.contiguous();
-  at::Tensor keep;
-  if (mask.has_value()) keep = mask->stride(1) == 1 ? *mask : mask->contiguous();
+  const CompressInput in(dense, mask);
   at::Tensor values = at::empty({m, k / 2}, dense.options());
   at::Tensor meta = at::empty({m, sparse24::meta_bytes_per_row(k)}, dense.options().dtype(at::kByte));
   at::Tensor first_bad = at::empty({2}, dense.options().dtype(at::kLong));
 
   kernels::Sparse24CompressParams p{};
-  p.dense = w.data_ptr();
-  p.dense_ld = w.stride(0);
-  p.mask = mask.has_value() ? reinterpret_cast<const uint8_t*>(keep.data_ptr<bool>()) : nullptr;
-  p.mask_ld = mask.has_value() ? keep.stride(0) : 0;
+  in.set(p);
   p.values = values.data_ptr();
   p.meta = meta.data_ptr<uint8_t>();
   p.first_bad = reinterpret_cast<unsigned long long*>(first_bad.data_ptr<int64_t>());
@@ -37,7 +32,7 @@ std::tuple<at::Tensor, at::Tensor> sparse24_compress_cuda(const at::Tensor& dens
   p.dtype = kernel_dtype(dense.scalar_type());
   check_cuda(op, kernels::sparse24_compress(p, at::cuda::getCurrentCUDAStream()));
 
-  // Packing is offline work: reading the two flags back (one sync) buys an exact error instead of bad output.
+  // Compressing is offline work: reading the two flags back (one sync) buys an exact error instead of bad output.
   const at::Tensor bad = first_bad.cpu();
   report_compress_problems(op, mask.has_value(), k, static_cast<uint64_t>(bad[0].item<int64_t>()),
                            static_cast<uint64_t>(bad[1].item<int64_t>()));
