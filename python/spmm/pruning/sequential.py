@@ -97,11 +97,15 @@ def collect_stats(model: nn.Module, group: Dict[str, nn.Module], batches: Sequen
 
 def sequential_stats(model: nn.Module, linears: Dict[str, nn.Module], batches: Iterable, gram: bool,
                      progress: Callable[[Iterable], Iterable] = iter,
-                     device: Optional[torch.device] = None) -> Iterator[Dict[str, InputStats]]:
+                     device: Optional[torch.device] = None,
+                     on_block: Optional[Callable[[nn.Module, List[Any], Callable[[Any], Tensor]], None]] = None
+                     ) -> Iterator[Dict[str, InputStats]]:
     """Yield, group by group in forward order, {name: InputStats} for the `linears` of that group. The caller
     prunes (swaps) the group before asking for the next, so later groups see the pruned earlier ones. Linears
     the model never calls on the first batch are not yielded. `device`: where each block is calibrated (moved there
-    and back one at a time); only with a block chain (see the module docstring), else it is an error."""
+    and back one at a time); only with a block chain (see the module docstring), else it is an error.
+    on_block(block, inputs, forward): called with each block of a chain before its linears are calibrated (the
+    block as yet unpruned, fed by the pruned blocks before it), `forward(input)` giving its hidden output."""
     batches = list(batches)
     if not batches:
         raise ValueError("calibration must hold at least one model input")
@@ -119,7 +123,7 @@ def sequential_stats(model: nn.Module, linears: Dict[str, nn.Module], batches: I
     for names in progress(groups[:first]):
         yield collect_stats(model, {n: linears[n] for n in names}, batches, gram, calls)
     if first < last:
-        yield from _blockwise_stats(model, blocks, linears, batches, gram, progress, device)
+        yield from _blockwise_stats(model, blocks, linears, batches, gram, progress, device, on_block)
     for names in progress(groups[last:]):
         yield collect_stats(model, {n: linears[n] for n in names}, batches, gram, calls)
 
@@ -229,13 +233,16 @@ def _first_block_inputs(model: nn.Module, block: nn.Module, batches: Sequence) -
     return inputs
 
 
-def _blockwise_stats(model, blocks, linears, batches, gram, progress, device) -> Iterator[Dict[str, InputStats]]:
+def _blockwise_stats(model, blocks, linears, batches, gram, progress, device,
+                     on_block=None) -> Iterator[Dict[str, InputStats]]:
     inputs = [_to(inp, device) for inp in _first_block_inputs(model, blocks[0], batches)]
     for block in progress(blocks):
         home = next(block.parameters()).device
         block.to(device or home)
         in_block = {id(m) for m in block.modules()}
         mine = {name: mod for name, mod in linears.items() if id(mod) in in_block}
+        if on_block is not None:
+            on_block(block, inputs, lambda inp, block=block: _hidden(_run_block(block, inp)))
         groups, calls = trace_calls(block, mine, inputs[0], _run_block)
         for names in groups:
             yield collect_stats(block, {n: mine[n] for n in names}, inputs, gram, calls, _run_block)
