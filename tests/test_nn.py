@@ -160,7 +160,7 @@ def test_extra_repr_and_attributes():
     assert "in_features=16" in text and "bias=False" in text and "2:4" in text and f"nbytes={layer.nbytes}" in text
     tiled = TiledCSLLinear.from_dense(nn.Linear(16, 8), random_mask(8, 16, 0.25, gen(18)))
     assert "tiled_csl" in repr(tiled) and "sparsity=" in repr(tiled)
-    spense = SpenseLinear.from_dense(nn.Linear(16, 8), random_24_mask(8, 16, gen(19)), dense_fraction=0.25)
+    spense = SpenseLinear.from_dense(nn.Linear(16, 8), random_24_mask(8, 16, gen(19)), dense_rows=torch.tensor([1, 6]))
     assert "dense_rows=2" in repr(spense)
 
 
@@ -211,19 +211,5 @@ def test_layer_bad_arguments():
         Sparse24Linear(6, 8)
     with pytest.raises(ValueError, match="multiple of 4"):
         SpenseLinear(10, 8)
-    with pytest.raises(ValueError, match="exactly one of dense_rows and dense_fraction"):
+    with pytest.raises(TypeError, match="dense_rows"):
         SpenseLinear.from_dense(nn.Linear(8, 8))
-    with pytest.raises(ValueError, match="exactly one of dense_rows and dense_fraction"):
-        SpenseLinear.from_dense(nn.Linear(8, 8), dense_rows=torch.tensor([0]), dense_fraction=0.5)
-
-
-def test_spense_from_dense_fraction_picks_rows_hurt_most():
-    linear = nn.Linear(8, 4, bias=False)
-    with torch.no_grad():
-        linear.weight.copy_(torch.tensor([[1.0, 1, 0, 0, 1, 1, 0, 0]] * 4))
-        linear.weight[2] = torch.tensor([5.0, 4, 3, 2, 1, 1, 1, 1])  # 2:4 drops 3^2 + 2^2 + 1 + 1
-        linear.weight[0] = torch.tensor([1.0, 1, 1, 0, 0, 0, 0, 0])  # drops 1
-    mask = torch.zeros(4, 8, dtype=torch.bool)
-    mask[:, [0, 1, 4, 5]] = True
-    layer = SpenseLinear.from_dense(linear, mask, dense_fraction=0.5)
-    assert sorted(layer.row_index[:2].tolist()) == [0, 2]

@@ -16,7 +16,7 @@ import spmm
 from conftest import gen
 from spmm.formats import masked_weight
 from spmm.nn import Sparse24Linear, SpenseLinear, TiledCSLLinear
-from spmm.pruning import InputStats, PruneResult, prune, select_dense_rows
+from spmm.pruning import InputStats, PruneResult, prune, row_scores, top_rows
 from spmm.pruning.sequential import run_model, trace_calls
 
 PRUNERS = ["magnitude", "wanda", "sparsegpt"]
@@ -278,12 +278,13 @@ def test_calibrated_spense_keeps_original_dense_rows_and_chooses_them_by_output_
         stats.add(x)
     result = prune("sparsegpt", first.weight, "2:4", stats)
     loss = stats.output_error(first.weight - pruned(result))
-    rows = select_dense_rows(first.weight, 0.25, result.mask, loss)
+    rows = top_rows(loss, 16)  # a quarter of 64 rows: one 16-row tile
     assert model[0].weight_format.row_index[:16].sort().values.tolist() == rows.tolist()
     expected = pruned(result)
     expected[rows] = first.weight[rows]
     torch.testing.assert_close(model[0].to_dense_weight(), expected, rtol=0, atol=1e-6)
-    assert rows.tolist() != select_dense_rows(first.weight, 0.25, result.mask).tolist()  # not the magnitude rule
+    energy_rows = top_rows(row_scores("error", first.weight, pruned(result)), 16)
+    assert rows.tolist() != energy_rows.tolist()  # not the rule without calibration
 
 
 class Attention(nn.Module):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import gen
-from spmm.pruning import available_pruners, get_pruner, magnitude_mask, register_pruner, select_dense_rows
+from spmm.pruning import available_pruners, get_pruner, magnitude_mask, register_pruner, row_scores, top_rows
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -65,16 +65,20 @@ def test_registry():
     assert "test_keep_all" in available_pruners() and get_pruner("test_keep_all") is keep_all
 
 
-def test_select_dense_rows_by_dropped_energy():
+def test_error_rows_without_calibration_lose_the_most_weight_energy():
     w = torch.tensor([[1.0, 1, 0, 0],   # drops 0
                       [3.0, 3, 2, 0],   # drops 4
                       [1.0, 1, 1, 1],   # drops 2 (ties: columns 2, 3 go)
                       [5.0, 0, 0, 0]])  # drops 0
-    assert select_dense_rows(w, 0.5).tolist() == [1, 2]
-    assert select_dense_rows(w, 0.25).tolist() == [1]
-    assert select_dense_rows(w, 0.0).tolist() == [] and select_dense_rows(w, 1.0).tolist() == [0, 1, 2, 3]
-    # with a given mask, the energy is what that mask drops
-    mask = torch.tensor([[False, False, True, True]] * 4)
-    assert select_dense_rows(w, 0.25, mask).tolist() == [3]
-    with pytest.raises(ValueError, match="dense_fraction"):
-        select_dense_rows(w, 1.5)
+    pruned = torch.where(magnitude_mask(w, "2:4"), w, 0)
+    scores = row_scores("error", w, pruned)
+    torch.testing.assert_close(scores, torch.tensor([0.0, 4, 2, 0]) / w.square().sum())  # a share of ||W||^2
+    assert top_rows(scores, 2).tolist() == [1, 2] and top_rows(scores, 1).tolist() == [1]
+    assert top_rows(scores, 0).tolist() == [] and top_rows(scores, 4).tolist() == [0, 1, 2, 3]
+    # with another mask, the energy is what that mask drops
+    other = torch.where(torch.tensor([[False, False, True, True]] * 4), w, 0)
+    assert top_rows(row_scores("error", w, other), 1).tolist() == [3]
+    # saliency without calibration ranks by the magnitude 2:4 mask's dropped energy too
+    torch.testing.assert_close(row_scores("saliency", w, pruned), scores)
+    with pytest.raises(ValueError, match="count"):
+        top_rows(scores, 5)

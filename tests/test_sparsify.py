@@ -13,7 +13,7 @@ import spmm
 from conftest import gen, int_weight
 from spmm.formats import masked_weight
 from spmm.nn import Sparse24Linear, SpenseLinear, TiledCSLLinear
-from spmm.pruning import magnitude_mask, select_dense_rows
+from spmm.pruning import magnitude_mask, row_scores, top_rows, uniform_row_count
 from spmm.serialization import read_metadata
 
 CONFIGS = [
@@ -41,8 +41,9 @@ def expected_weight(weight, config):
     if isinstance(config, spmm.TiledCSLConfig):
         return masked_weight(weight, magnitude_mask(weight, config.sparsity))
     mask = magnitude_mask(weight, "2:4")
-    if isinstance(config, spmm.SpenseConfig):
-        mask[select_dense_rows(weight, config.dense_fraction, mask)] = True
+    if isinstance(config, spmm.SpenseConfig):  # the rows losing the most weight energy, a whole number of tiles
+        count = uniform_row_count(weight.shape[0], config.dense_fraction, config.tile)
+        mask[top_rows(row_scores("error", weight, masked_weight(weight, mask)), count)] = True
     return masked_weight(weight, mask)
 
 

@@ -8,7 +8,6 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..formats import Sparse24Weight, SpenseWeight
-from ..pruning import select_dense_rows
 from .base import SparseLinear
 
 
@@ -32,16 +31,11 @@ class SpenseLinear(SparseLinear):
         return {"num_dense_rows": fmt.num_dense_rows}
 
     @classmethod
-    def from_dense(cls, linear: nn.Linear, mask: Optional[Tensor] = None, dense_rows: Optional[Tensor] = None,
-                   dense_fraction: Optional[float] = None) -> "SpenseLinear":
-        """Keep `dense_rows` (or the round(dense_fraction * M) rows that 2:4 pruning with `mask` hurts most) dense;
-        pack the other rows as 2:4 with `mask` (None: keep the nonzeros)."""
-        if (dense_rows is None) == (dense_fraction is None):
-            raise ValueError("give exactly one of dense_rows and dense_fraction")
-        weight = linear.weight.detach()
-        if dense_rows is None:
-            dense_rows = select_dense_rows(weight, dense_fraction, mask)
-        return cls.from_format(SpenseWeight.from_dense(weight, dense_rows, mask), linear.bias)
+    def from_dense(cls, linear: nn.Linear, mask: Optional[Tensor] = None, *, dense_rows: Tensor) -> "SpenseLinear":
+        """Keep the rows `dense_rows` (indices) dense; pack the other rows as 2:4 with `mask` (None: keep the
+        nonzeros). Which rows to keep is the pruning side's choice (spmm.sparsify with SpenseConfig,
+        spmm.pruning.row_scores / top_rows)."""
+        return cls.from_format(SpenseWeight.from_dense(linear.weight.detach(), dense_rows, mask), linear.bias)
 
     def _format_from(self, tensors) -> SpenseWeight:
         sparse = Sparse24Weight(tensors["values"], tensors["meta"], (tensors["values"].shape[0], self.in_features))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Union
 
 import torch
 from torch import Tensor
@@ -26,21 +26,3 @@ def magnitude_mask(weight: Tensor, sparsity: Union[str, float], **_unused) -> Te
         return keep_n_of_m(score, *spec)
     return prune_lowest(score, round(spec * weight.numel()))
 
-
-def select_dense_rows(weight: Tensor, dense_fraction: float, mask: Optional[Tensor] = None,
-                      row_loss: Optional[Tensor] = None) -> Tensor:
-    """Spense row choice: the round(dense_fraction * M) output rows whose 2:4 pruning costs most, ascending.
-
-    The cost of a row is `row_loss` [M] when given (e.g. its output error on calibration data), else the energy
-    the 2:4 keep-`mask` drops from it (sum of squared pruned weights; default mask: magnitude 2:4)."""
-    if not 0.0 <= dense_fraction <= 1.0:
-        raise ValueError(f"dense_fraction must lie in [0, 1], got {dense_fraction}")
-    if row_loss is None:
-        if mask is None:
-            mask = magnitude_mask(weight, "2:4")
-        row_loss = torch.where(mask, 0.0, weight.detach().float().square()).sum(dim=1)
-    elif row_loss.shape != weight.shape[:1]:
-        raise ValueError(f"row_loss must have shape ({weight.shape[0]},), got {tuple(row_loss.shape)}")
-    count = round(dense_fraction * weight.shape[0])
-    rows = torch.sort(row_loss, descending=True, stable=True).indices[:count]
-    return torch.sort(rows).values

@@ -106,13 +106,17 @@ def collect_stats(model: nn.Module, group: Dict[str, nn.Module], batches: Sequen
 
 def sequential_stats(model: nn.Module, linears: Dict[str, nn.Module], batches: Iterable, gram: bool,
                      progress: Callable[[Iterable], Iterable] = iter, device: Optional[torch.device] = None,
-                     errors: Optional[Dict[str, float]] = None) -> Iterator[Dict[str, InputStats]]:
+                     errors: Optional[Dict[str, float]] = None,
+                     on_block: Optional[Callable[[nn.Module, List[Any], Callable[[Any], Tensor]], None]] = None
+                     ) -> Iterator[Dict[str, InputStats]]:
     """Yield, group by group in forward order, {name: InputStats} for the `linears` of that group. The caller
     prunes (swaps) the group before asking for the next, so later groups see the pruned earlier ones. Linears
     the model never calls on the first batch are not yielded. `device`: where each block is calibrated (moved there
     and back one at a time); only with a block chain (see the module docstring), else it is an error. `errors`: a
     dict that receives, for every swapped linear, its relative output error on the calibration data (filled once
-    the generator is exhausted)."""
+    the generator is exhausted). on_block(block, inputs, forward): called with each block of a chain before its
+    linears are calibrated (the block as yet unpruned, fed by the pruned blocks before it), `forward(input)` giving
+    its hidden output."""
     batches = list(batches)
     if not batches:
         raise ValueError("calibration must hold at least one model input")
@@ -135,7 +139,7 @@ def sequential_stats(model: nn.Module, linears: Dict[str, nn.Module], batches: I
         meter.swapped(names)
     if first < last:
         outputs = [call[3] for call in block_calls]
-        yield from _blockwise_stats(model, blocks, outputs, linears, batches, gram, progress, device, meter)
+        yield from _blockwise_stats(model, blocks, outputs, linears, batches, gram, progress, device, meter, on_block)
     for names in progress(groups[last:]):
         with meter.measuring():
             stats = collect_stats(model, {n: linears[n] for n in names}, batches, gram, calls)
@@ -374,7 +378,7 @@ def _block_inputs(model: nn.Module, blocks: nn.ModuleList, outputs: List[Any],
 
 
 def _blockwise_stats(model, blocks, outputs, linears, batches, gram, progress, device,
-                     meter: _OutputErrors) -> Iterator[Dict[str, InputStats]]:
+                     meter: _OutputErrors, on_block=None) -> Iterator[Dict[str, InputStats]]:
     with meter.measuring():  # the layers before the blocks run on all the data in this pass
         captured = _block_inputs(model, blocks, outputs, batches)
     hidden = [_to(h, device) for h, _ in captured]
@@ -386,6 +390,8 @@ def _blockwise_stats(model, blocks, outputs, linears, batches, gram, progress, d
         block.to(device or home)
         in_block = {id(m) for m in block.modules()}
         mine = {name: mod for name, mod in linears.items() if id(mod) in in_block}
+        if on_block is not None:
+            on_block(block, inputs, lambda inp, block=block: _hidden(_run_block(block, inp)))
         groups, calls = trace_calls(block, mine, inputs[0], _run_block)
         for names in groups:
             with meter.measuring():
