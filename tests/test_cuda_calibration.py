@@ -11,7 +11,7 @@ import spmm
 from conftest import gen
 from spmm.formats import masked_weight
 from spmm.pruning import InputStats, prune
-from test_pruners import PRUNERS, activations, output_error
+from test_calibration import PRUNERS, activations, output_error
 
 pytestmark = [
     pytest.mark.gpu,
