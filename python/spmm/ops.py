@@ -346,8 +346,8 @@ def tiled_csl_layer_layout(tile_m: int, tile_k: int, dtype: torch.dtype, device:
 
 
 # --------------------------------------------------------------------------------------------- Spense ------------
-# The Spense kernels' row tile (csrc/kernels/spense/spense_tiles.h): dense row counts that are multiples of it keep
-# every tile of the GPU decode kernel all dense or all 2:4.
+# The Spense kernels' row tile (csrc/kernels/spense/spense_tiles.h): dense row counts that are multiples of it fill
+# whole mma row tiles of the GPU decode kernel (SpenseConfig rounds to it by default).
 SPENSE_ROW_TILE: int = _C.spense_row_tile
 
 

@@ -1,7 +1,7 @@
 // The Spense kernels' row tile, in one place for C++ and Python (spmm._C exports it as spense_row_tile): a layer's
-// dense row count is rounded to a multiple of it (SpenseConfig's default), so that every tile the GPU decode
-// kernel streams is all dense or all 2:4 (one m16 mma row tile: a warp-uniform choice between mma.sync and mma.sp).
-// Plain constants, no includes, so the stable-ABI module can read them too.
+// dense row count is rounded to a multiple of it (SpenseConfig's default tile), so the dense rows fill whole m16 mma
+// row tiles of the GPU decode kernel (its dense row groups are 64 rows, its 2:4 groups 128; any count is correct,
+// a partial tile only wastes its empty rows). Plain constants, no includes, so the stable-ABI module can read them.
 #pragma once
 
 namespace spmm::kernels {
