@@ -57,4 +57,23 @@ cudaError_t for_each_token_slice(const Params& p, int64_t max_tokens, Launch&& l
   return cudaSuccess;
 }
 
+// ------------------------------------------------------------------------------ cluster split-K launches ------
+// Grid (splits, rows) where the `splits` blocks of a row form one thread-block cluster (when splits > 1). `attr`
+// must outlive the launch call.
+inline cudaLaunchConfig_t cluster_split_config(int splits, int64_t rows, int threads, size_t smem,
+                                               cudaLaunchAttribute* attr, cudaStream_t stream) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(splits), static_cast<unsigned>(rows));
+  config.blockDim = dim3(static_cast<unsigned>(threads));
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  attr->id = cudaLaunchAttributeClusterDimension;
+  attr->val.clusterDim.x = static_cast<unsigned>(splits);
+  attr->val.clusterDim.y = 1;
+  attr->val.clusterDim.z = 1;
+  config.attrs = attr;
+  config.numAttrs = splits > 1 ? 1 : 0;
+  return config;
+}
+
 }  // namespace spmm::kernels
