@@ -145,7 +145,9 @@ CPU_MODES = {
 def cpu_call_overhead(rounds: int, calls: int) -> list:
     """Microseconds per eager call on the CPU, per layer and grad mode: a 32 x 32 fp32 layer of each format (bias
     frozen, as in a model whose base is not trained) on one token, where the kernel itself takes little; F.linear on
-    the same dense weight is the yardstick."""
+    the dense weight is the yardstick. Besides each figure's median over the rounds, `extra_us`: the median over
+    the rounds of the call's time in that mode minus its time under inference_mode in the same round (measured
+    back to back, so a shared host's changing load cancels): the cost of the grad mode itself."""
     m = k = 32
     g = torch.Generator().manual_seed(0)
     linear = torch.nn.Linear(k, m).requires_grad_(False)
@@ -158,7 +160,7 @@ def cpu_call_overhead(rounds: int, calls: int) -> list:
     }
     inputs = {trains: torch.randn(1, k, generator=g).requires_grad_(trains) for trains in (False, True)}
     samples = {(name, mode): [] for name in layers for mode in CPU_MODES}
-    for _ in range(rounds):  # interleaved: every call and mode once per round, so drifts of a shared host spread evenly
+    for _ in range(rounds):  # interleaved: every call and mode once per round, a call's modes back to back
         for (name, mode), times in samples.items():
             context, trains = CPU_MODES[mode]
             fn, x = layers[name], inputs[trains]
@@ -171,13 +173,15 @@ def cpu_call_overhead(rounds: int, calls: int) -> list:
                 times.append((time.perf_counter() - t0) / calls * 1e6)
     rows = []
     for (name, mode), times in samples.items():
-        q = statistics.quantiles(times, n=4)
+        extra = [t - base for t, base in zip(times, samples[name, "inference_mode"])]
+        q, qe = statistics.quantiles(times, n=4), statistics.quantiles(extra, n=4)
         rows.append(dict(call=name, mode=mode, shape=f"{m}x{k}", tokens=1, us_per_call=statistics.median(times),
-                         p25=q[0], p75=q[2], rounds=rounds, calls=calls))
-    print(f"{'us per call (median, p25-p75)':30s}" + "".join(f"{mode:>22s}" for mode in CPU_MODES))
+                         p25=q[0], p75=q[2], extra_us=statistics.median(extra), extra_p25=qe[0], extra_p75=qe[2],
+                         rounds=rounds, calls=calls))
+    print(f"{'us per call: median (+ over inference_mode)':44s}" + "".join(f"{mode:>20s}" for mode in CPU_MODES))
     for name in layers:
         cells = [next(r for r in rows if r["call"] == name and r["mode"] == mode) for mode in CPU_MODES]
-        print(f"{name:30s}" + "".join(f"{c['us_per_call']:8.2f} ({c['p25']:5.2f}-{c['p75']:5.2f})" for c in cells))
+        print(f"{name:44s}" + "".join(f"{c['us_per_call']:10.2f} ({c['extra_us']:+6.2f})" for c in cells))
     return rows
 
 
@@ -185,8 +189,8 @@ def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.host_overhead", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--cpu", action="store_true", help="the host's cost per eager call on the CPU, per grad mode")
-    p.add_argument("--rounds", type=int, default=15, help="--cpu: interleaved rounds (median over them)")
-    p.add_argument("--calls", type=int, default=2000, help="--cpu: calls per round and mode")
+    p.add_argument("--rounds", type=int, default=100, help="--cpu: interleaved rounds (median over them)")
+    p.add_argument("--calls", type=int, default=200, help="--cpu: calls per round and mode")
     p.add_argument("--threads", type=int, default=1, help="--cpu: torch threads (1: no thread-pool wake-ups in the "
                    "figures, which a shared host makes erratic)")
     a = p.parse_args()
