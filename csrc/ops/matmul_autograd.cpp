@@ -152,9 +152,9 @@ struct MatmulFunction : torch::autograd::Function<MatmulFunction<Op>> {
     if (std::get<0>(arguments).requires_grad()) Op::save(ctx, arguments);  // W is for dL/dx alone
     // Input edges: x is the first; the bias's index, where given, counts the tensors before it.
     const std::array<int64_t, sizeof...(Args)> edges{edge_count(args)...};
-    int64_t bias_edge = 0, edge_total = 0;
+    int64_t bias_edge = -1, edge_total = 0;
     for (size_t i = 0; i < edges.size(); ++i) {
-      if (i == Op::kBias) bias_edge = edges[i] ? edge_total : -1;
+      if (i == Op::kBias && edges[i]) bias_edge = edge_total;
       edge_total += edges[i];
     }
     ctx->saved_data["bias_edge"] = bias_edge;
