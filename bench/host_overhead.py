@@ -1,6 +1,6 @@
-"""python -m bench.host_overhead [--out DIR]   (CUDA; run from the repository root)
+"""python -m bench.host_overhead [--cpu] [--out DIR]   (run from the repository root)
 
-Two costs that are not kernel time:
+Two costs that are not kernel time (CUDA), or with --cpu the first alone, on the CPU:
 - Host overhead per eager call, on a tiny layer at 1 to 2048 tokens (every kernel Sparse24Linear picks; SpenseLinear's
   composed path; at 1 token also the decode kernel's private op called directly, what Sparse24Linear called before
   its forward became the public op), two ways:
@@ -10,13 +10,19 @@ Two costs that are not kernel time:
   F.linear is the yardstick.
 - Packing: how long the GPU packers take for the linears of a Llama-2-7B model (4 layer shapes x 32 blocks),
   timed on one block and multiplied by 32, for 2:4 (Sparse24Linear, with its kernel layouts) and 80% Tiled-CSL.
-Writes host_overhead.json to --out.
+- --cpu: the host's cost per eager call of a tiny layer of each format (and F.linear) on the CPU, where the kernel
+  is short enough that the dispatch around it shows: under torch.inference_mode (no autograd key at all),
+  torch.no_grad (what Hugging Face generate() runs under), grad enabled with nothing requiring grad (a frozen model
+  called outside no_grad), and grad enabled with x requiring grad (the training path: the backward node is built).
+  Rounds interleave every call and mode; each figure is the median over the rounds, with the spread.
+Writes host_overhead.json (--cpu: host_overhead_cpu.json) to --out.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -127,12 +133,77 @@ def packing(dtype) -> list:
     return rows
 
 
+# --cpu: the grad modes a call runs under, and whether x requires grad in each.
+CPU_MODES = {
+    "inference_mode": (torch.inference_mode, False),
+    "no_grad": (torch.no_grad, False),
+    "grad, x frozen": (torch.enable_grad, False),
+    "grad, x trains": (torch.enable_grad, True),
+}
+
+
+def cpu_call_overhead(rounds: int, calls: int) -> list:
+    """Microseconds per eager call on the CPU, per layer and grad mode: a 32 x 32 fp32 layer of each format (bias
+    frozen, as in a model whose base is not trained) on one token, where the kernel itself takes little; F.linear on
+    the dense weight is the yardstick. Besides each figure's median over the rounds, `extra_us`: the median over
+    the rounds of the call's time in that mode minus its time under inference_mode in the same round (measured
+    back to back, so a shared host's changing load cancels): the cost of the grad mode itself."""
+    m = k = 32
+    g = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(k, m).requires_grad_(False)
+    mask = mask_24(linear.weight)
+    layers = {
+        "F.linear": lambda x: F.linear(x, linear.weight, linear.bias),
+        "Sparse24Linear": Sparse24Linear.from_dense(linear, mask),
+        "TiledCSLLinear": spmm.nn.TiledCSLLinear.from_dense(linear, mask),
+        "SpenseLinear 25%": spmm.nn.SpenseLinear.from_dense(linear, mask, dense_fraction=0.25),
+    }
+    inputs = {trains: torch.randn(1, k, generator=g).requires_grad_(trains) for trains in (False, True)}
+    samples = {(name, mode): [] for name in layers for mode in CPU_MODES}
+    for _ in range(rounds):  # interleaved: every call and mode once per round, a call's modes back to back
+        for (name, mode), times in samples.items():
+            context, trains = CPU_MODES[mode]
+            fn, x = layers[name], inputs[trains]
+            with context():
+                for _ in range(calls // 10):  # warm-up
+                    fn(x)
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    fn(x)
+                times.append((time.perf_counter() - t0) / calls * 1e6)
+    rows = []
+    for (name, mode), times in samples.items():
+        extra = [t - base for t, base in zip(times, samples[name, "inference_mode"])]
+        q, qe = statistics.quantiles(times, n=4), statistics.quantiles(extra, n=4)
+        rows.append(dict(call=name, mode=mode, shape=f"{m}x{k}", tokens=1, us_per_call=statistics.median(times),
+                         p25=q[0], p75=q[2], extra_us=statistics.median(extra), extra_p25=qe[0], extra_p75=qe[2],
+                         rounds=rounds, calls=calls))
+    print(f"{'us per call: median (+ over inference_mode)':44s}" + "".join(f"{mode:>20s}" for mode in CPU_MODES))
+    for name in layers:
+        cells = [next(r for r in rows if r["call"] == name and r["mode"] == mode) for mode in CPU_MODES]
+        print(f"{name:44s}" + "".join(f"{c['us_per_call']:10.2f} ({c['extra_us']:+6.2f})" for c in cells))
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.host_overhead", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--cpu", action="store_true", help="the host's cost per eager call on the CPU, per grad mode")
+    p.add_argument("--rounds", type=int, default=100, help="--cpu: interleaved rounds (median over them)")
+    p.add_argument("--calls", type=int, default=200, help="--cpu: calls per round and mode")
+    p.add_argument("--threads", type=int, default=1, help="--cpu: torch threads (1: no thread-pool wake-ups in the "
+                   "figures, which a shared host makes erratic)")
     a = p.parse_args()
+    if a.cpu:
+        torch.set_num_threads(a.threads)
+        result = dict(device=device_name(torch.device("cpu")), torch=torch.__version__,
+                      threads=torch.get_num_threads(), cpu_call_overhead=cpu_call_overhead(a.rounds, a.calls))
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "host_overhead_cpu.json").write_text(json.dumps(result, indent=1))
+        print(f"wrote {a.out / 'host_overhead_cpu.json'}")
+        return 0
     if not torch.cuda.is_available():
-        print("host_overhead: needs a CUDA device")
+        print("host_overhead: needs a CUDA device (--cpu: the CPU's cost per call)")
         return 1
     dtype = torch.float16
     result = dict(device=device_name(torch.device("cuda")), torch=torch.__version__,

@@ -1,5 +1,6 @@
 // Table of contents of the native code: every spmm op's schema. Implementations register beside their code
-// (TORCH_LIBRARY_IMPL in *_cpu.cpp / *_cuda.cpp); fake (meta) implementations live in python/spmm/ops.py.
+// (TORCH_LIBRARY_IMPL in *_cpu.cpp / *_cuda.cpp; the matmul ops' Autograd kernels in matmul_autograd.cpp); fake
+// (meta) implementations live in python/spmm/ops.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY(spmm, m) {
@@ -19,6 +20,15 @@ TORCH_LIBRARY(spmm, m) {
   m.def("tiled_csl_mm(Tensor x, Tensor values, Tensor locations, Tensor tile_offsets, int out_features, int tile_m, "
         "int tile_k, Tensor? bias=None, Tensor? words=None, Tensor? word_offsets=None, Tensor? delta_values=None, "
         "Tensor? delta_codes=None, Tensor? delta_offsets=None) -> Tensor");
+  // Internal: the dense weight W [M, K] of a packed one, unchecked, for the matmul ops' backward (dL/dx = dL/dy @ W,
+  // csrc/ops/matmul_autograd.cpp, which also carries the ops' Autograd kernels). Implemented in Python by the formats'
+  // unpackers (spmm/formats/dense_ops.py), every device. Tiled-CSL: from the stream, or where it is empty from the
+  // first layout given (delta, words).
+  m.def("_sparse24_dense(Tensor values, Tensor meta) -> Tensor");
+  m.def("_tiled_csl_dense(Tensor values, Tensor locations, Tensor tile_offsets, int out_features, SymInt in_features, "
+        "int tile_m, int tile_k, Tensor? words, Tensor? word_offsets, Tensor? delta_values, Tensor? delta_codes, "
+        "Tensor? delta_offsets) -> Tensor");
+  m.def("_spense_dense(Tensor dense_weight, Tensor values, Tensor meta, Tensor row_index) -> Tensor");
   // Internal (CPU): the layout checks of the CPU matmuls on their own (what formats' validate() runs).
   m.def("_sparse24_check(Tensor meta, int in_features) -> ()");
   m.def("_tiled_csl_check(Tensor locations, Tensor tile_offsets, int out_features, int in_features, int tile_m, int tile_k) -> ()");

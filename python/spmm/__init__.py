@@ -1,7 +1,6 @@
 """spmm: sparse weight formats, layers and ops for LLM inference."""
 
 from . import formats, nn, ops, pruning
-from . import autograd  # noqa: F401  (registers the backward formulas of the matmul ops)
 from .layer_summary import summary
 from .pretrained import from_pretrained, save_pretrained
 from .serialization import load_sparsified, save_sparsified

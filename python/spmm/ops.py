@@ -3,8 +3,9 @@
 The schemas are registered in C++ (csrc/ops/registration.cpp); the CPU implementation of every op is the reference
 semantics (fp64 accumulation -- at least the fp32 of the kernels --, bias added before the one rounding to the
 input dtype); CUDA implementations come from csrc/ops/*_cuda.cpp. The fake implementations below only compute
-output shapes, so torch.compile(fullgraph=True) can trace models that use the ops; backward formulas (for x and
-bias) are in autograd.py.
+output shapes, so torch.compile(fullgraph=True) can trace models that use the ops. The matmul ops' autograd (for x
+and bias) is in C++ (csrc/ops/matmul_autograd.cpp), with W rebuilt by the internal _*_dense ops
+(spmm/formats/dense_ops.py).
 
 Words: *compress* makes a format's stored layout from a dense weight (sparse24_compress, tiled_csl_compress);
 *pack* makes a kernel's own layout from a stored one, once per weight (sparse24_decode_pack, ...; the layers hold
@@ -488,6 +489,22 @@ def _tiled_csl_delta_mm_fake(x, values, codes, offsets, out_features, bias=None,
 def _spense_mm_fake(x, dense_weight, values, meta, row_index, bias=None, dvalues=None, dmeta=None, sm90_e=None,
                     sm80_a=None, sm80_e=None):
     return x.new_empty(*x.shape[:-1], row_index.shape[0])
+
+
+@torch.library.register_fake("spmm::_sparse24_dense")
+def _sparse24_dense_fake(values, meta):
+    return values.new_empty(values.shape[0], 2 * values.shape[1])
+
+
+@torch.library.register_fake("spmm::_tiled_csl_dense")
+def _tiled_csl_dense_fake(values, locations, tile_offsets, out_features, in_features, tile_m, tile_k, words,
+                          word_offsets, delta_values, delta_codes, delta_offsets):
+    return values.new_empty(out_features, in_features)
+
+
+@torch.library.register_fake("spmm::_spense_dense")
+def _spense_dense_fake(dense_weight, values, meta, row_index):
+    return dense_weight.new_empty(row_index.shape[0], dense_weight.shape[1])
 
 
 @torch.library.register_fake("spmm::_spense_decode_mm")
