@@ -1,4 +1,5 @@
-// CPU reference of the 2:4 ops: the packer (dense -> canonical values/meta) and y = x @ W.T (+ bias).
+// CPU reference of the 2:4 ops: the packer (dense -> canonical values/meta) and y = x @ W.T (+ bias) in fp64, the
+// tests' oracle (spmm::_sparse24_mm_reference; sparse24_mm itself runs the fast kernels, sparse24_mm_cpu.cpp).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -65,8 +66,10 @@ std::tuple<at::Tensor, at::Tensor> sparse24_compress_cpu(const at::Tensor& dense
   return {values, meta};
 }
 
-at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
-                           const std::optional<at::Tensor>& bias) {
+}  // namespace
+
+at::Tensor sparse24_mm_reference(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                                 const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "spmm::sparse24_mm";
   check_activation(op, x);
   const int64_t k = x.size(-1);
@@ -82,11 +85,9 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
   return finish_linear(out, bias, x);
 }
 
-}  // namespace
-
 TORCH_LIBRARY_IMPL(spmm, CPU, m) {
   m.impl("sparse24_compress", &sparse24_compress_cpu);
-  m.impl("sparse24_mm", &sparse24_mm_cpu);
+  m.impl("_sparse24_mm_reference", &sparse24_mm_reference);
 }
 
 }  // namespace spmm::ops

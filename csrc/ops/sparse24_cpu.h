@@ -8,6 +8,10 @@
 
 namespace spmm::ops {
 
+// The fp64 reference of sparse24_mm (spmm::_sparse24_mm_reference).
+at::Tensor sparse24_mm_reference(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                                 const std::optional<at::Tensor>& bias);
+
 // Every used nibble of a canonical meta holds idx0 < idx1; a corrupt code would read the wrong columns.
 inline void check_sparse24_meta_codes(const char* op, const at::Tensor& meta, int64_t k) {
   const int64_t groups = k / sparse24::kGroup, cols = meta.size(1);

@@ -1,4 +1,5 @@
-// CPU reference of spense_mm: a dense row block and a 2:4 row block own disjoint output rows; each block row's
+// CPU reference of spense_mm in fp64 (the tests' oracle, spmm::_spense_mm_reference; spense_mm runs the fast
+// kernels, spense_mm_cpu.cpp): a dense row block and a 2:4 row block own disjoint output rows; each block row's
 // result is written straight to its original output position row_index[i] (dense rows first), no gather after.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -7,6 +8,7 @@
 #include <vector>
 
 #include "ops/sparse24_cpu.h"
+#include "ops/spense_cpu.h"
 
 namespace spmm::ops {
 namespace {
@@ -23,11 +25,12 @@ void check_row_index(const char* op, const at::Tensor& row_index) {
   }
 }
 
-at::Tensor spense_mm_cpu(const at::Tensor& x, const at::Tensor& dense_weight, const at::Tensor& values,
-                         const at::Tensor& meta, const at::Tensor& row_index, const std::optional<at::Tensor>& bias) {
-  constexpr const char* op = "spmm::spense_mm";
+}  // namespace
+
+void check_spense_mm_args(const char* op, const at::Tensor& x, const at::Tensor& dense_weight, const at::Tensor& values,
+                          const at::Tensor& meta, const at::Tensor& row_index, const std::optional<at::Tensor>& bias) {
   check_activation(op, x);
-  const int64_t k = x.size(-1), n = leading_rows(x);
+  const int64_t k = x.size(-1);
   check_dim(op, "dense_weight", dense_weight, 2);
   check_dtype(op, "dense_weight", dense_weight, x.scalar_type());
   check_same_device(op, "dense_weight", dense_weight, x);
@@ -43,6 +46,13 @@ at::Tensor spense_mm_cpu(const at::Tensor& x, const at::Tensor& dense_weight, co
                     " + sparse ", ms, " = ", m, "), got ", row_index.numel());
   check_bias(op, bias, x, m);
   check_row_index(op, row_index);
+}
+
+at::Tensor spense_mm_reference(const at::Tensor& x, const at::Tensor& dense_weight, const at::Tensor& values,
+                               const at::Tensor& meta, const at::Tensor& row_index, const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "spmm::spense_mm";
+  check_spense_mm_args(op, x, dense_weight, values, meta, row_index, bias);
+  const int64_t k = x.size(-1), n = leading_rows(x), md = dense_weight.size(0), m = md + values.size(0);
   check_sparse24_meta_codes(op, meta, k);
 
   const at::Tensor xf = activation_matrix(x, n, k);
@@ -64,8 +74,6 @@ at::Tensor spense_mm_cpu(const at::Tensor& x, const at::Tensor& dense_weight, co
   return finish_linear(out, bias, x);
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(spmm, CPU, m) { m.impl("spense_mm", &spense_mm_cpu); }
+TORCH_LIBRARY_IMPL(spmm, CPU, m) { m.impl("_spense_mm_reference", &spense_mm_reference); }
 
 }  // namespace spmm::ops

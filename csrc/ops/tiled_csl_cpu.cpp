@@ -1,15 +1,20 @@
 // CPU reference of the Tiled-CSL ops: the packer (dense + any mask -> per-tile (value, 16-bit location) stream)
-// and y = x @ W.T (+ bias), parallel over row tiles so each task owns its output rows.
+// and y = x @ W.T (+ bias) in fp64, parallel over row tiles so each task owns its output rows (the tests' oracle,
+// spmm::_tiled_csl_mm_reference; tiled_csl_mm runs the fast kernels, tiled_csl_mm_cpu.cpp); and the CPU kernels'
+// layout, a bitmap of the stored elements built from the checked stream (spmm::tiled_csl_cpu_layout).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "kernels/cpu/cpu_kernels.h"
 #include "ops/tiled_csl_common.h"
+#include "ops/tiled_csl_cpu.h"
 
 namespace spmm::ops {
 namespace {
@@ -105,9 +110,11 @@ void check_stream(const char* op, const TileGrid& g, const int32_t* offs, const 
   }
 }
 
-at::Tensor tiled_csl_mm_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& locations,
-                            const at::Tensor& tile_offsets, int64_t out_features, int64_t tile_m, int64_t tile_k,
-                            const std::optional<at::Tensor>& bias) {
+}  // namespace
+
+at::Tensor tiled_csl_mm_reference(const at::Tensor& x, const at::Tensor& values, const at::Tensor& locations,
+                                  const at::Tensor& tile_offsets, int64_t out_features, int64_t tile_m, int64_t tile_k,
+                                  const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "spmm::tiled_csl_mm";
   check_tiled_csl_mm_args(op, x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias);
   const int64_t k = x.size(-1), n = leading_rows(x);
@@ -145,11 +152,52 @@ at::Tensor tiled_csl_mm_cpu(const at::Tensor& x, const at::Tensor& values, const
   return finish_linear(out, bias, x);
 }
 
-}  // namespace
+at::Tensor tiled_csl_cpu_bitmap(const at::Tensor& locations, const at::Tensor& tile_offsets, int64_t out_features,
+                                int64_t in_features, int64_t tile_m, int64_t tile_k) {
+  constexpr const char* op = "spmm::tiled_csl_cpu_layout";
+  check_tile_shape(op, tile_m, tile_k);
+  TORCH_CHECK_VALUE(out_features >= 0 && in_features >= 0, op, ": `out_features` and `in_features` must be >= 0, got ",
+                    out_features, " and ", in_features);
+  check_dim(op, "locations", locations, 1);
+  check_dim(op, "tile_offsets", tile_offsets, 1);
+  check_dtype(op, "locations", locations, at::kShort);
+  check_dtype(op, "tile_offsets", tile_offsets, at::kInt);
+  check_contiguous(op, "locations", locations);
+  check_contiguous(op, "tile_offsets", tile_offsets);
+  TORCH_CHECK_VALUE(locations.device().is_cpu() && tile_offsets.device().is_cpu(), op,
+                    ": `locations` and `tile_offsets` must be on the CPU");
+  const TileGrid g(out_features, in_features, tile_m, tile_k);
+  const int64_t tiles = g.row_tiles * g.col_tiles;
+  TORCH_CHECK_VALUE(tile_offsets.numel() == tiles + 1, op, ": `tile_offsets` must have ", tiles + 1, " entries for a ",
+                    out_features, " x ", in_features, " weight in ", tile_m, " x ", tile_k, " tiles, got ",
+                    tile_offsets.numel());
+  const int32_t* offs = tile_offsets.data_ptr<int32_t>();
+  const int16_t* locs = locations.data_ptr<int16_t>();
+  check_stream(op, g, offs, locs, locations.numel());
+  // Bit b of word (t * tile_m + r) * words + w: row r, column 64 w + b of tile t holds a value (kernels/cpu/cpu_kernels.h).
+  const int64_t words = kernels::cpu::bitmap_words_per_row(tile_k);
+  at::Tensor bitmap = at::zeros({tiles * tile_m * words}, tile_offsets.options().dtype(at::kLong));
+  uint64_t* bits = reinterpret_cast<uint64_t*>(bitmap.data_ptr<int64_t>());
+  std::atomic<int64_t> duplicate{-1};
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t)
+      for (int64_t e = offs[t]; e < offs[t + 1]; ++e) {
+        const int64_t loc = static_cast<uint16_t>(locs[e]), r = loc / tile_k, c = loc % tile_k;
+        uint64_t& word = bits[(t * tile_m + r) * words + c / 64];
+        const uint64_t bit = uint64_t{1} << (c % 64);
+        if (word & bit) duplicate = e;
+        word |= bit;
+      }
+  });
+  TORCH_CHECK_VALUE(duplicate.load() < 0, op, ": `locations`[", duplicate.load(),
+                    "] repeats a location of its tile; each element is stored at most once");
+  return bitmap;
+}
 
 TORCH_LIBRARY_IMPL(spmm, CPU, m) {
   m.impl("tiled_csl_compress", &tiled_csl_compress_cpu);
-  m.impl("tiled_csl_mm", &tiled_csl_mm_cpu);
+  m.impl("_tiled_csl_mm_reference", &tiled_csl_mm_reference);
+  m.impl("tiled_csl_cpu_layout", &tiled_csl_cpu_bitmap);
 }
 
 }  // namespace spmm::ops

@@ -94,9 +94,10 @@ void check_kernel_tile(const char* op, int64_t tile_m, int64_t tile_k) {
 
 at::Tensor tiled_csl_mm_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& locations,
                              const at::Tensor& tile_offsets, int64_t out_features, int64_t tile_m, int64_t tile_k,
-                             const std::optional<at::Tensor>& bias) {
+                             const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& cpu_bitmap) {
   constexpr const char* op = "spmm::tiled_csl_mm";
   check_tiled_csl_mm_args(op, x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias);
+  TORCH_CHECK_VALUE(!cpu_bitmap.has_value(), op, ": `cpu_bitmap` is the CPU kernels' layout; a CUDA call takes none");
   TORCH_CHECK_TYPE(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, op,
                    ": `x` must be float16 or bfloat16 for the CUDA Tiled-CSL kernel, got ", x.scalar_type());
   check_kernel_tile(op, tile_m, tile_k);

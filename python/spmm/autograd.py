@@ -14,8 +14,9 @@ import torch
 from .formats import Sparse24Weight, SpenseWeight, TiledCSLWeight
 
 
-def _no_weight_grad(ctx, op: str, weight_args: range) -> None:
-    if any(ctx.needs_input_grad[i] for i in weight_args):
+def _no_weight_grad(ctx, op: str, weight_args) -> None:
+    needs = ctx.needs_input_grad  # as long as the arguments given (a default one left out is not there)
+    if any(i < len(needs) and needs[i] for i in weight_args):
         raise RuntimeError(f"spmm::{op}: the packed weight is not differentiable; only x and bias get gradients")
 
 
@@ -43,18 +44,18 @@ def _sparse24_backward(ctx, grad_out):
 
 # -------------------------------------------------------------------------------------------- tiled_csl_mm ---------
 def _tiled_csl_setup(ctx, inputs, output):
-    x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias = inputs
+    x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias, _cpu_bitmap = inputs
     ctx.save_for_backward(values, locations, tile_offsets)
     ctx.shape, ctx.tile = (out_features, x.shape[-1]), (tile_m, tile_k)
     ctx.bias_grad = bias is not None and ctx.needs_input_grad[7]
 
 
 def _tiled_csl_backward(ctx, grad_out):
-    _no_weight_grad(ctx, "tiled_csl_mm", range(1, 4))
+    _no_weight_grad(ctx, "tiled_csl_mm", (1, 2, 3, 8))
     values, locations, tile_offsets = ctx.saved_tensors
     weight = TiledCSLWeight(values, locations, tile_offsets, ctx.shape, *ctx.tile).to_dense()
     grad_x, grad_bias = _grads(ctx, grad_out, weight)
-    return grad_x, None, None, None, None, None, None, grad_bias
+    return grad_x, None, None, None, None, None, None, grad_bias, None
 
 
 # ----------------------------------------------------------------------------------------------- spense_mm ---------

@@ -1,8 +1,9 @@
 """Python entry points of the spmm operators, and their fake (meta) implementations.
 
-The schemas are registered in C++ (csrc/ops/registration.cpp); the CPU implementation of every op is the reference
-semantics (fp64 accumulation -- at least the fp32 of the kernels --, bias added before the one rounding to the
-input dtype); CUDA implementations come from csrc/ops/*_cuda.cpp. The fake implementations below only compute
+The schemas are registered in C++ (csrc/ops/registration.cpp). On CPU the matmul ops run fast kernels (fp32 sums, bias
+added before the one rounding to the input dtype; see "CPU kernels" below); their fp64 references (exact products,
+fp64 sums, one rounding) stay as spmm::_*_mm_reference, the tests' oracle. CUDA implementations come from
+csrc/ops/*_cuda.cpp. The fake implementations below only compute
 output shapes, so torch.compile(fullgraph=True) can trace models that use the ops; backward formulas (for x and
 bias) are in autograd.py.
 
@@ -181,11 +182,24 @@ def tiled_csl_mm(
     tile_m: int,
     tile_k: int,
     bias: Optional[Tensor] = None,
+    cpu_bitmap: Optional[Tensor] = None,
 ) -> Tensor:
     """y = x @ W.T (+ bias) with W [out_features, K] in Tiled-CSL. x [..., K] -> y [..., out_features].
-    On CUDA: float16/bfloat16 and tiles of 256 x 64 or 128 x 64 (others raise NotImplementedError); the stream's
-    contents are trusted there (the CPU op checks them)."""
-    return _ops.tiled_csl_mm(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias)
+    On CPU the fast kernels read the values through `cpu_bitmap` (tiled_csl_cpu_layout of this weight; derived on
+    every call when None, a pass over the locations that TiledCSLLinear saves by holding it). On CUDA:
+    float16/bfloat16 and tiles of 256 x 64 or 128 x 64 (others raise NotImplementedError); the stream's contents are
+    trusted there (the CPU op checks them)."""
+    return _ops.tiled_csl_mm(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias, cpu_bitmap)
+
+
+def tiled_csl_cpu_layout(
+    locations: Tensor, tile_offsets: Tensor, out_features: int, in_features: int, tile_m: int, tile_k: int
+) -> Tensor:
+    """The CPU kernels' layout of a Tiled-CSL weight: int64 [tiles * tile_m * ceil(tile_k / 64)], one bit per element
+    of each tile row (set where the stream stores a value). With it the kernels read the stream's values in place
+    (1 bit per element instead of a 16-bit location per stored value). Checks the stream (offsets, locations inside
+    their tile, no location twice). CPU tensors."""
+    return _ops.tiled_csl_cpu_layout(locations, tile_offsets, out_features, in_features, tile_m, tile_k)
 
 
 def tiled_csl_words(
@@ -233,6 +247,55 @@ def tiled_csl_bitmap_supported(device: torch.device) -> bool:
             and torch.cuda.get_device_capability(device) == (9, 0))
 
 
+# ------------------------------------------------------------------------------------------- CPU kernels ---------
+# The matmul ops' CPU implementations run fast kernels (csrc/kernels/cpu): the instruction set is picked once by the
+# CPU's features (AVX-512 with BF16/VBMI2, AVX2, portable C++), and each call's path by one rule in C++
+# (csrc/kernels/cpu/cpu_dispatch_rules.h): x with a NaN/Inf -> the portable kernels (which, like the reference, never
+# multiply a pruned element); up to cpu_register_max_tokens tokens -> kernels that stream the packed weight once and
+# expand it in registers; more -> the weight expanded block by block for torch's GEMM. Sums in fp32 (the fp64
+# reference stays as spmm::_*_mm_reference, the tests' oracle).
+CPU_FORMATS = {"sparse24": 0, "tiled_csl": 1, "spense": 2}
+_CPU_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def cpu_isa() -> str:
+    """The instruction set the CPU kernels run now: "avx512", "avx2" or "portable"."""
+    return _C.cpu_isa()
+
+
+def cpu_isa_detected() -> str:
+    """The best instruction set this CPU and build run (what cpu_isa() is unless forced)."""
+    return _C.cpu_isa_detected()
+
+
+def set_cpu_isa(name: str) -> None:
+    """Force the CPU kernels' instruction set ("avx512", "avx2", "portable"), or "auto" for the detected one; also
+    read once from the environment variable SPMM_CPU_ISA. A set above what the CPU runs raises ValueError."""
+    _C.set_cpu_isa(name)
+
+
+def cpu_register_max_tokens(fmt: str, dtype: torch.dtype, density: float = 0.5) -> int:
+    """Up to how many tokens the CPU ops run their register kernels for a weight of format `fmt` ("sparse24",
+    "tiled_csl", "spense"), `dtype` and `density` (stored / dense elements); above it torch's GEMM on expanded weight
+    blocks. The C++ rule itself."""
+    return _C.cpu_register_max_tokens(CPU_FORMATS[fmt], _CPU_DTYPE_CODES[dtype], float(density))
+
+
+def sparse24_mm_reference(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """The fp64 reference of sparse24_mm (CPU): exact products, fp64 sums in stored order, one rounding."""
+    return _ops._sparse24_mm_reference(x, values, meta, bias)
+
+
+def tiled_csl_mm_reference(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias=None) -> Tensor:
+    """The fp64 reference of tiled_csl_mm (CPU)."""
+    return _ops._tiled_csl_mm_reference(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias)
+
+
+def spense_mm_reference(x, dense_weight, values, meta, row_index, bias=None) -> Tensor:
+    """The fp64 reference of spense_mm (CPU)."""
+    return _ops._spense_mm_reference(x, dense_weight, values, meta, row_index, bias)
+
+
 # --------------------------------------------------------------------------------------------- Spense ------------
 # The Spense kernels' row tile (csrc/kernels/spense/spense_tiles.h): dense row counts that are multiples of it keep
 # every tile of the GPU decode kernel all dense or all 2:4.
@@ -261,6 +324,11 @@ def _sparse24_compress_fake(dense, mask):
 
 @torch.library.register_fake("spmm::sparse24_mm")
 def _sparse24_mm_fake(x, values, meta, bias):
+    return x.new_empty(*x.shape[:-1], values.shape[0])
+
+
+@torch.library.register_fake("spmm::_sparse24_mm_reference")
+def _sparse24_mm_reference_fake(x, values, meta, bias):
     return x.new_empty(*x.shape[:-1], values.shape[0])
 
 
@@ -313,8 +381,18 @@ def _tiled_csl_compress_fake(dense, mask, tile_m, tile_k):
 
 
 @torch.library.register_fake("spmm::tiled_csl_mm")
-def _tiled_csl_mm_fake(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias):
+def _tiled_csl_mm_fake(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias, cpu_bitmap=None):
     return x.new_empty(*x.shape[:-1], out_features)
+
+
+@torch.library.register_fake("spmm::_tiled_csl_mm_reference")
+def _tiled_csl_mm_reference_fake(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias):
+    return x.new_empty(*x.shape[:-1], out_features)
+
+
+@torch.library.register_fake("spmm::tiled_csl_cpu_layout")
+def _tiled_csl_cpu_layout_fake(locations, tile_offsets, out_features, in_features, tile_m, tile_k):
+    return tile_offsets.new_empty(_C.cpu_bitmap_words(out_features, in_features, tile_m, tile_k), dtype=torch.int64)
 
 
 @torch.library.register_fake("spmm::_tiled_csl_words")
@@ -336,4 +414,9 @@ def _tiled_csl_bitmap_mm_fake(x, records, record_offsets, out_features, max_reco
 
 @torch.library.register_fake("spmm::spense_mm")
 def _spense_mm_fake(x, dense_weight, values, meta, row_index, bias):
+    return x.new_empty(*x.shape[:-1], row_index.shape[0])
+
+
+@torch.library.register_fake("spmm::_spense_mm_reference")
+def _spense_mm_reference_fake(x, dense_weight, values, meta, row_index, bias):
     return x.new_empty(*x.shape[:-1], row_index.shape[0])

@@ -14,7 +14,8 @@ _KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 
 class TiledCSLLinear(SparseLinear):
     """y = x @ W.T + b with W in Tiled-CSL. Buffers: values, locations, tile_offsets (the stream, saved), bias; on
-    CUDA also the kernel's word layout (words, word_offsets: 4 bytes per nonzero like the stream, not saved), rebuilt
+    CUDA also the kernel's word layout (words, word_offsets: 4 bytes per nonzero like the stream, not saved), on CPU
+    the CPU kernels' bitmap (cpu_bitmap: 1 bit per element, read beside the values in place, not saved), rebuilt
     whenever the layer moves or loads a state dict. A fresh layer holds nnz = 0 and takes the nnz of the state dict
     it loads. Edit the weight through load_state_dict, not in place."""
 
@@ -43,12 +44,22 @@ class TiledCSLLinear(SparseLinear):
             layout = ops.tiled_csl_words(self.values, self.locations, self.tile_offsets, self.tile_m, self.tile_k)
         self.register_buffer("words", layout[0], persistent=False)
         self.register_buffer("word_offsets", layout[1], persistent=False)
+        # CPU: the kernels read `values` in place through a bitmap of the stored elements (1 bit per element).
+        cpu_bitmap = None
+        if self.values.device.type == "cpu":
+            cpu_bitmap = ops.tiled_csl_cpu_layout(self.locations, self.tile_offsets, self.out_features,
+                                                  self.in_features, self.tile_m, self.tile_k)
+        self.register_buffer("cpu_bitmap", cpu_bitmap, persistent=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.cpu_bitmap = None  # a failed load leaves no stale bitmap: the op then derives and checks its own
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.words is not None and x.is_cuda:
             return ops.tiled_csl_mm_words(x, self.words, self.word_offsets, self.out_features, self.tile_m, self.bias)
         return ops.tiled_csl_mm(x, self.values, self.locations, self.tile_offsets, self.out_features,
-                                self.tile_m, self.tile_k, self.bias)
+                                self.tile_m, self.tile_k, self.bias, self.cpu_bitmap if x.device.type == "cpu" else None)
 
     def format_repr(self) -> str:
         return f"format=tiled_csl, tile=({self.tile_m}, {self.tile_k}), sparsity={self.weight_format.sparsity:.3f}"

@@ -1,0 +1,68 @@
+// Scalar helpers the CPU kernel translation units share: 16-bit float conversions, the 2:4 code -> kept-columns
+// mask, the decode of one meta row window. Everything sits in an unnamed namespace on purpose: each translation
+// unit is compiled for its own instruction set, and an inline function emitted by two of them would be merged by
+// the linker into one copy, possibly the AVX-512 one, run then on a CPU without it.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace spmm::kernels::cpu {
+namespace {
+
+inline float bf16_to_float(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// IEEE binary16 -> binary32, exact (subnormals, Inf, NaN included).
+inline float fp16_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu, bits;
+  if (exp == 0x1F) {
+    bits = sign | 0x7F800000u | (mant << 13);
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112u) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    bits = sign;
+  } else {  // subnormal: normalize
+    int e = -1;
+    do {
+      ++e;
+      mant <<= 1;
+    } while ((mant & 0x400u) == 0);
+    bits = sign | ((112u - static_cast<uint32_t>(e)) << 23) | ((mant & 0x3FFu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+template <Dtype D>
+inline float load_scalar(const void* p, int64_t i) {
+  if constexpr (D == Dtype::kFloat32) {
+    return static_cast<const float*>(p)[i];
+  } else if constexpr (D == Dtype::kBFloat16) {
+    return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+  } else {
+    return fp16_to_float(static_cast<const uint16_t*>(p)[i]);
+  }
+}
+
+// 2:4 group code (idx0 | idx1 << 2, idx0 < idx1) -> the 4-bit mask of its two columns; 0 for a code that is
+// not canonical.
+constexpr uint8_t kCodeMask[16] = {0, 0, 0, 0, 0x3, 0, 0, 0, 0x5, 0x6, 0, 0, 0x9, 0xA, 0xC, 0};
+
+inline int64_t meta_cols(int64_t k) { return (k / 4 + 1) / 2; }
+
+inline void write_output(const Output& out, int64_t t, int64_t row, float sum) {
+  const int64_t col = out.dst_row ? out.dst_row[row] : row;
+  out.data[t * out.stride + col] = sum + (out.bias ? out.bias[col] : 0.0f);
+}
+
+}  // namespace
+}  // namespace spmm::kernels::cpu
