@@ -29,6 +29,7 @@ class Backend:
     prepare: Callable[[Case], Prepared]
     cuda_only: bool = False
     always_graph: bool = False  # measured "at its best": CUDA graph even without --graph
+    cpu_only: bool = False
 
 
 def _nbytes(*tensors: Optional[Tensor]) -> int:
@@ -69,7 +70,16 @@ def _cusparselt(c: Case) -> Prepared:
     return Prepared(bind, _nbytes(wc))
 
 
+def _torch_csr(c: Case) -> Prepared:
+    """torch's own sparse path on CPU: the dense masked weight as CSR, torch.addmm (MKL sparse; fp32 and fp64 only)."""
+    wc = c.w.to_sparse_csr()
+    bias = c.bias[:, None]
+    nbytes = _nbytes(wc.values(), wc.col_indices(), wc.crow_indices())
+    return Prepared(lambda x: lambda: torch.addmm(bias, wc, x.t()).t(), nbytes)
+
+
 TORCH_SEMI_STRUCTURED = Backend("torch_semi_structured", _torch_semi_structured, cuda_only=True)
+TORCH_CSR = Backend("torch_csr", _torch_csr, cpu_only=True)
 CUSPARSELT = Backend("cusparselt", _cusparselt, cuda_only=True, always_graph=True)
 
 
@@ -161,7 +171,8 @@ TILE_M, TILE_K = 256, 64  # Flash-LLM's tile
 
 
 def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, source: str = "layer") -> Prepared:
-    """source: "layer" (TiledCSLLinear: its kernel layout, what a model gets), "words" (the word-layout kernel),
+    """source: "layer" (TiledCSLLinear: its kernel layout, what a model gets: the word layout on CUDA, the bitmap over
+    the values on CPU), "words" (the word-layout kernel),
     "bitmap" (the Hopper pair-bitmap kernel, experimental) or "stream" (the kernel on the Tiled-CSL stream itself,
     what the functional op runs on CUDA)."""
     ops = _ops()
@@ -176,13 +187,18 @@ def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, source: str = "layer") -> Pre
     if source == "stream":
         _require_cuda_kernel(c, "tiled_csl_mm", "the stream kernel")
     values, locations, offsets = _pack(ops.tiled_csl_compress, c.w, c.mask, tile_m, TILE_K)  # GPU packer on CUDA
-    if source == "layer" and c.w.is_cuda:
+    if source == "layer":
         from spmm.formats import TiledCSLWeight
         from spmm.nn import TiledCSLLinear
 
         layer = TiledCSLLinear.from_format(TiledCSLWeight(values, locations, offsets, tuple(c.w.shape), tile_m, TILE_K),
                                            c.bias)
-        layout = [t for t in (layer.words, layer.word_offsets) if t is not None] or [values, locations, offsets]
+        if layer.words is not None:
+            layout = [layer.words, layer.word_offsets]
+        elif layer.cpu_bitmap is not None:  # the CPU kernels read the values in place through the bitmap
+            layout = [values, offsets, layer.cpu_bitmap]
+        else:
+            layout = [values, locations, offsets]
         return Prepared(lambda x: lambda: layer(x), _nbytes(*layout))
     if source == "words":
         _require_cuda_kernel(c, "_tiled_csl_mm_words", "the word-layout kernel")
@@ -231,6 +247,8 @@ def probe(backend: Backend, tiny_case: Callable[[], Case]) -> Optional[str]:
         c = tiny_case()
         if backend.cuda_only and c.w.device.type != "cuda":
             return "needs a CUDA device"
+        if backend.cpu_only and c.w.device.type != "cpu":
+            return "a CPU baseline"
         x = torch.randn(16, c.w.shape[1], device=c.w.device).to(c.w.dtype)
         backend.prepare(c).bind(x)()
         if c.w.device.type == "cuda":
