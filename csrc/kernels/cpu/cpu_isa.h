@@ -7,8 +7,9 @@
 
 namespace spmm::kernels::cpu {
 
-// avx512: F, BW, VL, DQ, VBMI2 (vpexpandw), BF16 (vdpbf16ps), VPOPCNTDQ (Zen 4+, Sapphire Rapids+; older
-// AVX-512 CPUs take avx2); avx2: AVX2, FMA, F16C, BMI2, POPCNT.
+// avx512: F, BW, VL, DQ, VBMI (vpmultishiftqb), VBMI2 (vpexpandw, vpcompressb), BF16 (vdpbf16ps), VPOPCNTDQ: AMD
+// Zen 4 and later, Intel Sapphire Rapids and later; AVX-512 CPUs without one of these take avx2.
+// avx2: AVX2, FMA, F16C, BMI2, POPCNT.
 Isa detected_isa();
 Isa active_isa();
 const KernelTable& active_kernels();

@@ -1,5 +1,5 @@
-// The AVX-512 CPU kernels (compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vbmi2 -mavx512bf16
-// -mavx512vpopcntdq; cpu_isa.cpp calls them only on CPUs that have all of these).
+// The AVX-512 CPU kernels (compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vbmi -mavx512vbmi2
+// -mavx512bf16 -mavx512vpopcntdq; cpu_isa.cpp calls them only on CPUs that have all of these).
 //
 // Decode-sized calls are bound by the bytes of the weight, so each weight row is read once, as stored, and
 // expanded in registers: vpexpandw / vexpandps place the packed values of a row at the kept columns of a 32 (16)
@@ -44,7 +44,9 @@ struct F32 {
   static __m512 fma(__m512 acc, const W& w, const X& x) { return _mm512_fmadd_ps(w.v, x.v, acc); }
   // Raw expansion for the dense copy (GEMM path).
   static void expand_store(Bits m, const Raw* p, Raw* d, Bits store) {
-    _mm512_mask_storeu_ps(d, store, _mm512_maskz_expandloadu_ps(m, p));
+    const __m512 v = _mm512_maskz_expandloadu_ps(m, p);
+    if (store == static_cast<Bits>(~Bits{0})) _mm512_storeu_ps(d, v);  // masked stores are slow on Zen
+    else _mm512_mask_storeu_ps(d, store, v);
   }
 };
 
@@ -63,7 +65,9 @@ struct BF16 {
     return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh>(w.v), reinterpret_cast<__m512bh>(x.v));
   }
   static void expand_store(Bits m, const Raw* p, Raw* d, Bits store) {
-    _mm512_mask_storeu_epi16(d, store, _mm512_maskz_expandloadu_epi16(m, p));
+    const __m512i v = _mm512_maskz_expandloadu_epi16(m, p);
+    if (store == static_cast<Bits>(~Bits{0})) _mm512_storeu_si512(d, v);
+    else _mm512_mask_storeu_epi16(d, store, v);
   }
 };
 
@@ -127,6 +131,8 @@ constexpr int64_t kWindowCols = 512;  // columns of 2:4 masks decoded at once (6
 // Rows ahead that are prefetched: a row block's R rows are R streams, each starting a new page every few KB,
 // which the hardware prefetcher picks up late (measured: 2:4 fp32 N = 1 1.9 -> 1.5 ms on 4096 x 4096).
 constexpr int kPrefetchRows = 4;
+// Tiled-CSL values prefetched ahead of the ones being read (a tile row holds a few dozen of them).
+constexpr int64_t kPrefetchValues = 512;
 
 // --------------------------------------------------------------------------------- rows x tokens blocks ------
 // The two row formats read by the same blocked loop: prepare(c0) runs once per 512-column window, step(r, c)
@@ -263,9 +269,128 @@ void for_row_blocks(int64_t n, int64_t b, int64_t e, Block block) {
   run(std::integral_constant<int, 1>{});
 }
 
+// ------------------------------------------------------------------------------- 2:4 by gathering x ---------
+// For one or two tokens the expansion is paid per use, so the packed values are used as they are and x is
+// gathered instead: vpmultishiftqb pulls each packed value's 2-bit in-group column out of the meta (value p of a
+// window sits in group p / 2 and its column is bits 2p..2p+1 of the window's meta), giving vpermt2w / vpermt2ps
+// indices into a window of x, and the products run on the packed values only (measured, 4096 x 4096 bf16, one
+// thread: N = 1 0.59 vs 0.87 ms expanded, N = 2 0.98 vs 1.40 ms; from N = 4 the expansion is cheaper, paid once
+// for all tokens). Only stored columns of x are read, as in the reference.
+struct BF16Gather {
+  static constexpr int kCols = 64;  // 32 packed values, meta 8 bytes, x window 2 x 32 bf16
+  using Raw = uint16_t;
+  static __m512i index(uint64_t meta) {
+    const __m512i ctrl = _mm512_set_epi8(0, 62, 0, 60, 0, 58, 0, 56, 0, 54, 0, 52, 0, 50, 0, 48, 0, 46, 0, 44, 0, 42,
+                                         0, 40, 0, 38, 0, 36, 0, 34, 0, 32, 0, 30, 0, 28, 0, 26, 0, 24, 0, 22, 0, 20,
+                                         0, 18, 0, 16, 0, 14, 0, 12, 0, 10, 0, 8, 0, 6, 0, 4, 0, 2, 0, 0);
+    const __m512i base = _mm512_set_epi16(60, 60, 56, 56, 52, 52, 48, 48, 44, 44, 40, 40, 36, 36, 32, 32, 28, 28, 24, 24,
+                                          20, 20, 16, 16, 12, 12, 8, 8, 4, 4, 0, 0);
+    const __m512i col = _mm512_multishift_epi64_epi8(ctrl, _mm512_set1_epi64(static_cast<long long>(meta)));
+    return _mm512_ternarylogic_epi64(col, _mm512_set1_epi16(3), base, 0xEA);  // (col & 3) | base
+  }
+  static __m512i values(const Raw* p, int64_t left) {
+    return left >= 32 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16(static_cast<__mmask32>(low_bits(left)), p);
+  }
+  static __m512 fma(__m512 acc, __m512i vals, __m512i idx, const uint16_t* x) {
+    const __m512i xg = _mm512_permutex2var_epi16(_mm512_loadu_si512(x), idx, _mm512_loadu_si512(x + 32));
+    return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh>(vals), reinterpret_cast<__m512bh>(xg));
+  }
+};
+
+template <bool kHalf>
+struct F32Gather {  // fp32 values, or fp16 values widened; fp32 x
+  static constexpr int kCols = 32;  // 16 packed values, meta 4 bytes, x window 2 x 16 fp32
+  using Raw = std::conditional_t<kHalf, uint16_t, float>;
+  static __m512i index(uint64_t meta) {
+    const __m512i ctrl = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i base = _mm512_set_epi32(28, 28, 24, 24, 20, 20, 16, 16, 12, 12, 8, 8, 4, 4, 0, 0);
+    const __m512i col = _mm512_multishift_epi64_epi8(ctrl, _mm512_set1_epi64(static_cast<long long>(meta & 0xFFFFFFFFu)));
+    return _mm512_ternarylogic_epi32(col, _mm512_set1_epi32(3), base, 0xEA);
+  }
+  static __m512 values(const Raw* p, int64_t left) {
+    const __mmask16 m = static_cast<__mmask16>(low_bits(left));
+    if constexpr (kHalf) {
+      return _mm512_cvtph_ps(left >= 16 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)) : _mm256_maskz_loadu_epi16(m, p));
+    } else {
+      return left >= 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p);
+    }
+  }
+  static __m512 fma(__m512 acc, __m512 vals, __m512i idx, const float* x) {
+    return _mm512_fmadd_ps(vals, _mm512_permutex2var_ps(_mm512_loadu_ps(x), idx, _mm512_loadu_ps(x + 16)), acc);
+  }
+};
+
+// The next kBytes meta bytes (fewer where the row ends, the rest zero). A load of exactly their width: a wider one
+// after a narrower copy misses store forwarding (measured: fp32 N = 1 12.5 ms instead of ~1.3).
+template <int kBytes>
+inline uint64_t meta_bits(const uint8_t* p, int64_t avail) {
+  using Word = std::conditional_t<kBytes == 8, uint64_t, uint32_t>;
+  Word bits = 0;
+  if (avail >= kBytes) {
+    std::memcpy(&bits, p, kBytes);
+  } else {
+    for (int64_t b = 0; b < avail; ++b) bits |= static_cast<Word>(p[b]) << (8 * b);
+  }
+  return bits;
+}
+
+template <class P> struct GatherOf;
+template <> struct GatherOf<BF16> { using type = BF16Gather; };
+template <> struct GatherOf<F32> { using type = F32Gather<false>; };
+template <> struct GatherOf<F16> { using type = F32Gather<true>; };
+
+// Row i times T (1 or 2) tokens; U accumulators per token over consecutive windows.
+template <class P, class G, int T, int U>
+bool gather24_row(const Sparse24Rows& w, const Activations& x, int64_t i, int64_t t0, const Output& out) {
+  const int64_t k = w.k, half = k / 2, mb = meta_cols(k), groups = k / 4;
+  const typename G::Raw* v = static_cast<const typename G::Raw*>(w.values) + i * half;
+  const uint8_t* meta = w.meta + i * mb;
+  const typename P::XRaw* xs = static_cast<const typename P::XRaw*>(x.data) + t0 * x.stride;
+  __m512 acc[U][T];
+#pragma GCC unroll 32
+  for (int u = 0; u < U; ++u)
+#pragma GCC unroll 32
+    for (int t = 0; t < T; ++t) acc[u][t] = _mm512_setzero_ps();
+  alignas(64) uint8_t masks[64];
+  bool ok = true;
+  auto step = [&](int u, int64_t c) {
+    const __m512i idx = G::index(meta_bits<G::kCols / 8>(meta + c / 8, mb - c / 8));
+    const auto vals = G::values(v + c / 2, half - c / 2);
+    _mm_prefetch(reinterpret_cast<const char*>(v + kPrefetchRows * half + c / 2), _MM_HINT_T0);
+#pragma GCC unroll 32
+    for (int t = 0; t < T; ++t) acc[u][t] = G::fma(acc[u][t], vals, idx, xs + t * x.stride + c);
+  };
+  for (int64_t c0 = 0; c0 < k; c0 += kWindowCols) {
+    ok &= decode_window(meta, c0 / 8, mb, groups, masks);  // the codes' check; the masks are not needed here
+    _mm_prefetch(reinterpret_cast<const char*>(meta + kPrefetchRows * mb + c0 / 8), _MM_HINT_T0);
+    const int64_t c1 = min64(c0 + kWindowCols, k);
+    int64_t c = c0;
+    for (; c + U * G::kCols <= c1; c += U * G::kCols)
+#pragma GCC unroll 32
+      for (int u = 0; u < U; ++u) step(u, c + u * G::kCols);
+    for (; c < c1; c += G::kCols) step(0, c);
+  }
+#pragma GCC unroll 32
+  for (int t = 0; t < T; ++t) {
+    __m512 sum = acc[0][t];
+#pragma GCC unroll 32
+    for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[u][t]);
+    write_output(out, t0 + t, i, _mm512_reduce_add_ps(sum));
+  }
+  return ok;
+}
+
+constexpr int64_t kGatherMaxTokens = 2;  // up to here gathering x beats expanding the weight (see above)
+
 template <class P>
 bool sparse24_rows_t(const Sparse24Rows& w, const Activations& x, int64_t b, int64_t e, const Output& out) {
   bool ok = true;
+  if (x.n <= kGatherMaxTokens) {
+    using G = typename GatherOf<P>::type;
+    for (int64_t i = b; i < e; ++i)
+      ok &= x.n == 1 ? gather24_row<P, G, 1, 4>(w, x, i, 0, out) : gather24_row<P, G, 2, 2>(w, x, i, 0, out);
+    return ok;
+  }
   for_row_blocks<P>(x.n, b, e, [&](auto rows, int64_t i) { ok &= sparse24_rows_r<P, decltype(rows)::value>(w, x, i, out); });
   return ok;
 }
@@ -299,32 +424,72 @@ bool bitmap_tile_ok(const BitmapTiles& w, int64_t t, int64_t rows, int64_t cols)
   return true;
 }
 
-// One 64-column bitmap word of a row: acc[t] += the word's expanded values . x[t] (xc: column of bit 0).
-template <class P, int T>
-inline void bitmap_word(uint64_t word, const typename P::Raw*& p, const typename P::XRaw* xc, int64_t stride,
-                        __m512 (&a)[T]) {
-  constexpr int kParts = 64 / P::kCols;
-  constexpr uint64_t kPartMask = (uint64_t{1} << P::kCols) - 1;
-  int64_t before[kParts];  // values before each part: independent popcounts, not a chain
-  before[0] = 0;
-  #pragma GCC unroll 32
-  for (int q = 1; q < kParts; ++q) before[q] = _mm_popcnt_u64(word & low_bits(q * P::kCols));
-  #pragma GCC unroll 32
-  for (int q = 0; q < kParts; ++q) {
-    const typename P::W w = P::expand(static_cast<typename P::Bits>((word >> (q * P::kCols)) & kPartMask), p + before[q]);
-    #pragma GCC unroll 32
-    for (int t = 0; t < T; ++t) a[t] = P::fma(a[t], w, P::load_x(xc + t * stride + q * P::kCols));
+// Tiled-CSL by gathering x: vpcompressb of 0..63 by a row's 64-bit word lists the columns it stores, those x are
+// gathered from the word's window of x (held in registers), and the products run on the packed values only, up to
+// 32 (bf16: vpermt2w + vdpbf16ps) or 16 (fp32, fp16 widened: vpermt2ps from the window's halves + FMA) at a time.
+// Measured, 4096 x 4096 at 20% density, one thread, bf16: N = 1/2/4/8 0.51/0.74/0.93/1.58 ms, against
+// 1.23/0.65*/1.25/2.96 ms expanding the weight with vpexpandw (* a noisy figure); prefetching the values ~1 KB
+// ahead took N = 1 from 1.2 to 0.5 ms (the loop had been waiting on memory, not computing).
+struct BF16BitmapGather {
+  using Raw = uint16_t;
+  using XRaw = uint16_t;
+  static constexpr int kGroup = 32;  // values per product step
+  struct Window { __m512i lo, hi; };
+  static Window window(const XRaw* x) { return {_mm512_loadu_si512(x), _mm512_loadu_si512(x + 32)}; }
+  // acc[t] += values [g * 32, g * 32 + n) . x at the columns listed by bytes [g * 32, ...) of pos
+  template <int T, int g>
+  static void step(__m512 (&a)[T], __m512i pos, unsigned n, const Raw* p, const Window (&xw)[T]) {
+    if constexpr (g > 1) return;
+    const __mmask32 live = static_cast<__mmask32>(_bzhi_u64(~uint64_t{0}, n));
+    const __m512i idx = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(pos, g));
+    const __m512bh v = reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(live, p));
+#pragma GCC unroll 32
+    for (int t = 0; t < T; ++t)
+      a[t] = _mm512_dpbf16_ps(a[t], v, reinterpret_cast<__m512bh>(_mm512_maskz_permutex2var_epi16(live, xw[t].lo, idx, xw[t].hi)));
   }
-  p += _mm_popcnt_u64(word);
-}
+};
 
-template <class P, int T>
-bool bitmap_row_tile(const BitmapTiles& w, const Activations& x, int64_t i, int64_t t0, const Output& out,
-                     float* scratch) {
+template <bool kHalf>
+struct F32BitmapGather {
+  using Raw = std::conditional_t<kHalf, uint16_t, float>;
+  using XRaw = float;
+  static constexpr int kGroup = 16;
+  struct Window { __m512 q0, q1, q2, q3; };
+  static Window window(const XRaw* x) {
+    return {_mm512_loadu_ps(x), _mm512_loadu_ps(x + 16), _mm512_loadu_ps(x + 32), _mm512_loadu_ps(x + 48)};
+  }
+  template <int T, int g>
+  static void step(__m512 (&a)[T], __m512i pos, unsigned n, const Raw* p, const Window (&xw)[T]) {
+    const __mmask16 live = static_cast<__mmask16>(_bzhi_u32(~0u, n));
+    const __m512i col = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(pos, g));
+    const __mmask16 upper = _mm512_test_epi32_mask(col, _mm512_set1_epi32(32));  // columns 32..63: the second half
+    __m512 v;
+    if constexpr (kHalf) v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, p));
+    else v = _mm512_maskz_loadu_ps(live, p);
+#pragma GCC unroll 32
+    for (int t = 0; t < T; ++t) {
+      const __m512 lo = _mm512_permutex2var_ps(xw[t].q0, col, xw[t].q1), hi = _mm512_permutex2var_ps(xw[t].q2, col, xw[t].q3);
+      a[t] = _mm512_fmadd_ps(v, _mm512_maskz_mov_ps(live, _mm512_mask_blend_ps(upper, lo, hi)), a[t]);
+    }
+  }
+};
+
+template <class P> struct BitmapGatherOf;
+template <> struct BitmapGatherOf<BF16> { using type = BF16BitmapGather; };
+template <> struct BitmapGatherOf<F32> { using type = F32BitmapGather<false>; };
+template <> struct BitmapGatherOf<F16> { using type = F32BitmapGather<true>; };
+
+// T tokens from t0 over row tile i.
+template <class G, int T>
+bool bitmap_gather_tile(const BitmapTiles& w, const Activations& x, int64_t i, int64_t t0, const Output& out,
+                        float* scratch) {
   const int64_t rows = min64(w.tile_m, w.m - i * w.tile_m), col_tiles = ceil_div(w.k, w.tile_k);
   const int64_t wpr = bitmap_words_per_row(w.tile_k);
-  const typename P::Raw* vals = static_cast<const typename P::Raw*>(w.values);
-  const typename P::XRaw* xs = static_cast<const typename P::XRaw*>(x.data) + t0 * x.stride;
+  const typename G::Raw* vals = static_cast<const typename G::Raw*>(w.values);
+  const typename G::XRaw* xs = static_cast<const typename G::XRaw*>(x.data) + t0 * x.stride;
+  const __m512i iota = _mm512_set_epi8(63, 62, 61, 60, 59, 58, 57, 56, 55, 54, 53, 52, 51, 50, 49, 48, 47, 46, 45, 44,
+                                       43, 42, 41, 40, 39, 38, 37, 36, 35, 34, 33, 32, 31, 30, 29, 28, 27, 26, 25, 24,
+                                       23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   for (int64_t v = 0; v < rows * T; ++v) _mm512_storeu_ps(scratch + 16 * v, _mm512_setzero_ps());
   bool ok = true;
   for (int64_t j = 0; j < col_tiles; ++j) {
@@ -333,25 +498,40 @@ bool bitmap_row_tile(const BitmapTiles& w, const Activations& x, int64_t i, int6
       ok = false;
       continue;
     }
-    const typename P::Raw* p = vals + w.tile_offsets[t];
+    const typename G::Raw* p = vals + w.tile_offsets[t];
     const uint64_t* bm = w.bitmap + t * w.tile_m * wpr;
-    const typename P::XRaw* xj = xs + j * w.tile_k;
+    typename G::Window xw[T];
+    auto load_x = [&](int64_t word) {
+#pragma GCC unroll 32
+      for (int q = 0; q < T; ++q) xw[q] = G::window(xs + q * x.stride + j * w.tile_k + 64 * word);
+    };
+    if (wpr == 1) load_x(0);  // one word per row (tile_k <= 64): the x windows stay in registers for the tile
     for (int64_t r = 0; r < rows; ++r) {
-      float* acc = scratch + 16 * T * r;
+      _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchValues), _MM_HINT_T0);
       __m512 a[T];
-      #pragma GCC unroll 32
-      for (int q = 0; q < T; ++q) a[q] = _mm512_loadu_ps(acc + 16 * q);
-      if (wpr == 1) {
-        bitmap_word<P, T>(bm[r], p, xj, x.stride, a);
-      } else {
-        for (int64_t c = 0; c < wpr; ++c) bitmap_word<P, T>(bm[r * wpr + c], p, xj + 64 * c, x.stride, a);
+#pragma GCC unroll 32
+      for (int q = 0; q < T; ++q) a[q] = _mm512_loadu_ps(scratch + 16 * (T * r + q));
+      for (int64_t c = 0; c < wpr; ++c) {
+        if (wpr > 1) load_x(c);
+        const uint64_t word = bm[r * wpr + c];
+        const unsigned cnt = static_cast<unsigned>(_mm_popcnt_u64(word));
+        const __m512i pos = _mm512_maskz_compress_epi8(word, iota);
+        G::template step<T, 0>(a, pos, cnt < G::kGroup ? cnt : G::kGroup, p, xw);  // always: its branch never misses
+#pragma GCC unroll 4
+        for (unsigned g = 1; g < 64 / G::kGroup; ++g) {
+          if (cnt <= g * G::kGroup) break;
+          const unsigned n = cnt - g * G::kGroup;
+          if (g == 1) G::template step<T, 1>(a, pos, n < G::kGroup ? n : G::kGroup, p + G::kGroup, xw);
+          if (g == 2) G::template step<T, 2>(a, pos, n < G::kGroup ? n : G::kGroup, p + 2 * G::kGroup, xw);
+          if (g == 3) G::template step<T, 3>(a, pos, n < G::kGroup ? n : G::kGroup, p + 3 * G::kGroup, xw);
+        }
+        p += cnt;
       }
-      #pragma GCC unroll 32
-      for (int q = 0; q < T; ++q) _mm512_storeu_ps(acc + 16 * q, a[q]);
+#pragma GCC unroll 32
+      for (int q = 0; q < T; ++q) _mm512_storeu_ps(scratch + 16 * (T * r + q), a[q]);
     }
   }
   for (int64_t r = 0; r < rows; ++r)
-    #pragma GCC unroll 32
     for (int q = 0; q < T; ++q)
       write_output(out, t0 + q, i * w.tile_m + r, _mm512_reduce_add_ps(_mm512_loadu_ps(scratch + 16 * (T * r + q))));
   return ok;
@@ -361,20 +541,16 @@ template <class P>
 bool bitmap_rows_t(const BitmapTiles& w, const Activations& x, int64_t b, int64_t e, const Output& out,
                    float* scratch) {
   bool ok = true;
-  for (int64_t i = b; i < e; ++i) {
-    for (int64_t t0 = 0; t0 < x.n; t0 += 8) {
-      switch (min64(8, x.n - t0)) {
-        case 1: ok &= bitmap_row_tile<P, 1>(w, x, i, t0, out, scratch); break;
-        case 2: ok &= bitmap_row_tile<P, 2>(w, x, i, t0, out, scratch); break;
-        case 3: ok &= bitmap_row_tile<P, 3>(w, x, i, t0, out, scratch); break;
-        case 4: ok &= bitmap_row_tile<P, 4>(w, x, i, t0, out, scratch); break;
-        case 5: ok &= bitmap_row_tile<P, 5>(w, x, i, t0, out, scratch); break;
-        case 6: ok &= bitmap_row_tile<P, 6>(w, x, i, t0, out, scratch); break;
-        case 7: ok &= bitmap_row_tile<P, 7>(w, x, i, t0, out, scratch); break;
-        default: ok &= bitmap_row_tile<P, 8>(w, x, i, t0, out, scratch); break;
+  using G = typename BitmapGatherOf<P>::type;
+  for (int64_t i = b; i < e; ++i)
+    for (int64_t t0 = 0; t0 < x.n; t0 += 4) {
+      switch (min64(4, x.n - t0)) {
+        case 1: ok &= bitmap_gather_tile<G, 1>(w, x, i, t0, out, scratch); break;
+        case 2: ok &= bitmap_gather_tile<G, 2>(w, x, i, t0, out, scratch); break;
+        case 3: ok &= bitmap_gather_tile<G, 3>(w, x, i, t0, out, scratch); break;
+        default: ok &= bitmap_gather_tile<G, 4>(w, x, i, t0, out, scratch); break;
       }
     }
-  }
   return ok;
 }
 
@@ -390,9 +566,12 @@ bool sparse24_expand_t(const Sparse24Rows& w, int64_t b, int64_t e, void* dense,
     typename P::Raw* row = d + (i - b) * ld;
     for (int64_t c0 = 0; c0 < k; c0 += kWindowCols) {
       ok &= decode_window(w.meta + i * mb, c0 / 8, mb, groups, masks);
-      for (int64_t c = c0; c < min64(c0 + kWindowCols, k); c += P::kCols)
+      _mm_prefetch(reinterpret_cast<const char*>(w.meta + (i + kPrefetchRows) * mb + c0 / 8), _MM_HINT_T0);
+      for (int64_t c = c0; c < min64(c0 + kWindowCols, k); c += P::kCols) {
+        _mm_prefetch(reinterpret_cast<const char*>(vals + (i + kPrefetchRows) * half + c / 2), _MM_HINT_T0);
         P::expand_store(bits_at<P>(masks + (c - c0) / 8), vals + i * half + c / 2, row + c,
                         static_cast<typename P::Bits>(low_bits(k - c)));
+      }
     }
   }
   return ok;
@@ -419,6 +598,7 @@ bool bitmap_expand_t(const BitmapTiles& w, int64_t b, int64_t e, void* dense, in
       const uint64_t* bm = w.bitmap + t * w.tile_m * wpr;
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t c = 0; c < wpr; ++c) {
+          _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchValues), _MM_HINT_T0);
           const uint64_t word = bm[r * wpr + c];
           typename P::Raw* dst = block + r * ld + j * w.tile_k + 64 * c;
           for (int q = 0; q < 64 / P::kCols; ++q) {
