@@ -53,6 +53,17 @@ static PyObject* set_cpu_isa(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+// set_cpu_path(name): "register", "gemm", "tokens" or "auto"; ValueError for another name (cpu_isa.h).
+static PyObject* set_cpu_path(PyObject*, PyObject* args) {
+  const char* name = nullptr;
+  if (!PyArg_ParseTuple(args, "s", &name)) return nullptr;
+  if (!spmm::kernels::cpu::set_forced_path(name)) {
+    PyErr_Format(PyExc_ValueError, "set_cpu_path: %s is not one of register, gemm, tokens, auto", name);
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
 // cpu_register_max_tokens(format, dtype_code, density) -> int (cpu_dispatch_rules.h).
 static PyObject* cpu_register_max_tokens(PyObject*, PyObject* args) {
   int format = 0, dtype_code = 0;
@@ -75,6 +86,9 @@ static PyMethodDef spmm_methods[] = {
     {"cpu_isa_detected", cpu_isa_detected, METH_NOARGS, "cpu_isa_detected(): the best one this CPU and build run"},
     {"set_cpu_isa", set_cpu_isa, METH_VARARGS,
      "set_cpu_isa(name): run the CPU kernels for avx512, avx2, portable, or auto (the detected one)"},
+    {"set_cpu_path", set_cpu_path, METH_VARARGS,
+     "set_cpu_path(name): for tuning and tests, force the CPU ops' register kernels, GEMM path or (Tiled-CSL) token kernel, "
+     "or auto (the rule)"},
     {"cpu_bitmap_words", cpu_bitmap_words, METH_VARARGS,
      "cpu_bitmap_words(out_features, in_features, tile_m, tile_k): int64 words of tiled_csl_cpu_layout's bitmap"},
     {"cpu_register_max_tokens", cpu_register_max_tokens, METH_VARARGS,

@@ -1,6 +1,7 @@
 """The fast CPU kernels behind sparse24_mm, tiled_csl_mm and spense_mm, on every instruction set this CPU runs
-(avx512, avx2, portable: each forced in turn) and on every path of the one rule (register kernels, GEMM on expanded
-blocks, portable kernels for non-finite x), against the fp64 reference ops (spmm::_*_mm_reference) and torch.matmul.
+(avx512, avx2, portable: each forced in turn) and on every path (register kernels, GEMM on expanded blocks,
+Tiled-CSL's token kernel: by the one rule and each forced with set_cpu_path; portable kernels for non-finite x),
+against the fp64 reference ops (spmm::_*_mm_reference) and torch.matmul.
 
 Small-integer inputs make every product and sum exact in fp32, so there the fast paths must equal the reference bit
 for bit. With real values the kernels sum in fp32 in another order than the reference's fp64; the documented bound
@@ -24,7 +25,8 @@ from spmm.nn import Sparse24Linear, SpenseLinear, TiledCSLLinear
 ISAS = ["avx512", "avx2", "portable"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 SHAPES = [(67, 260), (5, 12), (40, 100)]  # odd M; K not a multiple of 16 or 32 (the vector widths); K % 4 == 0
-TOKENS = [1, 3, 17, 200]  # 200: past every register threshold of fp32/bf16 (the GEMM path)
+TOKENS = [1, 3, 17, 200]
+PATHS = ["auto", "register", "gemm", "tokens"]  # spmm.ops.set_cpu_path: the rule, then each path forced
 TILE = (16, 32)
 
 
@@ -40,6 +42,7 @@ def isa(request):
     assert ops.cpu_isa() == request.param
     yield request.param
     ops.set_cpu_isa("auto")
+    ops.set_cpu_path("auto")
 
 
 def int_x(n, k, dtype, g):
@@ -111,25 +114,33 @@ FORMATS = ["sparse24", "tiled_csl", "spense"]
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mk", SHAPES)
 def test_fast_paths_equal_the_reference_bit_for_bit(isa, fmt, dtype, mk):
+    """Every path, by the rule and forced (register kernels, GEMM on expanded blocks, Tiled-CSL's token kernel)."""
     g = gen(101)
     case = make_case(fmt, *mk, dtype, g)
     bias = int_weight(1, mk[0], dtype, g)[0]
     for n in TOKENS:
         x = int_x(n, mk[1], dtype, g)
         expected = case.reference(x, bias)
-        assert_bitwise_equal(case.fast(x, bias), expected)
         assert torch.equal(expected.double(), (x.double() @ case.dense.double().T + bias.double()).to(dtype).double())
-        if fmt == "tiled_csl":  # the op derives the bitmap itself when none is given
-            assert_bitwise_equal(case.fast(x, bias, with_bitmap=False), expected)
+        for path in PATHS:
+            ops.set_cpu_path(path)
+            assert_bitwise_equal(case.fast(x, bias), expected)
+            if fmt == "tiled_csl":  # the op derives the bitmap itself when none is given
+                assert_bitwise_equal(case.fast(x, bias, with_bitmap=False), expected)
+        ops.set_cpu_path("auto")
 
 
-def test_the_tests_cover_both_token_paths():
-    """TOKENS holds counts on each side of every fp32/bf16 threshold of the one rule (fp16: register kernels only)."""
+def test_the_rule_thresholds():
+    """cpu_register_max_tokens is the C++ rule: fp16 always on the register kernels (torch has no fast fp16 GEMM on
+    CPU), fp32 2:4 and Spense too, bf16 up to a finite count; Tiled-CSL's count shrinks as the density grows."""
     for fmt in FORMATS:
-        for dtype in (torch.float32, torch.bfloat16):
-            limit = ops.cpu_register_max_tokens(fmt, dtype, 0.3)
-            assert min(TOKENS) <= limit < max(TOKENS), (fmt, dtype, limit)
-        assert ops.cpu_register_max_tokens(fmt, torch.float16) >= max(TOKENS)
+        assert ops.cpu_register_max_tokens(fmt, torch.float16) > 10**9
+        assert 1 <= ops.cpu_register_max_tokens(fmt, torch.bfloat16, 0.5) < 10**9
+    assert ops.cpu_register_max_tokens("sparse24", torch.float32) > 10**9
+    for dtype in (torch.float32, torch.bfloat16):
+        assert ops.cpu_register_max_tokens("tiled_csl", dtype, 0.9) <= ops.cpu_register_max_tokens("tiled_csl", dtype, 0.1)
+    with pytest.raises(ValueError, match="autopilot"):
+        ops.set_cpu_path("autopilot")
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -146,7 +157,10 @@ def test_empty_and_full_weights(isa, fmt, density):
     case = Case(fmt, w, mask, g)
     for n in (1, 9, 200):
         x = int_x(n, k, torch.float32, g)
-        assert_bitwise_equal(case.fast(x), case.reference(x))
+        for path in PATHS:
+            ops.set_cpu_path(path)
+            assert_bitwise_equal(case.fast(x), case.reference(x))
+    ops.set_cpu_path("auto")
 
 
 # ------------------------------------------------------------------------------------ real values, tolerance ------
@@ -169,7 +183,10 @@ def test_real_values_within_the_documented_bound(isa, fmt, dtype):
     bias = torch.randn(m, generator=g).to(dtype)
     for n in (1, 5, 200):
         x = torch.randn(n, k, generator=g).to(dtype)
-        within_fp32_bound(case.fast(x, bias), x, case.dense, bias)
+        for path in PATHS:
+            ops.set_cpu_path(path)
+            within_fp32_bound(case.fast(x, bias), x, case.dense, bias)
+    ops.set_cpu_path("auto")
 
 
 # ------------------------------------------------------------------------------------------- input layouts ------

@@ -51,9 +51,14 @@ inline bool all_finite(const at::Tensor& x2d, const kc::KernelTable& table) {
 inline Plan plan_call(const at::Tensor& x, int64_t n, int64_t k, kc::CpuFormat format, double density) {
   const kc::KernelTable& active = kc::active_kernels();
   const bool finite = all_finite(x.reshape({n, k}), active);
-  const kc::CpuPath path = kc::cpu_path(format, dtype_code(x.scalar_type()), density, n, finite);
+  kc::CpuPath path = kc::cpu_path(format, dtype_code(x.scalar_type()), density, n, finite,
+                                  active.bitmap_tokens != nullptr);
+  if (path != kc::CpuPath::kPortable && kc::forced_path() >= 0) path = static_cast<kc::CpuPath>(kc::forced_path());
+  if (path == kc::CpuPath::kTokens && (format != kc::CpuFormat::kTiledCsl || active.bitmap_tokens == nullptr))
+    path = kc::CpuPath::kGemm;
   const kc::KernelTable& table = path == kc::CpuPath::kPortable ? kc::portable_kernels() : active;
-  return {path, &table, path == kc::CpuPath::kGemm ? XOperand{} : prepare_x(x, n, k, table)};
+  const bool reads_x_operand = path == kc::CpuPath::kRegister || path == kc::CpuPath::kPortable;
+  return {path, &table, reads_x_operand ? prepare_x(x, n, k, table) : XOperand{}};
 }
 
 inline at::Tensor bias_as_float(const std::optional<at::Tensor>& bias) {
@@ -71,8 +76,9 @@ void parallel_chunks(int64_t count, int64_t grain, Body body) {
   at::parallel_for(0, count, std::max<int64_t>(1, grain), body);
 }
 
-// Weight rows per thread chunk: enough work (~64K multiply-adds) to pay for a thread.
-inline int64_t row_grain(int64_t k, int64_t n) { return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, k * n)); }
+// Weight rows per thread chunk: enough work to pay for waking a thread (~256K multiply-adds, tens of µs); a
+// MiniLM-sized call at one token stays on the calling thread.
+inline int64_t row_grain(int64_t k, int64_t n) { return std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, k * n)); }
 
 // fp32 result [n, m] -> x's dtype, shaped [..., m].
 inline at::Tensor finish(const at::Tensor& out32, const at::Tensor& x) {

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 
 #include "ops/cpu_fast_linear.h"
@@ -63,7 +64,21 @@ at::Tensor tiled_csl_mm_cpu(const at::Tensor& x, const at::Tensor& values, const
   const int64_t row_tiles = kc::ceil_div(m, tile_m);
   std::atomic<bool> ok{true};
   at::Tensor y;
-  if (plan.path == kc::CpuPath::kGemm) {
+  if (plan.path == kc::CpuPath::kTokens) {
+    const int64_t n_pad = (n + 15) / 16 * 16;
+    at::Tensor xt = at::zeros({k, n_pad}, x.options().dtype(at::kFloat));
+    xt.narrow(1, 0, n).copy_(x.reshape({n, k}).t());
+    at::Tensor out_t = at::empty({m, n_pad}, xt.options());
+    const int64_t col_tiles = kc::ceil_div(k, tile_k);
+    cpu_fast::parallel_chunks(row_tiles, 1, [&](int64_t b, int64_t e) {
+      at::Tensor cursors = at::empty({2 * col_tiles}, x.options().dtype(at::kLong));
+      if (!kernels.bitmap_tokens(dtype, weight, xt.data_ptr<float>(), n_pad, b, e, out_t.data_ptr<float>(),
+                                 cursors.data_ptr<int64_t>()))
+        ok = false;
+    });
+    y = out_t.narrow(1, 0, n).t();
+    if (bias.has_value()) y = y + bias->to(at::kFloat);  // fp32 sum + bias, rounded once below
+  } else if (plan.path == kc::CpuPath::kGemm) {
     y = at::empty({n, m}, x.options());
     const at::Tensor bias_t = bias.has_value() ? *bias : at::Tensor();
     ok = cpu_fast::gemm_by_blocks(x.reshape({n, k}), y, bias_t, 0, m, tile_m, [&](int64_t b, int64_t e, void* dense, int64_t ld) {
@@ -73,7 +88,9 @@ at::Tensor tiled_csl_mm_cpu(const at::Tensor& x, const at::Tensor& values, const
     at::Tensor out32 = at::empty({n, m}, x.options().dtype(at::kFloat));
     const at::Tensor bias32 = cpu_fast::bias_as_float(bias);
     const kc::Output out = cpu_fast::output_of(out32, bias32, nullptr);
-    cpu_fast::parallel_chunks(row_tiles, 1, [&](int64_t b, int64_t e) {
+    const double tile_work = density * static_cast<double>(tile_m * k * n);  // multiply-adds per row tile
+    const int64_t grain = std::max<int64_t>(1, static_cast<int64_t>((1 << 18) / std::max(1.0, tile_work)));
+    cpu_fast::parallel_chunks(row_tiles, grain, [&](int64_t b, int64_t e) {
       at::Tensor scratch = at::empty({kc::bitmap_scratch_floats(tile_m)}, x.options().dtype(at::kFloat));
       if (!kernels.bitmap_rows(dtype, weight, plan.x.act, b, e, out, scratch.data_ptr<float>())) ok = false;
     });

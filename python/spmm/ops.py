@@ -274,6 +274,13 @@ def set_cpu_isa(name: str) -> None:
     _C.set_cpu_isa(name)
 
 
+def set_cpu_path(name: str) -> None:
+    """For tuning the rule and for tests: make every CPU matmul call with finite x take the register kernels
+    ("register"), torch's GEMM on expanded blocks ("gemm") or, for Tiled-CSL on AVX-512, the kernel vectorized over
+    tokens ("tokens"; the other formats then take the GEMM); "auto" restores the rule."""
+    _C.set_cpu_path(name)
+
+
 def cpu_register_max_tokens(fmt: str, dtype: torch.dtype, density: float = 0.5) -> int:
     """Up to how many tokens the CPU ops run their register kernels for a weight of format `fmt` ("sparse24",
     "tiled_csl", "spense"), `dtype` and `density` (stored / dense elements); above it torch's GEMM on expanded weight

@@ -2,6 +2,8 @@
 // SPMM_CPU_X86_KERNELS: the build has the AVX2 and AVX-512 translation units (x86-64 with GCC or Clang).
 #include "kernels/cpu/cpu_isa.h"
 
+#include "kernels/cpu/cpu_dispatch_rules.h"
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -76,6 +78,22 @@ bool set_forced_isa(const char* name) {
   g_active.store(static_cast<int>(isa), std::memory_order_relaxed);
   return true;
 }
+
+namespace {
+std::atomic<int> g_forced_path{-1};
+}  // namespace
+
+bool set_forced_path(const char* name) {
+  if (name == nullptr) return false;
+  if (std::strcmp(name, "auto") == 0) g_forced_path = -1;
+  else if (std::strcmp(name, "register") == 0) g_forced_path = static_cast<int>(CpuPath::kRegister);
+  else if (std::strcmp(name, "gemm") == 0) g_forced_path = static_cast<int>(CpuPath::kGemm);
+  else if (std::strcmp(name, "tokens") == 0) g_forced_path = static_cast<int>(CpuPath::kTokens);
+  else return false;
+  return true;
+}
+
+int forced_path() { return g_forced_path.load(std::memory_order_relaxed); }
 
 const KernelTable& active_kernels() {
   switch (active_isa()) {

@@ -18,4 +18,10 @@ const char* isa_name(Isa isa);
 // an unknown name or an ISA above the detected one.
 bool set_forced_isa(const char* name);
 
+// For tuning the path rule and for tests: force the register kernels ("register"), the GEMM path ("gemm") or the
+// Tiled-CSL token kernel ("tokens"; other formats, and ISAs without it, then take the GEMM) on every call with
+// finite x, or "auto" (the rule of cpu_dispatch_rules.h). False for another name.
+bool set_forced_path(const char* name);
+int forced_path();  // -1: the rule; else a CpuPath
+
 }  // namespace spmm::kernels::cpu

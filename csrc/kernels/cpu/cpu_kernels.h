@@ -85,6 +85,12 @@ struct KernelTable {
                         int64_t ld);
   // Whether x[t, c] is finite for every t < n, c < k (x in dtype d, rows `stride` elements apart).
   bool (*all_finite)(Dtype d, const void* x, int64_t n, int64_t k, int64_t stride);
+  // Many tokens (null where an ISA has none): row tiles [tile_begin, tile_end) of a Tiled-CSL weight times x^T,
+  // vectorized over tokens: for every stored element, its value times the element's row of x^T, accumulated per
+  // weight row. xt: x^T fp32 [k, n_pad] (n_pad a multiple of 16, zero past n); out_t: fp32 [m, n_pad], written
+  // for the tiles' rows (no bias). cursors: 2 * ceil(k / tile_k) int64 of scratch. False as for bitmap_rows.
+  bool (*bitmap_tokens)(Dtype w, const BitmapTiles& weight, const float* xt, int64_t n_pad, int64_t tile_begin,
+                        int64_t tile_end, float* out_t, int64_t* cursors);
 };
 
 // Floats of scratch a bitmap_rows call needs (accumulators of one row tile).

@@ -298,6 +298,7 @@ bool bitmap_row_tile(const BitmapTiles& w, const Activations& x, int64_t i, int6
     const typename P::Raw* p = vals + w.tile_offsets[t];
     const uint64_t* bm = w.bitmap + t * w.tile_m * wpr;
     for (int64_t r = 0; r < rows; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(p + 512), _MM_HINT_T0);  // see the AVX-512 kernels
       __m256 a[T];
 #pragma GCC unroll 32
       for (int q = 0; q < T; ++q) a[q] = _mm256_loadu_ps(scratch + 8 * (T * r + q));
@@ -486,7 +487,7 @@ bool bitmap_expand(Dtype d, const BitmapTiles& w, int64_t b, int64_t e, void* de
 
 const KernelTable& avx2_kernels() {
   static const KernelTable table{Isa::kAvx2,  "avx2",          x_as_fp32,     sparse24_rows, dense_rows,
-                                 bitmap_rows, sparse24_expand, bitmap_expand, all_finite};
+                                 bitmap_rows, sparse24_expand, bitmap_expand, all_finite, nullptr};
   return table;
 }
 

@@ -31,6 +31,7 @@ inline uint64_t low_bits(int64_t n) { return n >= 64 ? ~uint64_t{0} : (uint64_t{
 // ------------------------------------------------------------------------------------- dtype policies --------
 // kCols: dense columns per step. W: one expanded step of a row; X: the matching x. fma: acc += W . X.
 struct F32 {
+  static constexpr Dtype kDtype = Dtype::kFloat32;
   static constexpr int kCols = 16;
   using Raw = float;
   using XRaw = float;
@@ -51,6 +52,7 @@ struct F32 {
 };
 
 struct BF16 {
+  static constexpr Dtype kDtype = Dtype::kBFloat16;
   static constexpr int kCols = 32;
   using Raw = uint16_t;
   using XRaw = uint16_t;
@@ -72,6 +74,7 @@ struct BF16 {
 };
 
 struct F16 {
+  static constexpr Dtype kDtype = Dtype::kFloat16;
   static constexpr int kCols = 32;
   using Raw = uint16_t;
   using XRaw = float;
@@ -131,6 +134,9 @@ constexpr int64_t kWindowCols = 512;  // columns of 2:4 masks decoded at once (6
 // Rows ahead that are prefetched: a row block's R rows are R streams, each starting a new page every few KB,
 // which the hardware prefetcher picks up late (measured: 2:4 fp32 N = 1 1.9 -> 1.5 ms on 4096 x 4096).
 constexpr int kPrefetchRows = 4;
+// Rows ahead for blocks of R rows: whole blocks, so that every row is prefetched once (R = 3: 6 rows ahead).
+template <int R>
+constexpr int ahead() { return R * ((kPrefetchRows + R - 1) / R); }
 // Tiled-CSL values prefetched ahead of the ones being read (a tile row holds a few dozen of them).
 constexpr int64_t kPrefetchValues = 512;
 
@@ -151,7 +157,7 @@ struct Sparse24Source {
   typename P::W step(int r, int64_t c, int64_t c0) const {
     return P::expand(bits_at<P>(masks[r] + (c - c0) / 8), vals + r * half + c / 2);
   }
-  void prefetch(int r, int64_t c) const { _mm_prefetch(reinterpret_cast<const char*>(vals + (kPrefetchRows + r) * half + c / 2), _MM_HINT_T0); }
+  void prefetch(int r, int64_t c) const { _mm_prefetch(reinterpret_cast<const char*>(vals + (ahead<R>() + r) * half + c / 2), _MM_HINT_T0); }
 };
 
 template <class P, int R>
@@ -164,7 +170,7 @@ struct DenseSource {
     if (c + P::kCols <= k) return P::load(p);
     return P::load_part(static_cast<typename P::Bits>(low_bits(k - c)), p);
   }
-  void prefetch(int r, int64_t c) const { _mm_prefetch(reinterpret_cast<const char*>(vals + (kPrefetchRows + r) * k + c), _MM_HINT_T0); }
+  void prefetch(int r, int64_t c) const { _mm_prefetch(reinterpret_cast<const char*>(vals + (ahead<R>() + r) * k + c), _MM_HINT_T0); }
 };
 
 // R rows x T tokens, U independent accumulators per (row, token) over consecutive column steps (latency cover).
@@ -438,8 +444,8 @@ struct BF16BitmapGather {
   static Window window(const XRaw* x) { return {_mm512_loadu_si512(x), _mm512_loadu_si512(x + 32)}; }
   // acc[t] += values [g * 32, g * 32 + n) . x at the columns listed by bytes [g * 32, ...) of pos
   template <int T, int g>
-  static void step(__m512 (&a)[T], __m512i pos, unsigned n, const Raw* p, const Window (&xw)[T]) {
-    if constexpr (g > 1) return;
+  static void step(__m512 (&a)[T], __m512i pos, int64_t n, const Raw* p, const Window (&xw)[T]) {
+    static_assert(g < 2, "32 values per step: at most two steps per 64-column word");
     const __mmask32 live = static_cast<__mmask32>(_bzhi_u64(~uint64_t{0}, n));
     const __m512i idx = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(pos, g));
     const __m512bh v = reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(live, p));
@@ -459,7 +465,7 @@ struct F32BitmapGather {
     return {_mm512_loadu_ps(x), _mm512_loadu_ps(x + 16), _mm512_loadu_ps(x + 32), _mm512_loadu_ps(x + 48)};
   }
   template <int T, int g>
-  static void step(__m512 (&a)[T], __m512i pos, unsigned n, const Raw* p, const Window (&xw)[T]) {
+  static void step(__m512 (&a)[T], __m512i pos, int64_t n, const Raw* p, const Window (&xw)[T]) {
     const __mmask16 live = static_cast<__mmask16>(_bzhi_u32(~0u, n));
     const __m512i col = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(pos, g));
     const __mmask16 upper = _mm512_test_epi32_mask(col, _mm512_set1_epi32(32));  // columns 32..63: the second half
@@ -505,30 +511,37 @@ bool bitmap_gather_tile(const BitmapTiles& w, const Activations& x, int64_t i, i
 #pragma GCC unroll 32
       for (int q = 0; q < T; ++q) xw[q] = G::window(xs + q * x.stride + j * w.tile_k + 64 * word);
     };
-    if (wpr == 1) load_x(0);  // one word per row (tile_k <= 64): the x windows stay in registers for the tile
-    for (int64_t r = 0; r < rows; ++r) {
+    auto word_step = [&](__m512 (&a)[T], uint64_t word) {
+      const unsigned cnt = static_cast<unsigned>(_mm_popcnt_u64(word));
+      const __m512i pos = _mm512_maskz_compress_epi8(word, iota);
+      G::template step<T, 0>(a, pos, cnt < G::kGroup ? cnt : G::kGroup, p, xw);  // always: its branch never misses
+      if (cnt > G::kGroup) G::template step<T, 1>(a, pos, min64(cnt - G::kGroup, G::kGroup), p + G::kGroup, xw);
+      if constexpr (G::kGroup < 32) {
+        if (cnt > 2 * G::kGroup) G::template step<T, 2>(a, pos, min64(cnt - 2 * G::kGroup, G::kGroup), p + 2 * G::kGroup, xw);
+        if (cnt > 3 * G::kGroup) G::template step<T, 3>(a, pos, min64(cnt - 3 * G::kGroup, G::kGroup), p + 3 * G::kGroup, xw);
+      }
+      p += cnt;
+    };
+    auto row_step = [&](int64_t r, auto words) {  // words(a, r): the row's words through word_step
       _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchValues), _MM_HINT_T0);
       __m512 a[T];
 #pragma GCC unroll 32
       for (int q = 0; q < T; ++q) a[q] = _mm512_loadu_ps(scratch + 16 * (T * r + q));
-      for (int64_t c = 0; c < wpr; ++c) {
-        if (wpr > 1) load_x(c);
-        const uint64_t word = bm[r * wpr + c];
-        const unsigned cnt = static_cast<unsigned>(_mm_popcnt_u64(word));
-        const __m512i pos = _mm512_maskz_compress_epi8(word, iota);
-        G::template step<T, 0>(a, pos, cnt < G::kGroup ? cnt : G::kGroup, p, xw);  // always: its branch never misses
-#pragma GCC unroll 4
-        for (unsigned g = 1; g < 64 / G::kGroup; ++g) {
-          if (cnt <= g * G::kGroup) break;
-          const unsigned n = cnt - g * G::kGroup;
-          if (g == 1) G::template step<T, 1>(a, pos, n < G::kGroup ? n : G::kGroup, p + G::kGroup, xw);
-          if (g == 2) G::template step<T, 2>(a, pos, n < G::kGroup ? n : G::kGroup, p + 2 * G::kGroup, xw);
-          if (g == 3) G::template step<T, 3>(a, pos, n < G::kGroup ? n : G::kGroup, p + 3 * G::kGroup, xw);
-        }
-        p += cnt;
-      }
+      words(a, r);
 #pragma GCC unroll 32
       for (int q = 0; q < T; ++q) _mm512_storeu_ps(scratch + 16 * (T * r + q), a[q]);
+    };
+    if (wpr == 1) {  // one word per row (tile_k <= 64): the x windows stay in registers for the whole tile
+      load_x(0);
+      for (int64_t r = 0; r < rows; ++r) row_step(r, [&](__m512 (&a)[T], int64_t row) { word_step(a, bm[row]); });
+    } else {
+      for (int64_t r = 0; r < rows; ++r)
+        row_step(r, [&](__m512 (&a)[T], int64_t row) {
+          for (int64_t c = 0; c < wpr; ++c) {
+            load_x(c);
+            word_step(a, bm[row * wpr + c]);
+          }
+        });
     }
   }
   for (int64_t r = 0; r < rows; ++r)
@@ -551,6 +564,70 @@ bool bitmap_rows_t(const BitmapTiles& w, const Activations& x, int64_t b, int64_
         default: ok &= bitmap_gather_tile<G, 4>(w, x, i, t0, out, scratch); break;
       }
     }
+  return ok;
+}
+
+// ----------------------------------------------------------------------------- Tiled-CSL over tokens ---------
+// Many tokens: each stored element (value v at column c of row r) adds v * x^T[c, tokens] to row r's accumulators,
+// 16 tokens per FMA, Q FMAs per element; only stored elements are multiplied, so the work falls with the density
+// (the GEMM path multiplies every element). Rows of a tile are walked in order with one cursor per column tile
+// into its values; the row tile's values are re-read (from L2) for each block of tokens.
+template <class P, int Q>
+void bitmap_tokens_block(const BitmapTiles& w, const float* xt, int64_t n_pad, int64_t i, int64_t tok0,
+                         float* out_t, int64_t* cursors, const uint8_t* tile_fine) {
+  const int64_t rows = min64(w.tile_m, w.m - i * w.tile_m), col_tiles = ceil_div(w.k, w.tile_k);
+  const int64_t wpr = bitmap_words_per_row(w.tile_k);
+  const typename P::Raw* vals = static_cast<const typename P::Raw*>(w.values);
+  for (int64_t j = 0; j < col_tiles; ++j) cursors[j] = w.tile_offsets[i * col_tiles + j];
+  for (int64_t r = 0; r < rows; ++r) {
+    __m512 acc[Q];
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; ++q) acc[q] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < col_tiles; ++j) {
+      if (!tile_fine[j]) continue;
+      const int64_t t = i * col_tiles + j;
+      const typename P::Raw* p = vals + cursors[j];
+      for (int64_t q0 = 0; q0 < wpr; ++q0) {
+        uint64_t word = w.bitmap[(t * w.tile_m + r) * wpr + q0];
+        const float* xcol = xt + (j * w.tile_k + 64 * q0) * n_pad + tok0;
+        for (; word != 0; word &= word - 1) {
+          const __m512 v = _mm512_set1_ps(load_scalar<P::kDtype>(p++, 0));
+          const float* xr = xcol + static_cast<int64_t>(__builtin_ctzll(word)) * n_pad;
+#pragma GCC unroll 4
+          for (int q = 0; q < Q; ++q) acc[q] = _mm512_fmadd_ps(v, _mm512_loadu_ps(xr + 16 * q), acc[q]);
+        }
+      }
+      cursors[j] = p - vals;
+    }
+    float* o = out_t + (i * w.tile_m + r) * n_pad + tok0;
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; ++q) _mm512_storeu_ps(o + 16 * q, acc[q]);
+  }
+}
+
+template <class P>
+bool bitmap_tokens_t(const BitmapTiles& w, const float* xt, int64_t n_pad, int64_t b, int64_t e, float* out_t,
+                     int64_t* cursors) {
+  const int64_t col_tiles = ceil_div(w.k, w.tile_k);
+  // Tokens per block: 64 (4 FMAs per element) while x^T's block of them stays within ~512 KB of L2, else 32.
+  const int q_max = w.k * 64 * 4 <= (int64_t{512} << 10) ? 4 : 2;
+  bool ok = true;
+  uint8_t* fine = reinterpret_cast<uint8_t*>(cursors + col_tiles);  // col_tiles flags after the cursors
+  for (int64_t i = b; i < e; ++i) {
+    const int64_t rows = min64(w.tile_m, w.m - i * w.tile_m);
+    for (int64_t j = 0; j < col_tiles; ++j) {
+      fine[j] = bitmap_tile_ok(w, i * col_tiles + j, rows, min64(w.tile_k, w.k - j * w.tile_k));
+      ok &= fine[j] != 0;
+    }
+    for (int64_t tok0 = 0; tok0 < n_pad; tok0 += 16 * q_max) {
+      switch (min64(q_max, (n_pad - tok0) / 16)) {
+        case 1: bitmap_tokens_block<P, 1>(w, xt, n_pad, i, tok0, out_t, cursors, fine); break;
+        case 2: bitmap_tokens_block<P, 2>(w, xt, n_pad, i, tok0, out_t, cursors, fine); break;
+        case 3: bitmap_tokens_block<P, 3>(w, xt, n_pad, i, tok0, out_t, cursors, fine); break;
+        default: bitmap_tokens_block<P, 4>(w, xt, n_pad, i, tok0, out_t, cursors, fine); break;
+      }
+    }
+  }
   return ok;
 }
 
@@ -666,6 +743,10 @@ bool sparse24_expand(Dtype d, const Sparse24Rows& w, int64_t b, int64_t e, void*
     default: return sparse24_expand_t<BF16>(w, b, e, dense, ld);  // 16-bit values move as they are
   }
 }
+bool bitmap_tokens(Dtype d, const BitmapTiles& w, const float* xt, int64_t n_pad, int64_t b, int64_t e, float* out_t,
+                   int64_t* cursors) {
+  SPMM_CPU_BY_DTYPE(d, bitmap_tokens_t<P>(w, xt, n_pad, b, e, out_t, cursors))
+}
 bool bitmap_expand(Dtype d, const BitmapTiles& w, int64_t b, int64_t e, void* dense, int64_t ld) {
   switch (d) {
     case Dtype::kFloat32: return bitmap_expand_t<F32>(w, b, e, dense, ld);
@@ -677,8 +758,8 @@ bool bitmap_expand(Dtype d, const BitmapTiles& w, int64_t b, int64_t e, void* de
 }  // namespace
 
 const KernelTable& avx512_kernels() {
-  static const KernelTable table{Isa::kAvx512, "avx512", x_dtype,         sparse24_rows, dense_rows,
-                                 bitmap_rows,  sparse24_expand, bitmap_expand, all_finite};
+  static const KernelTable table{Isa::kAvx512, "avx512",        x_dtype,       sparse24_rows, dense_rows,    bitmap_rows,
+                                 sparse24_expand, bitmap_expand, all_finite, bitmap_tokens};
   return table;
 }
 

@@ -209,7 +209,7 @@ bool all_finite(Dtype d, const void* x, int64_t n, int64_t k, int64_t stride) {
 
 const KernelTable& portable_kernels() {
   static const KernelTable table{Isa::kPortable, "portable", x_as_fp32, sparse24_rows, dense_rows,
-                                 bitmap_rows,    sparse24_expand, bitmap_expand, all_finite};
+                                 bitmap_rows,    sparse24_expand, bitmap_expand, all_finite, nullptr};
   return table;
 }
 
