@@ -85,11 +85,15 @@ inline at::Tensor finish(const at::Tensor& out32, const at::Tensor& x) {
   return with_leading_dims_of(out32.scalar_type() == x.scalar_type() ? out32 : out32.to(x.scalar_type()), x);
 }
 
-// A grow-only byte buffer per calling thread for the expanded blocks: a fresh multi-MB tensor every call is mapped
-// afresh by the CPU allocator and page-faults in (measured: a 32 MB block made a 4096 x 4096 bf16 call at N = 64
-// 4x slower than the dense GEMM). Holds the largest block this thread has needed (a few MB).
-inline at::Tensor block_workspace(int64_t bytes) {
-  thread_local at::Tensor buffer;
+// Grow-only byte buffers per thread, one per use (the GEMM path's expanded block, a kernel's accumulators): a
+// fresh tensor of 128 KB or more every call is mapped afresh by the allocator and page-faults in (measured: a 32 MB
+// block made a 4096 x 4096 bf16 call at N = 64 4x slower than the dense GEMM; the Tiled-CSL kernels' 128 KB of
+// accumulators cost ~10 µs per call on MiniLM's 1536 x 384). Each holds the most its thread has needed.
+enum class Workspace : int { kGemmBlock = 0, kKernelScratch = 1 };
+
+inline at::Tensor workspace(Workspace use, int64_t bytes) {
+  thread_local at::Tensor buffers[2];
+  at::Tensor& buffer = buffers[static_cast<int>(use)];
   if (!buffer.defined() || buffer.numel() < bytes) buffer = at::empty({bytes}, at::TensorOptions().dtype(at::kByte));
   return buffer.narrow(0, 0, bytes);
 }
@@ -108,7 +112,7 @@ bool gemm_by_blocks(const at::Tensor& x2d, at::Tensor& y, const at::Tensor& bias
   const int64_t units = kc::ceil_div(rows, align);
   const int64_t units_per_block = std::max<int64_t>(1, kBlockBytes / (per_row * align));
   const int64_t block_rows = std::min(units, units_per_block) * align;
-  at::Tensor block = block_workspace(block_rows * per_row).view(x2d.scalar_type()).view({block_rows, k});
+  at::Tensor block = workspace(Workspace::kGemmBlock, block_rows * per_row).view(x2d.scalar_type()).view({block_rows, k});
   const at::Tensor xt = x2d;
   bool ok = true;
   for (int64_t u0 = 0; u0 < units && ok; u0 += units_per_block) {

@@ -71,9 +71,9 @@ at::Tensor tiled_csl_mm_cpu(const at::Tensor& x, const at::Tensor& values, const
     at::Tensor out_t = at::empty({m, n_pad}, xt.options());
     const int64_t col_tiles = kc::ceil_div(k, tile_k);
     cpu_fast::parallel_chunks(row_tiles, 1, [&](int64_t b, int64_t e) {
-      at::Tensor cursors = at::empty({2 * col_tiles}, x.options().dtype(at::kLong));
-      if (!kernels.bitmap_tokens(dtype, weight, xt.data_ptr<float>(), n_pad, b, e, out_t.data_ptr<float>(),
-                                 cursors.data_ptr<int64_t>()))
+      int64_t* cursors = static_cast<int64_t*>(
+          cpu_fast::workspace(cpu_fast::Workspace::kKernelScratch, 2 * col_tiles * 8).data_ptr());
+      if (!kernels.bitmap_tokens(dtype, weight, xt.data_ptr<float>(), n_pad, b, e, out_t.data_ptr<float>(), cursors))
         ok = false;
     });
     y = out_t.narrow(1, 0, n).t();
@@ -91,8 +91,9 @@ at::Tensor tiled_csl_mm_cpu(const at::Tensor& x, const at::Tensor& values, const
     const double tile_work = density * static_cast<double>(tile_m * k * n);  // multiply-adds per row tile
     const int64_t grain = std::max<int64_t>(1, static_cast<int64_t>((1 << 18) / std::max(1.0, tile_work)));
     cpu_fast::parallel_chunks(row_tiles, grain, [&](int64_t b, int64_t e) {
-      at::Tensor scratch = at::empty({kc::bitmap_scratch_floats(tile_m)}, x.options().dtype(at::kFloat));
-      if (!kernels.bitmap_rows(dtype, weight, plan.x.act, b, e, out, scratch.data_ptr<float>())) ok = false;
+      float* scratch = static_cast<float*>(
+          cpu_fast::workspace(cpu_fast::Workspace::kKernelScratch, kc::bitmap_scratch_floats(tile_m) * 4).data_ptr());
+      if (!kernels.bitmap_rows(dtype, weight, plan.x.act, b, e, out, scratch)) ok = false;
     });
     y = out32;
   }
