@@ -6,7 +6,7 @@ rounds of dense / backend, with the smallest and largest round's), then the all-
 throughput (bench/minilm_speed.py). Default: Llama-2-7B's o projection in bf16 and MiniLM's intermediate layer in
 fp32 at N = 1, 8, 64, 80% unstructured, one thread (about a minute). --full: the CPU table of the README (Llama-2-7B's
 four layers in bf16, MiniLM's three in fp32, N = 1..256, 1 and 2 threads, 2:4, 50/80/90% unstructured, Spense 25%,
-MiniLM encode at batch 1 and 32), written as one JSON to bench/results/cpu_<cpu>.json (~10-15 minutes).
+MiniLM encode at batch 1 and 32), written as one JSON to bench/results/cpu_<cpu>.json (~15 minutes on 2 cores).
 Exit status: 0 fine, 1 aborted (broken CUDA context, Ctrl-C), 2 some backend computed a wrong result.
 """
 
@@ -101,7 +101,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     args.dense_fraction = args.dense_fraction or ([0.25] if q or not cuda else shapes["spense_dense_fraction"])
     args.reps = args.reps or ((50 if q else 100) if cuda else (3 if q else 5))
     args.warmup = args.warmup if args.warmup is not None else ((5 if q else 10) if cuda else 1)
-    args.rounds = args.rounds or (1 if q else 5 if full else 2)
+    args.rounds = args.rounds or (1 if q else 3 if full else 2)
     # CPU: one thread by default (the steadiest figure on a shared machine); --full adds torch's two.
     args.threads = [None] if cuda else (args.threads or ([1, 2] if full else [1] if not q else [torch.get_num_threads()]))
     args.minilm = not cuda and not q and not args.no_minilm

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.library import opcheck
 
-from conftest import assert_bitwise_equal, gen, int_weight, masked, random_24_mask, random_mask
+from conftest import assert_bitwise_equal, gen, int_weight, masked, random_24_mask, random_mask, spense_args
 from spmm import ops
 from spmm.formats import Sparse24Weight, SpenseWeight, TiledCSLWeight
 from spmm.nn import Sparse24Linear, SpenseLinear, TiledCSLLinear
@@ -49,16 +49,6 @@ def int_x(n, k, dtype, g):
     return torch.randint(-3, 4, (n, k), generator=g).to(dtype)
 
 
-def pack_spense(w, mask, dense_rows):
-    m = w.shape[0]
-    is_dense = torch.zeros(m, dtype=torch.bool)
-    is_dense[dense_rows] = True
-    order = torch.cat([torch.nonzero(is_dense).flatten(), torch.nonzero(~is_dense).flatten()])
-    values, meta = ops.sparse24_compress(w[~is_dense], mask[~is_dense])
-    full = torch.where(is_dense[:, None], w, masked(w, mask))
-    return (w[is_dense].contiguous(), values, meta, order.to(torch.int32)), full
-
-
 class Case:
     """One packed weight of each format and the fast / reference call on it."""
 
@@ -71,7 +61,7 @@ class Case:
             self.bitmap = ops.tiled_csl_cpu_layout(self.args[1], self.args[2], self.m, self.k, *TILE)
         else:
             dense_rows = torch.randperm(self.m, generator=g)[: self.m // 4]
-            self.args, self.dense = pack_spense(w, mask, dense_rows)
+            self.args, self.dense = spense_args(w, mask, dense_rows)
 
     def stored(self):
         """Where the format stores an element (bool [M, K]): its layout with every stored value replaced by 1."""

@@ -61,13 +61,17 @@ inline Plan plan_call(const at::Tensor& x, int64_t n, int64_t k, kc::CpuFormat f
   return {path, &table, reads_x_operand ? prepare_x(x, n, k, table) : XOperand{}};
 }
 
-inline at::Tensor bias_as_float(const std::optional<at::Tensor>& bias) {
-  return bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
-}
+// What the register and portable kernels write: fp32 y [n, m] (+ bias as fp32, added in the kernels).
+struct Float32Result {
+  at::Tensor y, bias;
+  kc::Output output(const int32_t* dst_row = nullptr) {
+    return kc::Output{y.data_ptr<float>(), y.size(1), dst_row, bias.defined() ? bias.data_ptr<float>() : nullptr};
+  }
+};
 
-inline kc::Output output_of(at::Tensor& out32, const at::Tensor& bias32, const int32_t* dst_row) {
-  return kc::Output{out32.data_ptr<float>(), out32.size(1), dst_row,
-                    bias32.defined() ? bias32.data_ptr<float>() : nullptr};
+inline Float32Result float32_result(const at::Tensor& x, int64_t n, int64_t m, const std::optional<at::Tensor>& bias) {
+  return {at::empty({n, m}, x.options().dtype(at::kFloat)),
+          bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor()};
 }
 
 // Runs body(begin, end) over [0, count) on torch's threads, in chunks of at least `grain` items.

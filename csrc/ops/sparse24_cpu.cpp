@@ -71,10 +71,8 @@ std::tuple<at::Tensor, at::Tensor> sparse24_compress_cpu(const at::Tensor& dense
 at::Tensor sparse24_mm_reference(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                                  const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "spmm::sparse24_mm";
-  check_activation(op, x);
+  check_sparse24_mm_args(op, x, values, meta, bias);
   const int64_t k = x.size(-1);
-  check_sparse24_weight(op, x, values, meta, k);
-  check_bias(op, bias, x, values.size(0));
   check_sparse24_meta_codes(op, meta, k);
   const int64_t n = leading_rows(x), m = values.size(0);
   const at::Tensor xf = activation_matrix(x, n, k);

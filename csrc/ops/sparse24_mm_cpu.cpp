@@ -16,11 +16,8 @@ namespace {
 at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                            const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "spmm::sparse24_mm";
-  check_activation(op, x);
-  const int64_t k = x.size(-1);
-  check_sparse24_weight(op, x, values, meta, k);
-  check_bias(op, bias, x, values.size(0));
-  const int64_t n = leading_rows(x), m = values.size(0);
+  check_sparse24_mm_args(op, x, values, meta, bias);
+  const int64_t k = x.size(-1), n = leading_rows(x), m = values.size(0);
   if (n == 0 || m == 0 || k == 0) return sparse24_mm_reference(x, values, meta, bias);
 
   namespace kc = kernels::cpu;
@@ -37,16 +34,14 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
       return kernels.sparse24_expand(dtype, weight, b, e, dense, ld);
     });
   } else {
-    at::Tensor out32 = at::empty({n, m}, x.options().dtype(at::kFloat));
-    const at::Tensor bias32 = cpu_fast::bias_as_float(bias);
-    const kc::Output out = cpu_fast::output_of(out32, bias32, nullptr);
+    cpu_fast::Float32Result result = cpu_fast::float32_result(x, n, m, bias);
+    const kc::Output out = result.output();
     cpu_fast::parallel_chunks(m, cpu_fast::row_grain(k, n), [&](int64_t b, int64_t e) {
       if (!kernels.sparse24_rows(dtype, weight, plan.x.act, b, e, out)) ok = false;
     });
-    y = out32;
+    y = result.y;
   }
-  if (!ok) check_sparse24_meta_codes(op, meta, k);  // names the first broken code
-  TORCH_CHECK(ok, op, ": the CPU kernels found a meta code that the reference's check accepts (a bug)");
+  if (!ok) raise_bad_meta(op, meta, k);
   return cpu_fast::finish(y, x);
 }
 

@@ -49,20 +49,17 @@ at::Tensor spense_mm_cpu(const at::Tensor& x, const at::Tensor& dense_weight, co
     y = at::empty_like(y_blocks);
     y.index_copy_(1, order, y_blocks);
   } else {
-    at::Tensor out32 = at::empty({n, m}, x.options().dtype(at::kFloat));
-    const at::Tensor bias32 = cpu_fast::bias_as_float(bias);
+    cpu_fast::Float32Result result = cpu_fast::float32_result(x, n, m, bias);
     const int32_t* dst = row_index.data_ptr<int32_t>();
-    const kc::Output dense_out = cpu_fast::output_of(out32, bias32, dst);
-    const kc::Output sparse_out = cpu_fast::output_of(out32, bias32, dst + md);
+    const kc::Output dense_out = result.output(dst), sparse_out = result.output(dst + md);
     cpu_fast::parallel_chunks(m, cpu_fast::row_grain(k, n), [&](int64_t b, int64_t e) {
       if (b < md) kernels.dense_rows(dtype, dense, plan.x.act, b, std::min(e, md), dense_out);
       if (e > md && !kernels.sparse24_rows(dtype, sparse, plan.x.act, std::max(b, md) - md, e - md, sparse_out))
         ok = false;
     });
-    y = out32;
+    y = result.y;
   }
-  if (!ok) check_sparse24_meta_codes(op, meta, k);  // names the first broken code
-  TORCH_CHECK(ok, op, ": the CPU kernels found a meta code that the reference's check accepts (a bug)");
+  if (!ok) raise_bad_meta(op, meta, k);
   return cpu_fast::finish(y, x);
 }
 

@@ -85,9 +85,8 @@ at::Tensor tiled_csl_mm_cpu(const at::Tensor& x, const at::Tensor& values, const
       return kernels.bitmap_expand(dtype, weight, b, e, dense, ld);
     });
   } else {
-    at::Tensor out32 = at::empty({n, m}, x.options().dtype(at::kFloat));
-    const at::Tensor bias32 = cpu_fast::bias_as_float(bias);
-    const kc::Output out = cpu_fast::output_of(out32, bias32, nullptr);
+    cpu_fast::Float32Result result = cpu_fast::float32_result(x, n, m, bias);
+    const kc::Output out = result.output();
     const double tile_work = density * static_cast<double>(tile_m * k * n);  // multiply-adds per row tile
     const int64_t grain = std::max<int64_t>(1, static_cast<int64_t>((1 << 18) / std::max(1.0, tile_work)));
     cpu_fast::parallel_chunks(row_tiles, grain, [&](int64_t b, int64_t e) {
@@ -95,7 +94,7 @@ at::Tensor tiled_csl_mm_cpu(const at::Tensor& x, const at::Tensor& values, const
           cpu_fast::workspace(cpu_fast::Workspace::kKernelScratch, kc::bitmap_scratch_floats(tile_m) * 4).data_ptr());
       if (!kernels.bitmap_rows(dtype, weight, plan.x.act, b, e, out, scratch)) ok = false;
     });
-    y = out32;
+    y = result.y;
   }
   TORCH_CHECK_VALUE(ok, op, ": `cpu_bitmap` does not match the weight: a tile's bitmap holds another count of values "
                     "than its `tile_offsets`, or marks an element outside the tile; make it with "

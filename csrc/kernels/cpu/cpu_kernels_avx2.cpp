@@ -456,24 +456,16 @@ bool all_finite(Dtype d, const void* x, int64_t n, int64_t k, int64_t stride) {
 // ------------------------------------------------------------------------------------------- the table -------
 Dtype x_as_fp32(Dtype) { return Dtype::kFloat32; }
 
-#define SPMM_CPU_BY_DTYPE(d, call)                           \
-  switch (d) {                                               \
-    case Dtype::kFloat32: { using P = F32; return call; }    \
-    case Dtype::kBFloat16: { using P = BF16; return call; }  \
-    default: { using P = F16; return call; }                 \
-  }
-
 bool sparse24_rows(Dtype d, const Sparse24Rows& w, const Activations& x, int64_t b, int64_t e, const Output& o) {
-  SPMM_CPU_BY_DTYPE(d, sparse24_rows_t<P>(w, x, b, e, o))
+  SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, sparse24_rows_t<P>(w, x, b, e, o))
 }
 void dense_rows(Dtype d, const DenseRows& w, const Activations& x, int64_t b, int64_t e, const Output& o) {
-  SPMM_CPU_BY_DTYPE(d, dense_rows_t<P>(w, x, b, e, o))
+  SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, dense_rows_t<P>(w, x, b, e, o))
 }
 bool bitmap_rows(Dtype d, const BitmapTiles& w, const Activations& x, int64_t b, int64_t e, const Output& o,
                  float* scratch) {
-  SPMM_CPU_BY_DTYPE(d, bitmap_rows_t<P>(w, x, b, e, o, scratch))
+  SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, bitmap_rows_t<P>(w, x, b, e, o, scratch))
 }
-#undef SPMM_CPU_BY_DTYPE
 bool sparse24_expand(Dtype d, const Sparse24Rows& w, int64_t b, int64_t e, void* dense, int64_t ld) {
   return d == Dtype::kFloat32 ? sparse24_expand_t<uint32_t>(w, b, e, dense, ld)
                               : sparse24_expand_t<uint16_t>(w, b, e, dense, ld);

@@ -3,6 +3,7 @@
 // fp64 reference (a NaN at a pruned column then stays out of the result). Sums in fp32, in the stored order.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/cpu_scalar.h"
@@ -176,34 +177,31 @@ bool all_finite_t(const void* x, int64_t n, int64_t k, int64_t stride) {
   return true;
 }
 
-// One switch per entry point from the run-time dtype to the compiled one.
-#define SPMM_CPU_BY_DTYPE(d, call)                                  \
-  switch (d) {                                                      \
-    case Dtype::kFloat32: { constexpr Dtype D = Dtype::kFloat32; return call; }   \
-    case Dtype::kBFloat16: { constexpr Dtype D = Dtype::kBFloat16; return call; } \
-    default: { constexpr Dtype D = Dtype::kFloat16; return call; }                \
-  }
+template <Dtype D>
+using As = std::integral_constant<Dtype, D>;  // the per-dtype "policy" of this unit: just the dtype
+using F32 = As<Dtype::kFloat32>;
+using BF16 = As<Dtype::kBFloat16>;
+using F16 = As<Dtype::kFloat16>;
 
 bool sparse24_rows(Dtype d, const Sparse24Rows& w, const Activations& x, int64_t b, int64_t e, const Output& o) {
-  SPMM_CPU_BY_DTYPE(d, sparse24_rows_t<D>(w, x, b, e, o))
+  SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, sparse24_rows_t<P::value>(w, x, b, e, o))
 }
 void dense_rows(Dtype d, const DenseRows& w, const Activations& x, int64_t b, int64_t e, const Output& o) {
-  SPMM_CPU_BY_DTYPE(d, dense_rows_t<D>(w, x, b, e, o))
+  SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, dense_rows_t<P::value>(w, x, b, e, o))
 }
 bool bitmap_rows(Dtype d, const BitmapTiles& w, const Activations& x, int64_t b, int64_t e, const Output& o,
                  float* scratch) {
-  SPMM_CPU_BY_DTYPE(d, bitmap_rows_t<D>(w, x, b, e, o, scratch))
+  SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, bitmap_rows_t<P::value>(w, x, b, e, o, scratch))
 }
 bool sparse24_expand(Dtype d, const Sparse24Rows& w, int64_t b, int64_t e, void* dense, int64_t ld) {
-  SPMM_CPU_BY_DTYPE(d, sparse24_expand_t<D>(w, b, e, dense, ld))
+  SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, sparse24_expand_t<P::value>(w, b, e, dense, ld))
 }
 bool bitmap_expand(Dtype d, const BitmapTiles& w, int64_t b, int64_t e, void* dense, int64_t ld) {
-  SPMM_CPU_BY_DTYPE(d, bitmap_expand_t<D>(w, b, e, dense, ld))
+  SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, bitmap_expand_t<P::value>(w, b, e, dense, ld))
 }
 bool all_finite(Dtype d, const void* x, int64_t n, int64_t k, int64_t stride) {
-  SPMM_CPU_BY_DTYPE(d, all_finite_t<D>(x, n, k, stride))
+  SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, all_finite_t<P::value>(x, n, k, stride))
 }
-#undef SPMM_CPU_BY_DTYPE
 
 }  // namespace
 

@@ -66,3 +66,21 @@ inline void write_output(const Output& out, int64_t t, int64_t row, float sum) {
 
 }  // namespace
 }  // namespace spmm::kernels::cpu
+
+// The table entries switch from the run-time dtype to a compiled kernel: `call` is evaluated with the type P bound
+// to F32T, BF16T or F16T, each unit's own per-dtype policy.
+#define SPMM_CPU_BY_DTYPE(d, F32T, BF16T, F16T, call) \
+  switch (d) {                                        \
+    case Dtype::kFloat32: {                           \
+      using P = F32T;                                 \
+      return call;                                    \
+    }                                                 \
+    case Dtype::kBFloat16: {                          \
+      using P = BF16T;                                \
+      return call;                                    \
+    }                                                 \
+    default: {                                        \
+      using P = F16T;                                 \
+      return call;                                    \
+    }                                                 \
+  }
