@@ -290,6 +290,12 @@ def run_minilm(args: argparse.Namespace, device: str) -> list:
     return records
 
 
+def results_json(meta: dict, records: list, minilm: list) -> str:
+    """The results file's text: the description indented, one record per line (a few hundred KB, diffable)."""
+    rows = lambda rs: "[\n" + ",\n".join(json.dumps(r) for r in rs) + "\n]"  # noqa: E731
+    return (f'{{"meta": {json.dumps(meta, indent=1)},\n"kernels": {rows(records)},\n"minilm": {rows(minilm)}}}\n')
+
+
 def write_results(args, argv, records: list, minilm: list, started: float, load_before) -> None:
     """One JSON with everything a CPU run measured and where: the results file the README quotes."""
     import spmm.ops
@@ -304,7 +310,7 @@ def write_results(args, argv, records: list, minilm: list, started: float, load_
                "rounds); time_us = median of the rounds' medians",
     )
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps({"meta": meta, "kernels": records, "minilm": minilm}, indent=1) + "\n")
+    args.results.write_text(results_json(meta, records, minilm))
     print(f"wrote {args.results}")
 
 

@@ -20,10 +20,6 @@
 namespace spmm::kernels::cpu {
 namespace {
 
-inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
-inline uint64_t low_bits(int64_t n) { return n >= 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1; }
-
 // vpermps indices, 8 per table entry. Built by the compiler (constexpr): no code of this translation unit may run
 // before cpu_isa.cpp has seen AVX2 on the CPU, so there is no dynamic initialization here.
 struct PermuteTables {
@@ -456,16 +452,7 @@ bool all_finite(Dtype d, const void* x, int64_t n, int64_t k, int64_t stride) {
 // ------------------------------------------------------------------------------------------- the table -------
 Dtype x_as_fp32(Dtype) { return Dtype::kFloat32; }
 
-bool sparse24_rows(Dtype d, const Sparse24Rows& w, const Activations& x, int64_t b, int64_t e, const Output& o) {
-  SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, sparse24_rows_t<P>(w, x, b, e, o))
-}
-void dense_rows(Dtype d, const DenseRows& w, const Activations& x, int64_t b, int64_t e, const Output& o) {
-  SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, dense_rows_t<P>(w, x, b, e, o))
-}
-bool bitmap_rows(Dtype d, const BitmapTiles& w, const Activations& x, int64_t b, int64_t e, const Output& o,
-                 float* scratch) {
-  SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, bitmap_rows_t<P>(w, x, b, e, o, scratch))
-}
+SPMM_CPU_ROW_ENTRY_POINTS
 bool sparse24_expand(Dtype d, const Sparse24Rows& w, int64_t b, int64_t e, void* dense, int64_t ld) {
   return d == Dtype::kFloat32 ? sparse24_expand_t<uint32_t>(w, b, e, dense, ld)
                               : sparse24_expand_t<uint16_t>(w, b, e, dense, ld);

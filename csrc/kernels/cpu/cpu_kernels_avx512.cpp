@@ -24,10 +24,6 @@
 namespace spmm::kernels::cpu {
 namespace {
 
-inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
-inline uint64_t low_bits(int64_t n) { return n >= 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1; }
-
 // ------------------------------------------------------------------------------------- dtype policies --------
 // kCols: dense columns per step. W: one expanded step of a row; X: the matching x. fma: acc += W . X.
 struct F32 {
@@ -720,16 +716,7 @@ bool all_finite(Dtype d, const void* x, int64_t n, int64_t k, int64_t stride) {
 // ------------------------------------------------------------------------------------------- the table -------
 Dtype x_dtype(Dtype w) { return w == Dtype::kBFloat16 ? Dtype::kBFloat16 : Dtype::kFloat32; }
 
-bool sparse24_rows(Dtype d, const Sparse24Rows& w, const Activations& x, int64_t b, int64_t e, const Output& o) {
-  SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, sparse24_rows_t<P>(w, x, b, e, o))
-}
-void dense_rows(Dtype d, const DenseRows& w, const Activations& x, int64_t b, int64_t e, const Output& o) {
-  SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, dense_rows_t<P>(w, x, b, e, o))
-}
-bool bitmap_rows(Dtype d, const BitmapTiles& w, const Activations& x, int64_t b, int64_t e, const Output& o,
-                 float* scratch) {
-  SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, bitmap_rows_t<P>(w, x, b, e, o, scratch))
-}
+SPMM_CPU_ROW_ENTRY_POINTS
 bool sparse24_expand(Dtype d, const Sparse24Rows& w, int64_t b, int64_t e, void* dense, int64_t ld) {
   switch (d) {
     case Dtype::kFloat32: return sparse24_expand_t<F32>(w, b, e, dense, ld);

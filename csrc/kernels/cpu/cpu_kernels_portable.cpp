@@ -33,7 +33,7 @@ void rows_times_x(const Activations& x, int64_t row_begin, int64_t row_end, cons
   }
 }
 
-template <Dtype D>
+template <class P, Dtype D = P::value>
 bool sparse24_rows_t(const Sparse24Rows& w, const Activations& x, int64_t row_begin, int64_t row_end,
                      const Output& out) {
   const int64_t half = w.k / 2, mc = meta_cols(w.k), groups = w.k / 4;
@@ -55,7 +55,7 @@ bool sparse24_rows_t(const Sparse24Rows& w, const Activations& x, int64_t row_be
   return ok;
 }
 
-template <Dtype D>
+template <class P, Dtype D = P::value>
 void dense_rows_t(const DenseRows& w, const Activations& x, int64_t row_begin, int64_t row_end, const Output& out) {
   rows_times_x(x, row_begin, row_end, out, [&](int64_t i, auto visit) {
     for (int64_t c = 0; c < w.k; ++c) visit(c, load_scalar<D>(w.values, i * w.k + c));
@@ -89,7 +89,7 @@ void for_each_bitmap_element(const BitmapTiles& w, int64_t t, int64_t rows, Visi
       for (uint64_t word = bm[r * wpr + q]; word != 0; word &= word - 1) visit(r, 64 * q + __builtin_ctzll(word), e++);
 }
 
-template <Dtype D>
+template <class P, Dtype D = P::value>
 bool bitmap_rows_t(const BitmapTiles& w, const Activations& x, int64_t tile_begin, int64_t tile_end,
                    const Output& out, float* scratch) {
   const int64_t col_tiles = ceil_div(w.k, w.tile_k);
@@ -183,16 +183,7 @@ using F32 = As<Dtype::kFloat32>;
 using BF16 = As<Dtype::kBFloat16>;
 using F16 = As<Dtype::kFloat16>;
 
-bool sparse24_rows(Dtype d, const Sparse24Rows& w, const Activations& x, int64_t b, int64_t e, const Output& o) {
-  SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, sparse24_rows_t<P::value>(w, x, b, e, o))
-}
-void dense_rows(Dtype d, const DenseRows& w, const Activations& x, int64_t b, int64_t e, const Output& o) {
-  SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, dense_rows_t<P::value>(w, x, b, e, o))
-}
-bool bitmap_rows(Dtype d, const BitmapTiles& w, const Activations& x, int64_t b, int64_t e, const Output& o,
-                 float* scratch) {
-  SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, bitmap_rows_t<P::value>(w, x, b, e, o, scratch))
-}
+SPMM_CPU_ROW_ENTRY_POINTS
 bool sparse24_expand(Dtype d, const Sparse24Rows& w, int64_t b, int64_t e, void* dense, int64_t ld) {
   SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, sparse24_expand_t<P::value>(w, b, e, dense, ld))
 }

@@ -1,7 +1,7 @@
-// Scalar helpers the CPU kernel translation units share: 16-bit float conversions, the 2:4 code -> kept-columns
-// mask, the decode of one meta row window. Everything sits in an unnamed namespace on purpose: each translation
-// unit is compiled for its own instruction set, and an inline function emitted by two of them would be merged by
-// the linker into one copy, possibly the AVX-512 one, run then on a CPU without it.
+// What the CPU kernel translation units share: small integer helpers, 16-bit float conversions, the 2:4 code ->
+// kept-columns mask, the output write, and the dtype switch of their tables. The functions sit in an unnamed
+// namespace on purpose: each unit is compiled for its own instruction set, and an inline function emitted by two of
+// them would be merged by the linker into one copy, possibly the AVX-512 one, run then on a CPU without it.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +11,10 @@
 
 namespace spmm::kernels::cpu {
 namespace {
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+inline uint64_t low_bits(int64_t n) { return n >= 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1; }  // n >= 0
 
 inline float bf16_to_float(uint16_t h) {
   const uint32_t bits = static_cast<uint32_t>(h) << 16;
@@ -83,4 +87,18 @@ inline void write_output(const Output& out, int64_t t, int64_t row, float sum) {
       using P = F16T;                                 \
       return call;                                    \
     }                                                 \
+  }
+
+// The table's row entry points of a unit whose kernels are sparse24_rows_t<P>, dense_rows_t<P> and
+// bitmap_rows_t<P> for its per-dtype policies F32, BF16, F16 (the same three functions in every unit).
+#define SPMM_CPU_ROW_ENTRY_POINTS                                                                               \
+  bool sparse24_rows(Dtype d, const Sparse24Rows& w, const Activations& x, int64_t b, int64_t e, const Output& o) { \
+    SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, sparse24_rows_t<P>(w, x, b, e, o))                                     \
+  }                                                                                                             \
+  void dense_rows(Dtype d, const DenseRows& w, const Activations& x, int64_t b, int64_t e, const Output& o) {   \
+    SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, dense_rows_t<P>(w, x, b, e, o))                                        \
+  }                                                                                                             \
+  bool bitmap_rows(Dtype d, const BitmapTiles& w, const Activations& x, int64_t b, int64_t e, const Output& o,  \
+                   float* scratch) {                                                                            \
+    SPMM_CPU_BY_DTYPE(d, F32, BF16, F16, bitmap_rows_t<P>(w, x, b, e, o, scratch))                              \
   }
