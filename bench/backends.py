@@ -34,6 +34,7 @@ class Backend:
     prepare: Callable[[Case], Prepared]
     cuda_only: bool = False
     always_graph: bool = False  # measured "at its best": CUDA graph even without --graph
+    cpu_only: bool = False
 
 
 def _nbytes(*tensors: Optional[Tensor]) -> int:
@@ -74,7 +75,16 @@ def _cusparselt(c: Case) -> Prepared:
     return Prepared(bind, _nbytes(wc), _nbytes(wc, c.bias))
 
 
+def _torch_csr(c: Case) -> Prepared:
+    """torch's own sparse path on CPU: the dense masked weight as CSR, torch.addmm (MKL sparse; fp32 and fp64 only)."""
+    wc = c.w.to_sparse_csr()
+    bias = c.bias[:, None]
+    nbytes = _nbytes(wc.values(), wc.col_indices(), wc.crow_indices())
+    return Prepared(lambda x: lambda: torch.addmm(bias, wc, x.t()).t(), nbytes, nbytes + _nbytes(c.bias))
+
+
 TORCH_SEMI_STRUCTURED = Backend("torch_semi_structured", _torch_semi_structured, cuda_only=True)
+TORCH_CSR = Backend("torch_csr", _torch_csr, cpu_only=True)
 CUSPARSELT = Backend("cusparselt", _cusparselt, cuda_only=True, always_graph=True)
 
 
@@ -198,7 +208,8 @@ TILE_M, TILE_K = 256, 64  # Flash-LLM's tile
 
 
 def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, source: str = "layer", kernel: str = "auto") -> Prepared:
-    """source: "layer" (TiledCSLLinear with the kernel layout the C++ rule gives it, what a model gets), "words" (the
+    """source: "layer" (TiledCSLLinear with the kernel layout the C++ rule gives it, what a model gets; on CPU the bitmap over
+    the values), "words" (the
     word-layout kernel), "delta" (the delta kernels on the layer's delta layout: what SPMM_TILED_CSL_DELTA=1 gives a
     model; `kernel` pins one of them) or "stream" (the kernel on the Tiled-CSL stream itself). weight_bytes: what the
     kernel reads (the layer's kernel layout where it has one)."""
@@ -208,14 +219,15 @@ def _spmm_tiled_csl(c: Case, tile_m: int = TILE_M, source: str = "layer", kernel
         _require_cuda_kernel(c, {"stream": "tiled_csl_mm", "words": "_tiled_csl_words",
                                  "delta": "_tiled_csl_delta_mm"}[source], f"the {source} kernel")
     values, locations, offsets = _pack(ops.tiled_csl_compress, c.w, c.mask, tile_m, TILE_K)  # GPU packer on CUDA
-    if source == "layer" and c.w.is_cuda:
+    if source == "layer":
         from spmm.formats import TiledCSLWeight
         from spmm.nn import TiledCSLLinear
 
         layer = TiledCSLLinear.from_format(TiledCSLWeight(values, locations, offsets, tuple(c.w.shape), tile_m, TILE_K),
                                            c.bias)
-        layouts = ([layer.delta_values, layer.delta_codes, layer.delta_offsets], [layer.words, layer.word_offsets])
-        read = next((ts for ts in layouts if ts[0] is not None), [values, locations, offsets])
+        layouts = ([layer.delta_values, layer.delta_codes, layer.delta_offsets], [layer.words, layer.word_offsets],
+                   [values, offsets, layer.cpu_bitmap])  # the CPU kernels read the values in place through the bitmap
+        read = next((ts for ts in layouts if ts[-1] is not None), [values, locations, offsets])
         return _layer_prepared(layer, _nbytes(*read))
     if source == "words":
         words, word_offsets = ops.tiled_csl_words(values, locations, offsets, tile_m, TILE_K)
@@ -334,6 +346,8 @@ def probe(backend: Backend, tiny_case: Callable[[], Case]) -> Optional[str]:
         c = tiny_case()
         if backend.cuda_only and c.w.device.type != "cuda":
             return "needs a CUDA device"
+        if backend.cpu_only and c.w.device.type != "cpu":
+            return "a CPU baseline"
         x = torch.randn(16, c.w.shape[1], device=c.w.device).to(c.w.dtype)
         backend.prepare(c).bind(x)()
         if c.w.device.type == "cuda":

@@ -6,6 +6,8 @@ Record fields (one per op x backend x layer x N x level):
   layer, M, K, N                   y[N, M] = x[N, K] @ W[M, K]^T + b
   sparsity, dense_fraction         fraction of zero weights; fraction of output rows kept dense (Spense)
   time_us, dense_us, speedup       median µs of this backend and of the dense baseline; speedup = dense_us / time_us
+                                   (CPU: the median over rounds of the rounds' dense / backend ratios)
+  threads, speedup_lo/hi, rounds   CPU: torch threads; the smallest and largest round's ratio; rounds timed
   gbps, pct_copy_bw                (weight_bytes + x + y bytes) / time, in GB/s and as % of copy_gbps
   tflops                           dense-equivalent 2*M*N*K / time, TFLOP/s
   weight_bytes                     bytes of the weight the backend's kernel reads per call (its stored layout)
@@ -28,7 +30,8 @@ from typing import Dict, List, Optional, Tuple
 
 FIELDS = [
     "device", "torch", "cuda", "op", "backend", "dtype", "graph", "layer", "M", "K", "N", "sparsity",
-    "dense_fraction", "time_us", "dense_us", "speedup", "gbps", "copy_gbps", "pct_copy_bw", "tflops",
+    "dense_fraction", "threads", "time_us", "dense_us", "speedup", "speedup_lo", "speedup_hi", "rounds", "gbps",
+    "copy_gbps", "pct_copy_bw", "tflops",
     "weight_bytes", "resident_bytes", "max_abs_err", "tol", "correct", "reps", "flush", "error",
 ]
 DENSE = ("cublas", "torch_cpu")
@@ -191,7 +194,10 @@ def table(records: List[dict]) -> str:
         ("sparsity", 8, lambda r: _fmt(r["sparsity"], ".3g")), ("dense_rows", 10, lambda r: _fmt(r["dense_fraction"], ".3g")),
         ("backend", 21, lambda r: r["backend"] + ("*" if r["graph"] else "")),
         (f"time {us}", 10, lambda r: _fmt(r["time_us"], ".1f")), (f"dense {us}", 10, lambda r: _fmt(r["dense_us"], ".1f")),
-        ("speedup x", 9, lambda r: _fmt(r["speedup"], ".2f")), ("GB/s", 7, lambda r: _num(r["gbps"])),
+        ("speedup x", 9, lambda r: _fmt(r["speedup"], ".2f")),
+        ("range", 11, lambda r: f"{r['speedup_lo']:.2f}-{r['speedup_hi']:.2f}" if r.get("speedup_lo") else "-"),
+        ("thr", 3, lambda r: str(r["threads"]) if r.get("threads") else "-"),
+        ("GB/s", 7, lambda r: _num(r["gbps"])),
         ("% copy BW", 9, lambda r: _num(r["pct_copy_bw"])), ("TFLOP/s", 8, lambda r: _num(r["tflops"])),
     ]
     lines = ["  ".join(name.rjust(w) if i > 1 else name.ljust(w) for i, (name, w, _) in enumerate(cols)) + "  check"]
@@ -202,7 +208,9 @@ def table(records: List[dict]) -> str:
     return "\n".join(lines)
 
 
-def legend(copy_gbps: float) -> str:
+def legend(copy_gbps: float, cpu: bool = False) -> str:
+    spread = (" CPU: speedup = median over rounds of interleaved reps (range = the extreme rounds); threads = torch's."
+              if cpu else "")
     return ("* = timed as CUDA-graph replays. speedup = dense time / time. GB/s = (weight + x + y bytes) / time; "
             f"% copy BW is of the measured device copy bandwidth {copy_gbps:.0f} GB/s. "
-            "TFLOP/s counts dense-equivalent 2*M*N*K.")
+            "TFLOP/s counts dense-equivalent 2*M*N*K." + spread)

@@ -19,7 +19,8 @@ class Layer:
 
 def load(path: Path = SHAPES_JSON) -> dict:
     data = json.loads(Path(path).read_text())
-    data["layers"] = [Layer(name, m, k) for name, m, k in data["layers"]]
+    for key in ("layers", "cpu_layers"):
+        data[key] = [Layer(name, m, k) for name, m, k in data.get(key, [])]
     return data
 
 

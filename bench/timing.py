@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch import Tensor
@@ -85,6 +85,28 @@ class Timer:
             end.record()
         torch.cuda.synchronize(self.device)
         return statistics.median(s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends))
+
+    def time_interleaved(self, runs: Dict[str, Callable[[], None]], rounds: int) -> Dict[str, List[float]]:
+        """CPU: per-round median µs of each callable. Each round warms every callable up, then makes `reps` passes
+        that call every callable once (caches flushed before each call), the order rotating from pass to pass, so
+        load from other processes, clock changes and cache state fall on all of them alike."""
+        names = list(runs)
+        per_round: Dict[str, List[float]] = {name: [] for name in names}
+        for _ in range(rounds):
+            for name in names:
+                for _ in range(self.warmup):
+                    self.flush()
+                    runs[name]()
+            times: Dict[str, List[float]] = {name: [] for name in names}
+            for rep in range(self.reps):
+                for name in names[rep % len(names):] + names[:rep % len(names)]:
+                    self.flush()
+                    t0 = time.perf_counter()
+                    runs[name]()
+                    times[name].append((time.perf_counter() - t0) * 1e6)
+            for name in names:
+                per_round[name].append(statistics.median(times[name]))
+        return per_round
 
     def copy_gbps(self, nbytes: int = 0) -> float:
         """Device copy bandwidth: bytes read + written per second (GB/s) for a large copy, median of reps."""

@@ -86,6 +86,19 @@ def random_mask(m: int, k: int, density: float, g=None) -> torch.Tensor:
     return torch.rand(m, k, generator=g) < density
 
 
+def spense_args(w, mask, dense_rows):
+    """Dense rows first, then the 2:4 rows: spense_mm's operands and the dense masked weight they stand for."""
+    from spmm import ops
+
+    m = w.shape[0]
+    is_dense = torch.zeros(m, dtype=torch.bool)
+    is_dense[dense_rows] = True
+    order = torch.cat([torch.nonzero(is_dense).flatten(), torch.nonzero(~is_dense).flatten()])
+    values, meta = ops.sparse24_compress(w[~is_dense], mask[~is_dense])
+    full = torch.where(is_dense[:, None], w, masked(w, mask))
+    return (w[is_dense].contiguous(), values, meta, order.to(torch.int32)), full
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test of a GPU test file (tests/test_cuda_*.py) carries the `gpu` marker: the device scripts select the
     GPU tests by it (scripts/device_check.sh: pytest -m gpu), so an unmarked one would never run on a GPU."""

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.library import opcheck
 
 import spmm
-from conftest import DTYPES, gen, int_weight, random_24_mask, random_mask
+from conftest import DTYPES, gen, int_weight, random_24_mask, random_mask, spense_args
 from spmm import ops
 
 SHAPES = [(8, 16), (5, 12), (67, 260), (256, 192)]  # (M, K): odd M, K not a multiple of any tile
@@ -34,17 +34,6 @@ def pack24(w, mask):
 
 def pack_csl(w, mask, tile_m=16, tile_k=32):
     return ops.tiled_csl_compress(w, mask, tile_m, tile_k)
-
-
-def spense_args(w, mask, dense_rows):
-    """Dense rows first, then the 2:4 rows: the op's operands and the dense masked weight they stand for."""
-    m = w.shape[0]
-    is_dense = torch.zeros(m, dtype=torch.bool)
-    is_dense[dense_rows] = True
-    order = torch.cat([torch.nonzero(is_dense).flatten(), torch.nonzero(~is_dense).flatten()])
-    values, meta = ops.sparse24_compress(w[~is_dense], mask[~is_dense])
-    full = torch.where(is_dense[:, None], w, masked(w, mask))
-    return (w[is_dense], values, meta, order.to(torch.int32)), full
 
 
 # ------------------------------------------------------------------------------------------- exactness ----------

@@ -32,7 +32,7 @@ def sparsified(seed=0) -> nn.Sequential:
     model = build(seed)
     spmm.sparsify(model, spmm.Sparse24Config(), filter_fn=lambda name, m: name == "0")
     spmm.sparsify(model, spmm.TiledCSLConfig(sparsity=0.6, tile_m=16, tile_k=16), filter_fn=lambda name, m: name == "2")
-    spmm.sparsify(model, spmm.SpenseConfig(dense_fraction=0.25), filter_fn=lambda name, m: name == "4")
+    spmm.sparsify(model, spmm.SpenseConfig(dense_fraction=0.25, tile=1), filter_fn=lambda name, m: name == "4")
     with torch.no_grad():
         model[3].weight.uniform_(0.5, 1.5, generator=gen(1))  # LayerNorm values that differ from a fresh one
     return model

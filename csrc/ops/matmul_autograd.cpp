@@ -88,7 +88,8 @@ struct TiledCslMm {
                                const at::Tensor& tile_offsets, int64_t out_features, int64_t tile_m, int64_t tile_k,
                                const OptionalTensor& bias, const OptionalTensor& words,
                                const OptionalTensor& word_offsets, const OptionalTensor& delta_values,
-                               const OptionalTensor& delta_codes, const OptionalTensor& delta_offsets);
+                               const OptionalTensor& delta_codes, const OptionalTensor& delta_offsets,
+                               const OptionalTensor& cpu_bitmap);
   static constexpr size_t kBias = 7;
 
   // The stream, and the layouts for a call that was given them with an empty stream (W then comes from one).

@@ -9,17 +9,26 @@ TORCH_LIBRARY(spmm, m) {
   // y = x @ W.T (+ bias), W in the canonical 2:4 layout. CPU; CUDA (fp16/bf16): the kernel the 2:4 rule picks
   // (sparse24_dispatch_rules.h) on the kernel layouts given (a layer's, see spmm.ops.sparse24_kernel_layouts: the
   // decode kernel's dvalues/dmeta, the Hopper GEMM's metadata sm90_e, the Ampere GEMM's sm80_a/sm80_e); with none
-  // the call packs its kernel's layout for itself. The CPU computes from the canonical weight and ignores them.
+  // the call packs its kernel's layout for itself. The CPU computes from the canonical weight and ignores them (its fast
+  // kernels by one rule: kernels/cpu/cpu_dispatch_rules.h).
   m.def("sparse24_mm(Tensor x, Tensor values, Tensor meta, Tensor? bias=None, Tensor? dvalues=None, "
         "Tensor? dmeta=None, Tensor? sm90_e=None, Tensor? sm80_a=None, Tensor? sm80_e=None) -> Tensor");
+  // Internal (CPU): the fp64 reference of sparse24_mm, the tests' oracle.
+  m.def("_sparse24_mm_reference(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor");
   // Tiled-CSL: dense [M, K] (+ keep mask) -> values [nnz], locations int16 [nnz], tile_offsets int32 [tiles + 1]. CPU.
   m.def("tiled_csl_compress(Tensor dense, Tensor? mask, int tile_m, int tile_k) -> (Tensor values, Tensor locations, Tensor tile_offsets)");
-  // y = x @ W.T (+ bias), W [out_features, K] in Tiled-CSL. CPU: from the stream. CUDA: from the first given of a
-  // kernel layout derived from the stream -- the delta layout (spmm.formats.tiled_csl_layouts) or the word layout
-  // (_tiled_csl_words) -- else the stream; with a layout given the stream is not read and may be empty.
+  // y = x @ W.T (+ bias), W [out_features, K] in Tiled-CSL. CPU: from the stream, read by the fast kernels (one rule)
+  // through the bitmap cpu_bitmap of tiled_csl_cpu_layout, which they derive per call when it is not given. CUDA:
+  // from the first given of a kernel layout derived from the stream -- the delta layout
+  // (spmm.formats.tiled_csl_layouts) or the word layout (_tiled_csl_words) -- else the stream; with a layout given
+  // the stream is not read and may be empty.
   m.def("tiled_csl_mm(Tensor x, Tensor values, Tensor locations, Tensor tile_offsets, int out_features, int tile_m, "
         "int tile_k, Tensor? bias=None, Tensor? words=None, Tensor? word_offsets=None, Tensor? delta_values=None, "
-        "Tensor? delta_codes=None, Tensor? delta_offsets=None) -> Tensor");
+        "Tensor? delta_codes=None, Tensor? delta_offsets=None, Tensor? cpu_bitmap=None) -> Tensor");
+  // The CPU kernels' layout of a Tiled-CSL weight: int64 bitmap words of the stored elements (kernels/cpu/cpu_kernels.h). CPU.
+  m.def("tiled_csl_cpu_layout(Tensor locations, Tensor tile_offsets, int out_features, int in_features, int tile_m, int tile_k) -> Tensor");
+  // Internal (CPU): the fp64 reference of tiled_csl_mm, the tests' oracle.
+  m.def("_tiled_csl_mm_reference(Tensor x, Tensor values, Tensor locations, Tensor tile_offsets, int out_features, int tile_m, int tile_k, Tensor? bias) -> Tensor");
   // Internal: the dense weight W [M, K] of a packed one, unchecked, for the matmul ops' backward (dL/dx = dL/dy @ W,
   // csrc/ops/matmul_autograd.cpp, which also carries the ops' Autograd kernels). Implemented in Python by the formats'
   // unpackers (spmm/formats/dense_ops.py), every device. Tiled-CSL: from the stream, or where it is empty from the
@@ -65,4 +74,6 @@ TORCH_LIBRARY(spmm, m) {
   m.def("spense_mm(Tensor x, Tensor dense_weight, Tensor values, Tensor meta, Tensor row_index, Tensor? bias=None, "
         "Tensor? dvalues=None, Tensor? dmeta=None, Tensor? sm90_e=None, Tensor? sm80_a=None, Tensor? sm80_e=None) "
         "-> Tensor");
+  // Internal (CPU): the fp64 reference of spense_mm, the tests' oracle.
+  m.def("_spense_mm_reference(Tensor x, Tensor dense_weight, Tensor values, Tensor meta, Tensor row_index, Tensor? bias) -> Tensor");
 }

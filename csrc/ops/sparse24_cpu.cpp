@@ -1,4 +1,5 @@
-// CPU reference of the 2:4 ops: the packer (dense -> canonical values/meta) and y = x @ W.T (+ bias).
+// CPU reference of the 2:4 ops: the packer (dense -> canonical values/meta) and y = x @ W.T (+ bias) in fp64, the
+// tests' oracle (spmm::_sparse24_mm_reference; sparse24_mm itself runs the fast kernels, sparse24_mm_cpu.cpp).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -65,16 +66,13 @@ std::tuple<at::Tensor, at::Tensor> sparse24_compress_cpu(const at::Tensor& dense
   return {values, meta};
 }
 
-// The kernel layouts (dvalues .. sm80_e) are the CUDA kernels' copies of the canonical weight: not read here.
-at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
-                           const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& /*dvalues*/,
-                           const std::optional<at::Tensor>& /*dmeta*/, const std::optional<at::Tensor>& /*sm90_e*/,
-                           const std::optional<at::Tensor>& /*sm80_a*/, const std::optional<at::Tensor>& /*sm80_e*/) {
+}  // namespace
+
+at::Tensor sparse24_mm_reference(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                                 const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "spmm::sparse24_mm";
-  check_activation(op, x);
+  check_sparse24_mm_args(op, x, values, meta, bias);
   const int64_t k = x.size(-1);
-  check_sparse24_weight(op, x, values, meta, k);
-  check_bias(op, bias, x, values.size(0));
   check_sparse24_meta_codes(op, meta, k);
   const int64_t n = leading_rows(x), m = values.size(0);
   const at::Tensor xf = activation_matrix(x, n, k);
@@ -84,6 +82,8 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
   });
   return finish_linear(out, bias, x);
 }
+
+namespace {
 
 // The matmul's metadata checks on their own: Sparse24Weight.validate().
 void sparse24_check_cpu(const at::Tensor& meta, int64_t in_features) {
@@ -102,7 +102,7 @@ void sparse24_check_cpu(const at::Tensor& meta, int64_t in_features) {
 
 TORCH_LIBRARY_IMPL(spmm, CPU, m) {
   m.impl("sparse24_compress", &sparse24_compress_cpu);
-  m.impl("sparse24_mm", &sparse24_mm_cpu);
+  m.impl("_sparse24_mm_reference", &sparse24_mm_reference);
   m.impl("_sparse24_check", &sparse24_check_cpu);
 }
 

@@ -45,6 +45,24 @@ inline void check_sparse24_meta_codes(const char* op, const at::Tensor& meta, in
   }
 }
 
+// sparse24_mm's arguments, before their contents are read (the meta codes are checked where they are decoded).
+inline void check_sparse24_mm_args(const char* op, const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                                   const std::optional<at::Tensor>& bias) {
+  check_activation(op, x);
+  check_sparse24_weight(op, x, values, meta, x.size(-1));
+  check_bias(op, bias, x, values.size(0));
+}
+
+// After the CPU kernels reported a non-canonical meta code: the reference's check names the first one.
+inline void raise_bad_meta(const char* op, const at::Tensor& meta, int64_t k) {
+  check_sparse24_meta_codes(op, meta, k);
+  TORCH_CHECK(false, op, ": the CPU kernels found a meta code that the reference's check accepts (a bug)");
+}
+
+// The fp64 reference of sparse24_mm (spmm::_sparse24_mm_reference).
+at::Tensor sparse24_mm_reference(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                                 const std::optional<at::Tensor>& bias);
+
 // out[:, dst(i)] = x @ W_i for the 2:4 rows i of (values, meta); dst_row nullable (identity).
 template <typename T>
 void sparse24_rows_linear(const at::Tensor& xf, const at::Tensor& values, const at::Tensor& meta,

@@ -1,26 +1,21 @@
-// CPU reference of spense_mm: a dense row block and a 2:4 row block own disjoint output rows; each block row's
+// CPU reference of spense_mm in fp64 (the tests' oracle, spmm::_spense_mm_reference; spense_mm runs the fast
+// kernels, spense_mm_cpu.cpp): a dense row block and a 2:4 row block own disjoint output rows; each block row's
 // result is written straight to its original output position row_index[i] (dense rows first), no gather after.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include "ops/sparse24_cpu.h"
-#include "ops/spense_common.h"
+#include "ops/spense_cpu.h"
 
 namespace spmm::ops {
-namespace {
 
-// The kernel layouts of the 2:4 block (dvalues .. sm80_e) are the CUDA kernels' copies: not read here.
-at::Tensor spense_mm_cpu(const at::Tensor& x, const at::Tensor& dense_weight, const at::Tensor& values,
-                         const at::Tensor& meta, const at::Tensor& row_index, const std::optional<at::Tensor>& bias,
-                         const std::optional<at::Tensor>& /*dvalues*/, const std::optional<at::Tensor>& /*dmeta*/,
-                         const std::optional<at::Tensor>& /*sm90_e*/, const std::optional<at::Tensor>& /*sm80_a*/,
-                         const std::optional<at::Tensor>& /*sm80_e*/) {
+at::Tensor spense_mm_reference(const at::Tensor& x, const at::Tensor& dense_weight, const at::Tensor& values,
+                               const at::Tensor& meta, const at::Tensor& row_index, const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "spmm::spense_mm";
   check_spense_args(op, x, dense_weight, values, meta, row_index, bias);
   check_row_index_permutation(op, row_index);
-  const int64_t k = x.size(-1), n = leading_rows(x);
-  const int64_t md = dense_weight.size(0), m = row_index.numel();
+  const int64_t k = x.size(-1), n = leading_rows(x), md = dense_weight.size(0), m = md + values.size(0);
   check_sparse24_meta_codes(op, meta, k);
 
   const at::Tensor xf = activation_matrix(x, n, k);
@@ -42,8 +37,6 @@ at::Tensor spense_mm_cpu(const at::Tensor& x, const at::Tensor& dense_weight, co
   return finish_linear(out, bias, x);
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(spmm, CPU, m) { m.impl("spense_mm", &spense_mm_cpu); }
+TORCH_LIBRARY_IMPL(spmm, CPU, m) { m.impl("_spense_mm_reference", &spense_mm_reference); }
 
 }  // namespace spmm::ops

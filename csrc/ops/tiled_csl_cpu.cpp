@@ -1,15 +1,20 @@
 // CPU reference of the Tiled-CSL ops: the packer (dense + any mask -> per-tile (value, 16-bit location) stream)
-// and y = x @ W.T (+ bias), parallel over row tiles so each task owns its output rows.
+// and y = x @ W.T (+ bias) in fp64, parallel over row tiles so each task owns its output rows (the tests' oracle,
+// spmm::_tiled_csl_mm_reference; tiled_csl_mm runs the fast kernels, tiled_csl_mm_cpu.cpp); and the CPU kernels'
+// layout, a bitmap of the stored elements built from the checked stream (spmm::tiled_csl_cpu_layout).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "kernels/cpu/cpu_kernels.h"
 #include "ops/tiled_csl_common.h"
+#include "ops/tiled_csl_cpu.h"
 
 namespace spmm::ops {
 namespace {
@@ -114,16 +119,12 @@ void check_stream(const char* op, const TileGrid& g, const int32_t* offs, const 
   }
 }
 
-// The kernel layouts (words, delta_*) are CUDA's: on CPU the op reads the stream, which must be given.
-at::Tensor tiled_csl_mm_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& locations,
-                            const at::Tensor& tile_offsets, int64_t out_features, int64_t tile_m, int64_t tile_k,
-                            const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& words,
-                            const std::optional<at::Tensor>&, const std::optional<at::Tensor>& delta_values,
-                            const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) {
+}  // namespace
+
+at::Tensor tiled_csl_mm_reference(const at::Tensor& x, const at::Tensor& values, const at::Tensor& locations,
+                                  const at::Tensor& tile_offsets, int64_t out_features, int64_t tile_m, int64_t tile_k,
+                                  const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "spmm::tiled_csl_mm";
-  TORCH_CHECK_VALUE(tile_offsets.numel() > 0 || !(words.has_value() || delta_values.has_value()), op,
-                    ": on CPU the op reads the stream (`values`, `locations`, `tile_offsets`), not a CUDA kernel "
-                    "layout; pass the stream");
   check_tiled_csl_mm_args(op, x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias);
   const int64_t k = x.size(-1), n = leading_rows(x);
   const TileGrid g(out_features, k, tile_m, tile_k);
@@ -160,10 +161,12 @@ at::Tensor tiled_csl_mm_cpu(const at::Tensor& x, const at::Tensor& values, const
   return finish_linear(out, bias, x);
 }
 
-// The matmul's stream checks on their own: TiledCSLWeight.validate() (a loop here, a pass over the stream).
-void tiled_csl_check_cpu(const at::Tensor& locations, const at::Tensor& tile_offsets, int64_t out_features,
-                         int64_t in_features, int64_t tile_m, int64_t tile_k) {
-  constexpr const char* op = "spmm::_tiled_csl_check";
+namespace {
+
+// A stream's locations and offsets on their own, checked as the matmul checks them (shapes, then check_stream: a
+// loop over the stream); the tile grid they describe.
+TileGrid checked_stream_grid(const char* op, const at::Tensor& locations, const at::Tensor& tile_offsets,
+                             int64_t out_features, int64_t in_features, int64_t tile_m, int64_t tile_k) {
   check_tile_shape(op, tile_m, tile_k);
   check_out_features(op, out_features);
   check_features(op, "in_features", in_features);
@@ -173,20 +176,52 @@ void tiled_csl_check_cpu(const at::Tensor& locations, const at::Tensor& tile_off
   check_dtype(op, "tile_offsets", tile_offsets, at::kInt);
   check_contiguous(op, "locations", locations);
   check_contiguous(op, "tile_offsets", tile_offsets);
+  TORCH_CHECK_VALUE(locations.device().is_cpu() && tile_offsets.device().is_cpu(), op,
+                    ": `locations` and `tile_offsets` must be on the CPU");
   const int64_t tiles = tile_count(out_features, in_features, tile_m, tile_k, op);
   TORCH_CHECK_VALUE(tile_offsets.numel() == tiles + 1, op, ": `tile_offsets` must have ", tiles + 1, " entries for a ",
                     out_features, " x ", in_features, " weight in ", tile_m, " x ", tile_k, " tiles, got ",
                     tile_offsets.numel());
-  check_stream(op, TileGrid(out_features, in_features, tile_m, tile_k), tile_offsets.data_ptr<int32_t>(),
-               locations.data_ptr<int16_t>(), locations.numel());
+  const TileGrid g(out_features, in_features, tile_m, tile_k);
+  check_stream(op, g, tile_offsets.data_ptr<int32_t>(), locations.data_ptr<int16_t>(), locations.numel());
+  return g;
+}
+
+// The matmul's stream checks on their own: TiledCSLWeight.validate().
+void tiled_csl_check_cpu(const at::Tensor& locations, const at::Tensor& tile_offsets, int64_t out_features,
+                         int64_t in_features, int64_t tile_m, int64_t tile_k) {
+  checked_stream_grid("spmm::_tiled_csl_check", locations, tile_offsets, out_features, in_features, tile_m, tile_k);
 }
 
 }  // namespace
 
+at::Tensor tiled_csl_cpu_bitmap(const at::Tensor& locations, const at::Tensor& tile_offsets, int64_t out_features,
+                                int64_t in_features, int64_t tile_m, int64_t tile_k) {
+  const TileGrid g = checked_stream_grid("spmm::tiled_csl_cpu_layout", locations, tile_offsets, out_features,
+                                         in_features, tile_m, tile_k);
+  const int64_t tiles = g.row_tiles * g.col_tiles;
+  const int32_t* offs = tile_offsets.data_ptr<int32_t>();
+  const int16_t* locs = locations.data_ptr<int16_t>();
+  // Bit b of word (t * tile_m + r) * words + w: row r, column 64 w + b of tile t holds a value (kernels/cpu/cpu_kernels.h).
+  // check_stream has made each tile's locations strictly increasing: no bit is set twice.
+  const int64_t words = kernels::cpu::bitmap_words_per_row(tile_k);
+  at::Tensor bitmap = at::zeros({tiles * tile_m * words}, tile_offsets.options().dtype(at::kLong));
+  uint64_t* bits = reinterpret_cast<uint64_t*>(bitmap.data_ptr<int64_t>());
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t)
+      for (int64_t e = offs[t]; e < offs[t + 1]; ++e) {
+        const int64_t loc = static_cast<uint16_t>(locs[e]), r = loc / tile_k, c = loc % tile_k;
+        bits[(t * tile_m + r) * words + c / 64] |= uint64_t{1} << (c % 64);
+      }
+  });
+  return bitmap;
+}
+
 TORCH_LIBRARY_IMPL(spmm, CPU, m) {
   m.impl("tiled_csl_compress", &tiled_csl_compress_cpu);
-  m.impl("tiled_csl_mm", &tiled_csl_mm_cpu);
+  m.impl("_tiled_csl_mm_reference", &tiled_csl_mm_reference);
   m.impl("_tiled_csl_check", &tiled_csl_check_cpu);
+  m.impl("tiled_csl_cpu_layout", &tiled_csl_cpu_bitmap);
 }
 
 }  // namespace spmm::ops

@@ -151,9 +151,11 @@ at::Tensor tiled_csl_mm_cuda(const at::Tensor& x, const at::Tensor& values, cons
                              const std::optional<at::Tensor>& word_offsets,
                              const std::optional<at::Tensor>& delta_values,
                              const std::optional<at::Tensor>& delta_codes,
-                             const std::optional<at::Tensor>& delta_offsets) {
+                             const std::optional<at::Tensor>& delta_offsets,
+                             const std::optional<at::Tensor>& cpu_bitmap) {
   constexpr const char* op = "spmm::tiled_csl_mm";
   check_tile_shape(op, tile_m, tile_k);
+  TORCH_CHECK_VALUE(!cpu_bitmap.has_value(), op, ": `cpu_bitmap` is the CPU kernels' layout; a CUDA call takes none");
   switch (source_of(op, words, word_offsets, delta_values, delta_codes, delta_offsets)) {
     case Source::kDelta:
 #if SPMM_HAS_TILED_CSL_DELTA

@@ -1,11 +1,11 @@
 """Python entry points of the spmm operators, and their fake (meta) implementations.
 
-The schemas are registered in C++ (csrc/ops/registration.cpp); the CPU implementation of every op is the reference
-semantics (fp64 accumulation -- at least the fp32 of the kernels --, bias added before the one rounding to the
-input dtype); CUDA implementations come from csrc/ops/*_cuda.cpp. The fake implementations below only compute
-output shapes, so torch.compile(fullgraph=True) can trace models that use the ops. The matmul ops' autograd (for x
-and bias) is in C++ (csrc/ops/matmul_autograd.cpp), with W rebuilt by the internal _*_dense ops
-(spmm/formats/dense_ops.py).
+The schemas are registered in C++ (csrc/ops/registration.cpp). On CPU the matmul ops run fast kernels (fp32 sums,
+bias added before the one rounding to the input dtype; see "CPU kernels" below); their fp64 references (exact
+products, fp64 sums, one rounding) stay as spmm::_*_mm_reference, the tests' oracle. CUDA implementations come from
+csrc/ops/*_cuda.cpp. The fake implementations below only compute output shapes, so torch.compile(fullgraph=True) can
+trace models that use the ops. The matmul ops' autograd (for x and bias) is in C++ (csrc/ops/matmul_autograd.cpp),
+with W rebuilt by the internal _*_dense ops (spmm/formats/dense_ops.py).
 
 Words: *compress* makes a format's stored layout from a dense weight (sparse24_compress, tiled_csl_compress);
 *pack* makes a kernel's own layout from a stored one, once per weight (sparse24_decode_pack, ...; the layers hold
@@ -280,6 +280,7 @@ def tiled_csl_mm(
     delta_values: Optional[Tensor] = None,
     delta_codes: Optional[Tensor] = None,
     delta_offsets: Optional[Tensor] = None,
+    cpu_bitmap: Optional[Tensor] = None,
 ) -> Tensor:
     """y = x @ W.T (+ bias) with W [out_features, K] in Tiled-CSL. x [..., K] -> y [..., out_features].
 
@@ -288,11 +289,12 @@ def tiled_csl_mm(
     `word_offsets`: tiled_csl_words, tiles of 256 x 64 or 128 x 64), the stream (the same tiles; others raise
     NotImplementedError). With a layout given the stream is not read there and may be empty (a TiledCSLLinear holding
     only the delta layout passes empty tensors); the contents are trusted on CUDA (the CPU op checks the stream). On
-    CPU the op reads the stream."""
+    CPU the op reads the stream: its fast kernels read the values through `cpu_bitmap` (tiled_csl_cpu_layout of this
+    weight; derived on every call when None, a pass over the locations that TiledCSLLinear saves by holding it)."""
     op = "tiled_csl_mm"
     return _ops.tiled_csl_mm(x, values, locations, tile_offsets, _int64(op, "out_features", out_features),
                              _int64(op, "tile_m", tile_m), _int64(op, "tile_k", tile_k), bias, words, word_offsets,
-                             delta_values, delta_codes, delta_offsets)
+                             delta_values, delta_codes, delta_offsets, cpu_bitmap)
 
 
 def tiled_csl_check(locations: Tensor, tile_offsets: Tensor, out_features: int, in_features: int, tile_m: int,
@@ -304,6 +306,19 @@ def tiled_csl_check(locations: Tensor, tile_offsets: Tensor, out_features: int, 
     _ops._tiled_csl_check(locations, tile_offsets, _int64(op, "out_features", out_features),
                           _int64(op, "in_features", in_features), _int64(op, "tile_m", tile_m),
                           _int64(op, "tile_k", tile_k))
+
+
+def tiled_csl_cpu_layout(
+    locations: Tensor, tile_offsets: Tensor, out_features: int, in_features: int, tile_m: int, tile_k: int
+) -> Tensor:
+    """The CPU kernels' layout of a Tiled-CSL weight: int64 [tiles * tile_m * ceil(tile_k / 64)], one bit per element
+    of each tile row (set where the stream stores a value). With it the kernels read the stream's values in place
+    (1 bit per element instead of a 16-bit location per stored value). Checks the stream (offsets, locations inside
+    their tile, no location twice). CPU tensors."""
+    op = "tiled_csl_cpu_layout"
+    return _ops.tiled_csl_cpu_layout(locations, tile_offsets, _int64(op, "out_features", out_features),
+                                     _int64(op, "in_features", in_features), _int64(op, "tile_m", tile_m),
+                                     _int64(op, "tile_k", tile_k))
 
 
 def tiled_csl_words(
@@ -344,6 +359,62 @@ def tiled_csl_layer_layout(tile_m: int, tile_k: int, dtype: torch.dtype, device:
         return ""
     layout = _C.tiled_csl_layer_layout(tile_m, tile_k)
     return layout if layout != "delta" or has_cuda_kernel("_tiled_csl_delta_mm") else ""
+
+
+# ------------------------------------------------------------------------------------------- CPU kernels ---------
+# The matmul ops' CPU implementations run fast kernels (csrc/kernels/cpu): the instruction set is picked once by the
+# CPU's features (AVX-512 with BF16/VBMI2, AVX2, portable C++), and each call's path by one rule in C++
+# (csrc/kernels/cpu/cpu_dispatch_rules.h): x with a NaN/Inf -> the portable kernels (which, like the reference, never
+# multiply a pruned element); up to cpu_register_max_tokens tokens -> kernels that stream the packed weight once and
+# expand it in registers; more -> the weight expanded block by block for torch's GEMM. Sums in fp32 (the fp64
+# reference stays as spmm::_*_mm_reference, the tests' oracle).
+CPU_FORMATS = {"sparse24": 0, "tiled_csl": 1, "spense": 2}
+_CPU_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def cpu_isa() -> str:
+    """The instruction set the CPU kernels run now: "avx512", "avx2" or "portable"."""
+    return _C.cpu_isa()
+
+
+def cpu_isa_detected() -> str:
+    """The best instruction set this CPU and build run (what cpu_isa() is unless forced)."""
+    return _C.cpu_isa_detected()
+
+
+def set_cpu_isa(name: str) -> None:
+    """Force the CPU kernels' instruction set ("avx512", "avx2", "portable"), or "auto" for the detected one; also
+    read once from the environment variable SPMM_CPU_ISA. A set above what the CPU runs raises ValueError."""
+    _C.set_cpu_isa(name)
+
+
+def set_cpu_path(name: str) -> None:
+    """For tuning the rule and for tests: make every CPU matmul call with finite x take the register kernels
+    ("register"), torch's GEMM on expanded blocks ("gemm") or, for Tiled-CSL on AVX-512, the kernel vectorized over
+    tokens ("tokens"; the other formats then take the GEMM); "auto" restores the rule."""
+    _C.set_cpu_path(name)
+
+
+def cpu_register_max_tokens(fmt: str, dtype: torch.dtype, density: float = 0.5) -> int:
+    """Up to how many tokens the CPU ops run their register kernels for a weight of format `fmt` ("sparse24",
+    "tiled_csl", "spense"), `dtype` and `density` (stored / dense elements); above it torch's GEMM on expanded weight
+    blocks. The C++ rule itself."""
+    return _C.cpu_register_max_tokens(CPU_FORMATS[fmt], _CPU_DTYPE_CODES[dtype], float(density))
+
+
+def sparse24_mm_reference(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """The fp64 reference of sparse24_mm (CPU): exact products, fp64 sums in stored order, one rounding."""
+    return _ops._sparse24_mm_reference(x, values, meta, bias)
+
+
+def tiled_csl_mm_reference(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias=None) -> Tensor:
+    """The fp64 reference of tiled_csl_mm (CPU)."""
+    return _ops._tiled_csl_mm_reference(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias)
+
+
+def spense_mm_reference(x, dense_weight, values, meta, row_index, bias=None) -> Tensor:
+    """The fp64 reference of spense_mm (CPU)."""
+    return _ops._spense_mm_reference(x, dense_weight, values, meta, row_index, bias)
 
 
 # --------------------------------------------------------------------------------------------- Spense ------------
@@ -424,6 +495,11 @@ def _pack_shapes(kernel: str, values: Tensor):
     return _C.sparse24_pack_shapes(kernel, values.shape[0], values.shape[1] * 2)
 
 
+@torch.library.register_fake("spmm::_sparse24_mm_reference")
+def _sparse24_mm_reference_fake(x, values, meta, bias):
+    return x.new_empty(*x.shape[:-1], values.shape[0])
+
+
 @torch.library.register_fake("spmm::_sparse24_decode_pack")
 def _sparse24_decode_pack_fake(values, meta, meta_layout=0):
     dvalues, dmeta = _pack_shapes("decode", values)
@@ -470,8 +546,18 @@ def _tiled_csl_compress_fake(dense, mask, tile_m, tile_k):
 
 @torch.library.register_fake("spmm::tiled_csl_mm")
 def _tiled_csl_mm_fake(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias=None, words=None,
-                       word_offsets=None, delta_values=None, delta_codes=None, delta_offsets=None):
+                       word_offsets=None, delta_values=None, delta_codes=None, delta_offsets=None, cpu_bitmap=None):
     return x.new_empty(*x.shape[:-1], out_features)
+
+
+@torch.library.register_fake("spmm::_tiled_csl_mm_reference")
+def _tiled_csl_mm_reference_fake(x, values, locations, tile_offsets, out_features, tile_m, tile_k, bias):
+    return x.new_empty(*x.shape[:-1], out_features)
+
+
+@torch.library.register_fake("spmm::tiled_csl_cpu_layout")
+def _tiled_csl_cpu_layout_fake(locations, tile_offsets, out_features, in_features, tile_m, tile_k):
+    return tile_offsets.new_empty(_C.cpu_bitmap_words(out_features, in_features, tile_m, tile_k), dtype=torch.int64)
 
 
 @torch.library.register_fake("spmm::_tiled_csl_words")
@@ -512,3 +598,8 @@ def _spense_decode_mm_fake(x, dense_weight, values, meta, row_index, bias, meta_
                            splits=0):
     md = 0 if dense_weight is None else dense_weight.shape[0]
     return x.new_empty(*x.shape[:-1], md + values.shape[0])
+
+
+@torch.library.register_fake("spmm::_spense_mm_reference")
+def _spense_mm_reference_fake(x, dense_weight, values, meta, row_index, bias):
+    return x.new_empty(*x.shape[:-1], row_index.shape[0])

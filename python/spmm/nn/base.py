@@ -9,7 +9,10 @@ from torch import Tensor, nn
 
 
 def _refresh_after_load(module: "SparseLinear", _incompatible_keys) -> None:
-    module._refresh_kernel_layout()  # a module-level function, so whole layers still pickle (torch.save(model))
+    # A module-level function, so whole layers still pickle (torch.save(model)). torch runs it also after a load that
+    # failed (the error is raised afterwards); the layouts are derived from a consistent format only.
+    if not getattr(module, "_load_failed", False):
+        module._refresh_kernel_layout()
 
 
 class SparseLinear(nn.Module):
@@ -127,7 +130,10 @@ class SparseLinear(nn.Module):
             incoming, current = state_dict.get(prefix + name), getattr(self, name)
             if isinstance(incoming, Tensor) and incoming.shape != current.shape:
                 self.register_buffer(name, torch.empty(incoming.shape, dtype=current.dtype, device=current.device))
+        error_msgs = args[-1] if args else kwargs["error_msgs"]
+        errors_before = len(error_msgs)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._load_failed = len(error_msgs) > errors_before
 
     def _validate_incoming(self, state_dict: Mapping[str, Tensor], prefix: str) -> None:
         names = list(self.weight_format.tensors())

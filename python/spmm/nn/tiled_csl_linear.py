@@ -24,6 +24,8 @@ class TiledCSLLinear(SparseLinear):
       - "delta" (where SPMM_TILED_CSL_DELTA=1): delta_values, delta_codes, delta_offsets (~2.5 bytes per nonzero)
         *instead of* the stream -- one copy of the weight: the stream buffers are None, and state_dict, weight_format
         and the gradient decode the layout back (spmm.formats.tiled_csl_layouts).
+    On CPU the layer derives the CPU kernels' bitmap (cpu_bitmap: 1 bit per element, read beside the stream's values
+    in place, not saved) the same way.
     A fresh layer holds nnz = 0 and takes the nnz of the state dict it loads. Edit the weight through
     load_state_dict, not in place."""
 
@@ -71,6 +73,12 @@ class TiledCSLLinear(SparseLinear):
                 self.register_buffer(name, None)  # one copy on the GPU: the layout alone
         for name, tensor in kernel.items():
             self.register_buffer(name, tensor, persistent=False)
+        # CPU: the kernels read `values` in place through a bitmap of the stored elements (1 bit per element).
+        cpu_bitmap = None
+        if weight.device.type == "cpu" and self.tile_offsets is not None:
+            cpu_bitmap = ops.tiled_csl_cpu_layout(self.locations, self.tile_offsets, self.out_features,
+                                                  self.in_features, self.tile_m, self.tile_k)
+        self.register_buffer("cpu_bitmap", cpu_bitmap, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.tile_offsets is None:  # the delta layout alone: the stream is not read on CUDA
@@ -78,9 +86,10 @@ class TiledCSLLinear(SparseLinear):
             stream = (self.delta_values.new_empty(0), empty.short(), empty)
         else:
             stream = (self.values, self.locations, self.tile_offsets)
-        layout = {name: getattr(self, name) for names in _LAYOUTS.values() for name in names}
-        if not x.is_cuda:
-            layout = {}  # the CPU op reads the stream
+        if x.is_cuda:
+            layout = {name: getattr(self, name) for names in _LAYOUTS.values() for name in names}
+        else:  # the CPU op reads the stream, through the bitmap where the layer holds one
+            layout = {"cpu_bitmap": self.cpu_bitmap if x.device.type == "cpu" else None}
         return ops.tiled_csl_mm(x, *stream, self.out_features, self.tile_m, self.tile_k, self.bias, **layout)
 
     # ---- the stream in the state dict also where the layer holds the delta layout alone
@@ -91,6 +100,7 @@ class TiledCSLLinear(SparseLinear):
                 destination[prefix + name] = tensor
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.cpu_bitmap = None  # a failed load leaves no stale bitmap: the op then derives and checks its own
         if self.tile_offsets is None:  # back to stream buffers, which load as usual; the post-hook derives the layout
             for name, tensor in self.weight_format.tensors().items():
                 self.register_buffer(name, tensor)
