@@ -167,14 +167,14 @@ def dense_linears(blocks):
 
 
 def test_resident_bytes_is_what_the_layers_hold_on_the_gpu():
-    """One block's linears: the GPU memory the sparse layers take equals the sum of their resident_bytes (up to the
-    allocator's 512-byte rounding per tensor)."""
-    model, dense_bytes = allocated_by(lambda: dense_linears(1))
-    sparse, sparse_bytes = allocated_by(lambda: spmm.sparsify(model, spmm.Sparse24Config()))  # swaps in place
-    sparse_bytes += dense_bytes  # the dense weights were freed as the sparse layers replaced them
-    resident = sum(layer.resident_bytes for layer in sparse)
-    assert all(isinstance(layer, spmm.nn.Sparse24Linear) for layer in sparse)
-    assert abs(sparse_bytes - resident) <= 512 * 8 * len(sparse), (sparse_bytes, resident)
+    """One block's linears: the GPU memory freed when the sparse layers go equals the sum of their resident_bytes
+    (up to the allocator's 512-byte rounding per tensor). Measured on release, so that what a first call leaves
+    behind once per process (a kernel workspace, a library handle) is not counted as the layers'."""
+    held = [spmm.sparsify(dense_linears(1), spmm.Sparse24Config())]
+    resident = sum(layer.resident_bytes for layer in held[0])
+    assert all(isinstance(layer, spmm.nn.Sparse24Linear) for layer in held[0])
+    _, change = allocated_by(held.clear)
+    assert abs(-change - resident) <= 512 * 8 * len(LLAMA2_7B_BLOCK), (-change, resident)
 
 
 @pytest.mark.xfail(strict=True, reason="issue 19: a 2:4 layer still holds the decode kernel's reordered copy of the "

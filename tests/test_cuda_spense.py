@@ -106,15 +106,20 @@ def test_real_values_within_twice_dense_error(dtype):
 
 # ------------------------------------------------------------------------------------------------ dispatch -------
 @pytest.mark.parametrize("n", [1, 16, 17, 2048])
-def test_the_2_4_rows_take_the_kernel_the_rule_picks(n):
-    """The 2:4 block (3072 x 4096 at 25% dense rows) runs the kernel ops.sparse24_pick_kernel names for its layouts;
-    the dense rows run cuBLAS beside it."""
+def test_each_token_count_takes_the_path_the_rule_picks(n):
+    """Where the 2:4 rule would run the layer's whole shape (4096 x 4096) through the decode kernel, one launch of the
+    Spense decode kernel; above, the 2:4 block (3072 x 4096 at 25% dense rows) runs the GEMM the rule names for its
+    layouts and the dense rows run cuBLAS beside it."""
     fmt, full, x, bias = int_case(4096, 4096, (n,), torch.float16, 0.25, n)
     layer = layer_of(fmt, bias)
     gemm = "sm90" if layer.sm90_e is not None else "sm80" if layer.sm80_a is not None else None
     with torch.no_grad():
         names = cuda_kernel_names(lambda: layer(x))
-        assert sparse24_path(names) == ops.sparse24_pick_kernel(3072, 4096, n, True, gemm), names
+        if ops.sparse24_pick_kernel(4096, 4096, n, True, gemm) == "decode":
+            assert any("spense_decode_kernel" in name for name in names), names
+            assert not any("decode_mm_kernel" in name or "Sparse" in name or "gemm" in name.lower() for name in names)
+        else:
+            assert sparse24_path(names) == ops.sparse24_pick_kernel(3072, 4096, n, True, gemm), names
         assert torch.equal(layer(x), reference(x, full, bias))
 
 

@@ -1,10 +1,12 @@
-// spmm::spense_mm on CUDA, composed from kernels that are each tested on their own: the 2:4 rows through the one 2:4
-// dispatch (sparse24_mm_dispatch: decode kernel, Hopper or Ampere GEMM, on the 2:4 block's kernel layouts), the dense
-// rows through cuBLAS (at::addmm), each result written into its own columns of y through row_index (index_copy_:
-// one pass over y in all). The bias is gathered into block order once (M elements), so each GEMM adds its part in
-// its epilogue. This path is the correctness baseline; a fused decode kernel (dense and 2:4 row tiles in one launch,
-// rows stored through row_index) is to take the decode case here once it is validated on a GPU.
+// spmm::spense_mm on CUDA. At decode token counts (where the whole weight would take the 2:4 decode kernel:
+// spense_runs_decode_kernel) one launch of the Spense decode kernel streams the dense and the 2:4 row tiles as they
+// are saved and writes each output row at row_index. Above, it is composed from kernels that are each tested on their
+// own: the 2:4 rows through the one 2:4 dispatch (sparse24_mm_dispatch: Hopper or Ampere GEMM, on the 2:4 block's
+// kernel layouts), the dense rows through cuBLAS (at::addmm), each result written into its own columns of y through
+// row_index (index_copy_: one pass over y in all). The bias is gathered into block order once (M elements), so each
+// GEMM adds its part in its epilogue.
 #include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -13,6 +15,7 @@
 #include "ops/cuda_common.h"
 #include "ops/sparse24_cuda_entries.h"
 #include "ops/spense_common.h"
+#include "ops/spense_cuda_entries.h"
 
 namespace spmm::ops {
 namespace {
@@ -29,6 +32,19 @@ void check_row_index_cuda(const char* op, const at::Tensor& row_index) {
   checked->add(row_index);
 }
 
+// The one rule of the decode path: the Spense decode kernel takes the token counts at which the 2:4 rule would run a
+// weight of the layer's whole shape [m, k] through the 2:4 decode kernel (it streams the weight the same way; the
+// dense rows only make the stream longer).
+bool spense_runs_decode_kernel(const at::Tensor& x, int64_t m, int64_t k) {
+#if SPMM_HAS_SPENSE_DECODE
+  const cudaDeviceProp* props = at::cuda::getDeviceProperties(x.get_device());
+  const auto gemm = kernels::sparse24_prefill_gemm(m, k, props->major * 10 + props->minor);
+  return kernels::sparse24_pick_kernel(m, k, leading_rows(x), true, gemm) == kernels::Sparse24Kernel::kDecode;
+#else
+  return false;
+#endif
+}
+
 at::Tensor spense_mm_cuda(const at::Tensor& x, const at::Tensor& dense_weight, const at::Tensor& values,
                           const at::Tensor& meta, const at::Tensor& row_index, const std::optional<at::Tensor>& bias,
                           const std::optional<at::Tensor>& dvalues, const std::optional<at::Tensor>& dmeta,
@@ -42,6 +58,10 @@ at::Tensor spense_mm_cuda(const at::Tensor& x, const at::Tensor& dense_weight, c
   const Sparse24Layouts layouts{dvalues, dmeta, sm90_e, sm80_a, sm80_e};
   const int64_t k = x.size(-1), n = leading_rows(x), md = dense_weight.size(0), ms = values.size(0), m = md + ms;
   if (n == 0 || m == 0 || k == 0) return empty_product(x, n, m, bias);
+  if (spense_runs_decode_kernel(x, m, k)) {
+    if (ms > 0 && layouts.any()) sparse24_cuda_kernel(op, x, ms, k, layouts);  // bad layouts fail on every path
+    return spense_decode_run(op, x, dense_weight, values, meta, row_index, bias);
+  }
 
   const at::Tensor index = row_index.to(at::kLong);  // index_copy_ takes int64 indices
   const at::Tensor block_bias = bias.has_value() ? bias->index_select(0, index) : at::Tensor();

@@ -1,7 +1,8 @@
 // CUDA entry of the Spense decode kernel: y = x W^T (+ bias) with W's dense rows and canonical 2:4 rows read where
-// they are (one copy of the weight), each output row written at row_index. Internal op (leading underscore): the
-// public spense_mm / sparse24_mm keep their own dispatch until this kernel is measured on a GPU; row_index is taken
-// as a permutation (the public op and the layer check it), the kernel only refuses to write outside y.
+// they are (one copy of the weight), each output row written at row_index. spmm::spense_mm runs it at decode token
+// counts (spense_cuda.cpp); the internal op spmm::_spense_decode_mm exposes its knobs (loader, splits, fragment
+// metadata, plain 2:4) for measuring. row_index is taken as a permutation (spense_mm and the layer check it), the
+// kernel only refuses to write outside y.
 #if SPMM_HAS_SPENSE_DECODE
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include "kernels/spense/spense_decode.h"
 #include "ops/cuda_common.h"
 #include "ops/sparse24_common.h"
+#include "ops/spense_cuda_entries.h"
 
 namespace spmm::ops {
 namespace {
@@ -26,12 +28,13 @@ kernels::SpenseLoader spense_loader(const char* op, c10::string_view loader) {
   TORCH_CHECK_VALUE(false, op, ": `loader` must be \"auto\", \"tma\" or \"cp_async\", got \"", loader, "\"");
 }
 
-at::Tensor spense_decode_mm_cuda(const at::Tensor& x, const std::optional<at::Tensor>& dense_weight,
-                                 const at::Tensor& values, const at::Tensor& meta,
-                                 const std::optional<at::Tensor>& row_index, const std::optional<at::Tensor>& bias,
-                                 const std::optional<at::Tensor>& meta_fragments, c10::string_view loader,
-                                 int64_t splits) {
-  constexpr const char* op = "spmm::_spense_decode_mm";
+}  // namespace
+
+at::Tensor spense_decode_run(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& dense_weight,
+                             const at::Tensor& values, const at::Tensor& meta,
+                             const std::optional<at::Tensor>& row_index, const std::optional<at::Tensor>& bias,
+                             const std::optional<at::Tensor>& meta_fragments, c10::string_view loader,
+                             int64_t splits) {
   check_activation(op, x);
   check_half_dtype(op, "x", x);
   const int64_t k = x.size(-1), n = leading_rows(x);
@@ -104,6 +107,17 @@ at::Tensor spense_decode_mm_cuda(const at::Tensor& x, const std::optional<at::Te
   p.workspace = workspace.data();
   check_cuda(op, kernels::spense_decode_mm(p, at::cuda::getCurrentCUDAStream()));
   return io.result(x);
+}
+
+namespace {
+
+at::Tensor spense_decode_mm_cuda(const at::Tensor& x, const std::optional<at::Tensor>& dense_weight,
+                                 const at::Tensor& values, const at::Tensor& meta,
+                                 const std::optional<at::Tensor>& row_index, const std::optional<at::Tensor>& bias,
+                                 const std::optional<at::Tensor>& meta_fragments, c10::string_view loader,
+                                 int64_t splits) {
+  return spense_decode_run("spmm::_spense_decode_mm", x, dense_weight, values, meta, row_index, bias, meta_fragments,
+                           loader, splits);
 }
 
 }  // namespace
