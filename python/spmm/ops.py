@@ -440,8 +440,10 @@ def spense_mm(
     """y = x @ W.T (+ bias) with W split into a dense row block and a 2:4 row block; each output row written once
     at its original position row_index[i]. x [..., K] -> y [..., Md + Ms].
 
-    On CUDA (fp16/bf16): the 2:4 rows through sparse24_mm's kernel choice, on the 2:4 block's kernel layouts
-    (dvalues .. sm80_e: sparse24_kernel_layouts(values, meta); SpenseLinear holds them), the dense rows through
+    On CUDA (fp16/bf16): at decode token counts (where sparse24_mm's rule would run a weight of the whole shape
+    through its decode kernel) one launch of the Spense decode kernel reads the dense and the canonical 2:4 rows as
+    they are and writes each output row at row_index. Above, the 2:4 rows run sparse24_mm's GEMM on the 2:4 block's
+    kernel layouts (dvalues .. sm80_e: sparse24_kernel_layouts(values, meta); SpenseLinear holds them), the dense rows
     cuBLAS, each into its own columns of y. row_index is checked (a permutation) on the first call that sees it,
     which reads it back to the host: make that call before capturing a CUDA graph."""
     return _ops.spense_mm(x, dense_weight, values, meta, row_index, bias, dvalues, dmeta, sm90_e, sm80_a, sm80_e)
@@ -463,7 +465,7 @@ def spense_decode_mm(
     row_index[i] for block row i (dense first; None: identity; must be a permutation). x [..., K] -> y [..., Md + Ms].
     For measuring: `meta_fragments` (the second output of sparse24_decode_pack(values, meta)) replaces the canonical
     metadata; loader "tma" (sm_90 tensor maps), "cp_async" (the pre-sm_90 path as a whole) or "auto"; `splits` 1..the
-    weight's 128-column chunks sets split-K (0: the kernel's rule). Internal: not on a layer's path until measured."""
+    weight's 128-column chunks sets split-K (0: the kernel's rule). spense_mm runs this kernel at decode token counts."""
     return _ops._spense_decode_mm(x, dense_weight, values, meta, row_index, bias, meta_fragments, loader, splits)
 
 
