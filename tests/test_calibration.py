@@ -504,3 +504,32 @@ def test_calibration_device_cuda_moves_one_block_at_a_time():
         assert (kept_a == kept_b).float().mean() > 0.9, n
         both = kept_a & kept_b
         assert torch.isclose(a[n][both], b[n][both], rtol=1e-3, atol=1e-5).float().mean() > 0.9, n
+
+
+class FeatureStack(nn.Module):
+    """Stack behind a SentenceTransformer-style forward: one feature dict in, outputs written into that dict (and
+    passed on to every block as keyword arguments, as transformers v5 passes **kwargs down)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack = Stack()
+
+    def forward(self, features):
+        h = self.stack.embed(features["x"])
+        rest = {k: v for k, v in features.items() if k != "x"}
+        for layer in self.stack.layers:
+            h = layer(h, 0.5, mask=torch.ones(h.shape[-1]), **rest)[0]
+        features["embedding"] = self.stack.head(h)
+        return features
+
+
+def test_blockwise_calibration_of_a_model_that_writes_into_its_inputs():
+    """Calibration runs each batch more than once; a forward that adds its outputs to the feature dict it is given
+    must not change what the next pass sees (else the blocks no longer read as a chain and block_error has no
+    block to measure): each pass gets a copy of the dict."""
+    torch.manual_seed(3)
+    data = [({"x": torch.randn(2, 5, 16, generator=gen(i))},) for i in range(2)]
+    model = FeatureStack()
+    spmm.sparsify(model, spmm.Sparse24Config(pruner="sparsegpt"), calibration=data, calibration_device="cpu")
+    assert all("embedding" not in batch[0] for batch in data)
+    assert model.stack.layers[1].calls == 1 + 1 + 4 * 2 + 2 + 2 + 2  # block by block (see the tests above)

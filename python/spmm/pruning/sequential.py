@@ -25,6 +25,8 @@ that runs all the data through it (a last pass over the model for the layers no 
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Mapping
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -39,13 +41,20 @@ class _GroupDone(Exception):
     """Raised by a hook to end a forward pass early: the rest of the model is not needed for this group."""
 
 
+def _fresh(obj):
+    """A mapping argument as a shallow copy (same values, same type): models such as SentenceTransformer write their
+    outputs into the feature dict they are given, and calibration runs each batch several times, each pass on the
+    batch as given."""
+    return copy.copy(obj) if isinstance(obj, Mapping) else obj
+
+
 def run_model(model: nn.Module, batch) -> None:
     if isinstance(batch, Mapping):  # dict, or e.g. a tokenizer's BatchEncoding
         model(**batch)
     elif isinstance(batch, (tuple, list)):
-        model(*batch)
+        model(*(_fresh(arg) for arg in batch))
     else:
-        model(batch)
+        model(_fresh(batch))
 
 
 def _input_of(args, kwargs) -> Tensor:
