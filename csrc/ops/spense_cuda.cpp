@@ -60,7 +60,9 @@ at::Tensor spense_mm_cuda(const at::Tensor& x, const at::Tensor& dense_weight, c
   if (n == 0 || m == 0 || k == 0) return empty_product(x, n, m, bias);
   if (spense_runs_decode_kernel(x, m, k)) {
     if (ms > 0 && layouts.any()) sparse24_cuda_kernel(op, x, ms, k, layouts);  // bad layouts fail on every path
-    return spense_decode_run(op, x, dense_weight, values, meta, row_index, bias);
+    // no dense rows: the kernel's plain 2:4 case (as its tests run it), not a dense block of zero rows
+    const std::optional<at::Tensor> dense = md > 0 ? std::optional<at::Tensor>(dense_weight) : std::nullopt;
+    return spense_decode_run(op, x, dense, values, meta, row_index, bias);
   }
 
   const at::Tensor index = row_index.to(at::kLong);  // index_copy_ takes int64 indices
