@@ -219,14 +219,14 @@ def main(argv=None) -> int:
         for suite in args.suites:
             avail = runner.available(suite)
             tag = f"{suite.name} ({ps.dtype})" if len(args.passes) > 1 else suite.name
-            skipped += [f"{tag}/{name}: {why}" for name, why in avail.items() if why]
+            skipped += [(f"{suite.name}/{name}", why) for name, why in avail.items() if why]
             usable = [b for b in suite.backends if avail[b.name] is None and (not args.backends or b.name in args.backends)]
             if usable:
                 runs.append((runner, suite, usable, ps.layers))
             else:
-                skipped.append(f"{tag}: suite skipped, no backend besides the dense baseline runs here")
-    for line in skipped:
-        print(f"skipped {line}")
+                skipped.append((tag, "suite skipped, no backend besides the dense baseline runs here"))
+    skipped = skipped_lines(skipped)
+    print("\n".join(skipped))
 
     records, problems, status = [], [], 0
     total = len(args.threads) * sum(len(layers) * len(levels(s, args)) * len(args.tokens) for _, s, _, layers in runs)
@@ -271,8 +271,7 @@ def main(argv=None) -> int:
     minilm = []
     if args.minilm and status == 0:
         minilm = run_minilm(args, meta["device"])
-    for line in skipped:
-        print(f"skipped {line}")
+    print("\n".join(skipped))
     failed = sorted({f"{r['op']}/{r['backend']}" for r in records if r["error"] and r["correct"] is not False})
     if failed:
         print(f"backends that failed on some shapes (error column / JSON 'error'): {', '.join(failed)}")
@@ -328,6 +327,14 @@ def results_json(meta: dict, records: list, minilm: list) -> str:
     """The results file's text: the description indented, one record per line (a few hundred KB, diffable)."""
     rows = lambda rs: "[\n" + ",\n".join(json.dumps(r) for r in rs) + "\n]"  # noqa: E731
     return (f'{{"meta": {json.dumps(meta, indent=1)},\n"kernels": {rows(records)},\n"minilm": {rows(minilm)}}}\n')
+
+
+def skipped_lines(skipped: list) -> list:
+    """One line per reason a backend or suite does not run here, naming each (suite/backend) once across dtypes."""
+    by_reason: dict = {}
+    for what, why in skipped:
+        by_reason.setdefault(why, {})[what] = None  # a dict keeps the first-seen order, once each
+    return [f"skipped ({why}): {', '.join(names)}" for why, names in by_reason.items()]
 
 
 def write_results(args, argv, records: list, minilm: list, started: float, load_before) -> None:
