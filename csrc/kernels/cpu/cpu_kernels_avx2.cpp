@@ -251,20 +251,7 @@ void dense_rows_t(const DenseRows& w, const Activations& x, int64_t b, int64_t e
 }
 
 // ------------------------------------------------------------------------------------------- Tiled-CSL -------
-bool bitmap_tile_ok(const BitmapTiles& w, int64_t t, int64_t rows, int64_t cols) {
-  const int64_t wpr = bitmap_words_per_row(w.tile_k);
-  const uint64_t* bm = w.bitmap + t * w.tile_m * wpr;
-  int64_t count = 0;
-  for (int64_t r = 0; r < w.tile_m; ++r)
-    for (int64_t q = 0; q < wpr; ++q) {
-      const int64_t valid = cols - 64 * q;
-      const uint64_t allowed = r >= rows ? 0 : low_bits(valid < 0 ? 0 : valid);
-      const uint64_t word = bm[r * wpr + q];
-      if (word & ~allowed) return false;
-      count += _mm_popcnt_u64(word);
-    }
-  return count == static_cast<int64_t>(w.tile_offsets[t + 1]) - w.tile_offsets[t];
-}
+// bitmap_tile_ok: cpu_scalar.h
 
 // The stored values of one bitmap byte at p, spread over its 8 columns (loads never pass `end`).
 template <class P>

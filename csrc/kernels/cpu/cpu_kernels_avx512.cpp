@@ -403,9 +403,9 @@ void dense_rows_t(const DenseRows& w, const Activations& x, int64_t b, int64_t e
 }
 
 // ------------------------------------------------------------------------------------------- Tiled-CSL -------
-// Tile t's bitmap holds exactly its count of values and no bit outside the tile (rows >= `rows` of a last row
-// tile, columns >= `cols` of a last column tile).
-bool bitmap_tile_ok(const BitmapTiles& w, int64_t t, int64_t rows, int64_t cols) {
+// bitmap_tile_ok (cpu_scalar.h) with the count in 8-word vectors: tile t's bitmap holds exactly its count of values
+// and no bit outside the tile (rows >= `rows` of a last row tile, columns >= `cols` of a last column tile).
+bool bitmap_tile_ok_vector(const BitmapTiles& w, int64_t t, int64_t rows, int64_t cols) {
   const int64_t wpr = bitmap_words_per_row(w.tile_k), words = w.tile_m * wpr;
   const uint64_t* bm = w.bitmap + t * words;
   __m512i count = _mm512_setzero_si512();
@@ -496,7 +496,7 @@ bool bitmap_gather_tile(const BitmapTiles& w, const Activations& x, int64_t i, i
   bool ok = true;
   for (int64_t j = 0; j < col_tiles; ++j) {
     const int64_t t = i * col_tiles + j;
-    if (!bitmap_tile_ok(w, t, rows, min64(w.tile_k, w.k - j * w.tile_k))) {
+    if (!bitmap_tile_ok_vector(w, t, rows, min64(w.tile_k, w.k - j * w.tile_k))) {
       ok = false;
       continue;
     }
@@ -612,7 +612,7 @@ bool bitmap_tokens_t(const BitmapTiles& w, const float* xt, int64_t n_pad, int64
   for (int64_t i = b; i < e; ++i) {
     const int64_t rows = min64(w.tile_m, w.m - i * w.tile_m);
     for (int64_t j = 0; j < col_tiles; ++j) {
-      fine[j] = bitmap_tile_ok(w, i * col_tiles + j, rows, min64(w.tile_k, w.k - j * w.tile_k));
+      fine[j] = bitmap_tile_ok_vector(w, i * col_tiles + j, rows, min64(w.tile_k, w.k - j * w.tile_k));
       ok &= fine[j] != 0;
     }
     for (int64_t tok0 = 0; tok0 < n_pad; tok0 += 16 * q_max) {
@@ -662,7 +662,7 @@ bool bitmap_expand_t(const BitmapTiles& w, int64_t b, int64_t e, void* dense, in
     typename P::Raw* block = d + (i - b) * w.tile_m * ld;
     for (int64_t j = 0; j < col_tiles; ++j) {
       const int64_t t = i * col_tiles + j, cols = min64(w.tile_k, w.k - j * w.tile_k);
-      if (!bitmap_tile_ok(w, t, rows, cols)) {
+      if (!bitmap_tile_ok_vector(w, t, rows, cols)) {
         ok = false;
         for (int64_t r = 0; r < rows; ++r) std::memset(block + r * ld + j * w.tile_k, 0, cols * sizeof(typename P::Raw));
         continue;

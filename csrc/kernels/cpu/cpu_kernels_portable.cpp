@@ -62,21 +62,7 @@ void dense_rows_t(const DenseRows& w, const Activations& x, int64_t row_begin, i
   });
 }
 
-// Checks tile t's bitmap against its offsets: the count of set bits, and no bit outside the tile.
-bool bitmap_tile_ok(const BitmapTiles& w, int64_t t, int64_t rows, int64_t cols) {
-  const int64_t wpr = bitmap_words_per_row(w.tile_k);
-  const uint64_t* bm = w.bitmap + t * w.tile_m * wpr;
-  int64_t count = 0;
-  for (int64_t r = 0; r < w.tile_m; ++r)
-    for (int64_t q = 0; q < wpr; ++q) {
-      const uint64_t word = bm[r * wpr + q];
-      const int64_t valid = std::clamp<int64_t>(cols - 64 * q, 0, 64);
-      const uint64_t allowed = r >= rows ? 0 : valid == 64 ? ~uint64_t{0} : (uint64_t{1} << valid) - 1;
-      if (word & ~allowed) return false;
-      count += __builtin_popcountll(word);
-    }
-  return count == static_cast<int64_t>(w.tile_offsets[t + 1]) - w.tile_offsets[t];
-}
+// bitmap_tile_ok: cpu_scalar.h
 
 // Calls visit(r, c, value_index) for every stored element of tile t (r, c inside the tile), in stored order.
 template <typename Visit>

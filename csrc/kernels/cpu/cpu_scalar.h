@@ -1,5 +1,5 @@
 // What the CPU kernel translation units share: small integer helpers, 16-bit float conversions, the 2:4 code ->
-// kept-columns mask, the output write, and the dtype switch of their tables. The functions sit in an unnamed
+// kept-columns mask, the output write, the Tiled-CSL bitmap check (the AVX-512 unit has a vector one), and the dtype switch of their tables. The functions sit in an unnamed
 // namespace on purpose: each unit is compiled for its own instruction set, and an inline function emitted by two of
 // them would be merged by the linker into one copy, possibly the AVX-512 one, run then on a CPU without it.
 #pragma once
@@ -66,6 +66,23 @@ inline int64_t meta_cols(int64_t k) { return (k / 4 + 1) / 2; }
 inline void write_output(const Output& out, int64_t t, int64_t row, float sum) {
   const int64_t col = out.dst_row ? out.dst_row[row] : row;
   out.data[t * out.stride + col] = sum + (out.bias ? out.bias[col] : 0.0f);
+}
+
+// Tile t's bitmap holds exactly its count of values and no bit outside the tile (rows >= `rows` of a last row
+// tile, columns >= `cols` of a last column tile).
+inline bool bitmap_tile_ok(const BitmapTiles& w, int64_t t, int64_t rows, int64_t cols) {
+  const int64_t wpr = bitmap_words_per_row(w.tile_k);
+  const uint64_t* bm = w.bitmap + t * w.tile_m * wpr;
+  int64_t count = 0;
+  for (int64_t r = 0; r < w.tile_m; ++r)
+    for (int64_t q = 0; q < wpr; ++q) {
+      const int64_t valid = cols - 64 * q;
+      const uint64_t allowed = r >= rows ? 0 : low_bits(valid < 0 ? 0 : valid);
+      const uint64_t word = bm[r * wpr + q];
+      if (word & ~allowed) return false;
+      count += __builtin_popcountll(word);
+    }
+  return count == static_cast<int64_t>(w.tile_offsets[t + 1]) - w.tile_offsets[t];
 }
 
 }  // namespace
