@@ -6,7 +6,6 @@
 // row_index (index_copy_: one pass over y in all). The bias is gathered into block order once (M elements), so each
 // GEMM adds its part in its epilogue.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -32,14 +31,14 @@ void check_row_index_cuda(const char* op, const at::Tensor& row_index) {
   checked->add(row_index);
 }
 
-// The one rule of the decode path: the Spense decode kernel takes the token counts at which the 2:4 rule would run a
-// weight of the layer's whole shape [m, k] through the 2:4 decode kernel (it streams the weight the same way; the
-// dense rows only make the stream longer).
-bool spense_runs_decode_kernel(const at::Tensor& x, int64_t m, int64_t k) {
+// The one rule of the decode path: the Spense decode kernel takes the token counts at which the 2:4 dispatch, given
+// no layouts, would run a weight of the layer's whole shape [m, k] through the 2:4 decode kernel (it streams the
+// weight the same way; the dense rows only make the stream longer).
+bool spense_runs_decode_kernel(const char* op, const at::Tensor& x, int64_t m, int64_t k) {
 #if SPMM_HAS_SPENSE_DECODE
-  const cudaDeviceProp* props = at::cuda::getDeviceProperties(x.get_device());
-  const auto gemm = kernels::sparse24_prefill_gemm(m, k, props->major * 10 + props->minor);
-  return kernels::sparse24_pick_kernel(m, k, leading_rows(x), true, gemm) == kernels::Sparse24Kernel::kDecode;
+  const std::optional<at::Tensor> none;
+  return sparse24_cuda_kernel(op, x, m, k, Sparse24Layouts{none, none, none, none, none}) ==
+         kernels::Sparse24Kernel::kDecode;
 #else
   return false;
 #endif
@@ -58,7 +57,7 @@ at::Tensor spense_mm_cuda(const at::Tensor& x, const at::Tensor& dense_weight, c
   const Sparse24Layouts layouts{dvalues, dmeta, sm90_e, sm80_a, sm80_e};
   const int64_t k = x.size(-1), n = leading_rows(x), md = dense_weight.size(0), ms = values.size(0), m = md + ms;
   if (n == 0 || m == 0 || k == 0) return empty_product(x, n, m, bias);
-  if (spense_runs_decode_kernel(x, m, k)) {
+  if (spense_runs_decode_kernel(op, x, m, k)) {
     if (ms > 0 && layouts.any()) sparse24_cuda_kernel(op, x, ms, k, layouts);  // bad layouts fail on every path
     // no dense rows: the kernel's plain 2:4 case (as its tests run it), not a dense block of zero rows
     const std::optional<at::Tensor> dense = md > 0 ? std::optional<at::Tensor>(dense_weight) : std::nullopt;
